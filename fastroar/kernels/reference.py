@@ -1,0 +1,79 @@
+"""Plain NumPy reference for ranks and masks: the definition every fast path must match bit for bit.
+
+Conventions (DESIGN.md, "The method"):
+- rank 0 is the most important coordinate (largest score);
+- equal scores are ordered by lower flat index first (-0.0 equals 0.0);
+- NaN scores rank after every number (least important), among themselves by index;
+- top-k keeps the n = floor(k*d + 1/2) coordinates of rank < n, bottom-k those of rank >= d - n;
+- masks are bit-packed along d, little bit order (bit j%8 of byte j//8 is coordinate j).
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+
+UINT16_MAX_D = 65536
+
+
+def rank_dtype(d: int) -> np.dtype:
+    """uint16 ranks while every rank fits (d <= 65,536), else int32."""
+    return np.dtype(np.uint16) if d <= UINT16_MAX_D else np.dtype(np.int32)
+
+
+def n_kept(k: float, d: int) -> int:
+    """Number of coordinates a level-k mask keeps: floor(k*d + 1/2)."""
+    if not 0.0 < k < 1.0:
+        raise ValueError(f"k must lie in (0, 1), got {k}")
+    return int(math.floor(k * d + 0.5))
+
+
+def importance_order(scores: np.ndarray) -> np.ndarray:
+    """(B, d) scores -> (B, d) flat indices, most important first (lexsort: NaN last, value desc, index asc)."""
+    s = np.asarray(scores, dtype=np.float32)
+    if s.ndim != 2:
+        raise ValueError(f"scores must be (B, d), got shape {s.shape}")
+    B, d = s.shape
+    out = np.empty((B, d), dtype=np.int64)
+    idx = np.arange(d)
+    for b in range(B):
+        row = s[b]
+        nan = np.isnan(row)
+        neg = np.where(nan, 0.0, -row.astype(np.float64))
+        out[b] = np.lexsort((idx, neg, nan))
+    return out
+
+
+def rank_reference(scores: np.ndarray) -> np.ndarray:
+    """(B, d) scores -> (B, d) ranks in rank_dtype(d); ranks[b, j] is coordinate j's position in the order."""
+    order = importance_order(scores)
+    B, d = order.shape
+    ranks = np.empty((B, d), dtype=rank_dtype(d))
+    rows = np.arange(B)[:, None]
+    ranks[rows, order] = np.arange(d, dtype=np.int64)[None, :]
+    return ranks
+
+
+def keep_mask_reference(ranks: np.ndarray, k: float, direction: str) -> np.ndarray:
+    """(B, d) ranks -> (B, d) bool: the coordinates a top-k or bottom-k scheme keeps."""
+    r = np.asarray(ranks).astype(np.int64)
+    d = r.shape[-1]
+    n = n_kept(k, d)
+    if direction == "top":
+        return r < n
+    if direction == "bottom":
+        return r >= d - n
+    raise ValueError(f"direction must be 'top' or 'bottom', got {direction!r}")
+
+
+def packed_masks_reference(ranks: np.ndarray, levels: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """(B, d) ranks -> (top, bottom), each (B, L, ceil(d/8)) uint8, bit-packed little-endian along d."""
+    tops = [np.packbits(keep_mask_reference(ranks, k, "top"), axis=-1, bitorder="little") for k in levels]
+    bottoms = [np.packbits(keep_mask_reference(ranks, k, "bottom"), axis=-1, bitorder="little") for k in levels]
+    B = np.asarray(ranks).shape[0]
+    nbytes = (np.asarray(ranks).shape[-1] + 7) // 8
+    if not levels:
+        empty = np.zeros((B, 0, nbytes), np.uint8)
+        return empty, empty.copy()
+    return np.stack(tops, axis=1), np.stack(bottoms, axis=1)

@@ -1,0 +1,84 @@
+#!/usr/bin/env python
+"""fastroar throughput benchmarks: every figure is a ratio against a baseline timed in the same run.
+
+Absolute throughputs are printed for context only; machines here are noisy, so compare ratios.
+Sections live in tools/bench_*.py; each exposes ``rows(quick: bool) -> list[Row]``.
+
+    python tools/bench.py            # full mode (the README quotes this)
+    python tools/bench.py --quick    # under 2 minutes on a 2-core CPU machine
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+import time
+from dataclasses import dataclass
+
+SECTIONS = ["bench_kernels", "bench_loaders", "bench_training"]
+
+
+@dataclass
+class Row:
+    section: str          # e.g. "rank+mask d=3072"
+    name: str             # what was measured, e.g. "fastroar._C cpu"
+    throughput: float     # in `unit`
+    unit: str             # e.g. "img/s"
+    baseline: str         # name of the row it is compared with (same section)
+    ratio: float          # throughput / baseline throughput
+    extra: str = ""       # context, e.g. "1.2 GB/s scores read"
+
+
+def best_time(fn, repeat: int = 3, min_time: float = 0.2) -> float:
+    """Best-of-`repeat` seconds per call of fn, each repeat running long enough to be measurable."""
+    fn()  # warm-up (JIT, caches, allocator)
+    best = float("inf")
+    for _ in range(repeat):
+        n, t0 = 0, time.perf_counter()
+        while True:
+            fn()
+            n += 1
+            dt = time.perf_counter() - t0
+            if dt >= min_time:
+                break
+        best = min(best, dt / n)
+    return best
+
+
+def print_table(rows: list[Row]) -> None:
+    header = ("section", "measured", "throughput", "baseline", "ratio", "context")
+    lines = [header] + [
+        (r.section, r.name, f"{r.throughput:,.0f} {r.unit}", r.baseline, f"{r.ratio:.2f}x", r.extra) for r in rows
+    ]
+    widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
+    fmt = "| " + " | ".join("{:<%d}" % w for w in widths) + " |"
+    print(fmt.format(*header))
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for line in lines[1:]:
+        print(fmt.format(*line))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="smaller sizes, fewer repeats (< 2 minutes)")
+    ap.add_argument("--only", nargs="*", default=None, help="run only these sections, e.g. bench_kernels")
+    args = ap.parse_args()
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    rows: list[Row] = []
+    for section in args.only or SECTIONS:
+        try:
+            mod = importlib.import_module(section)
+        except ModuleNotFoundError as e:
+            if e.name == section:
+                continue
+            raise
+        t0 = time.perf_counter()
+        rows.extend(mod.rows(args.quick))
+        print(f"[bench] {section} done in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
+    print_table(rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
