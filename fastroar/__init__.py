@@ -1,9 +1,26 @@
-"""fastroar: do the pixels an attribution ranks highest really carry the label? (DiffROAR at scale)."""
+"""fastroar: do the pixels an attribution ranks highest really carry the label? (DiffROAR at scale).
+
+Public API (DESIGN.md): ``fastroar.rank``, ``fastroar.rank_and_mask``, ``fastroar.unmask``,
+``fastroar.attribute``. They are imported lazily so that ``import fastroar`` stays cheap for the CLI.
+"""
 from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-from fastroar.kernels import rank, rank_and_mask, unmask  # noqa: E402
-from fastroar.attribution import attribute  # noqa: E402
+_PUBLIC = {
+    "rank": "fastroar.kernels",
+    "rank_and_mask": "fastroar.kernels",
+    "unmask": "fastroar.kernels",
+    "attribute": "fastroar.attribution",
+}
 
-__all__ = ["rank", "rank_and_mask", "unmask", "attribute", "__version__"]
+__all__ = [*_PUBLIC, "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _PUBLIC:
+        return getattr(importlib.import_module(_PUBLIC[name]), name)
+    raise AttributeError(f"module 'fastroar' has no attribute {name!r}")

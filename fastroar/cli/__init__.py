@@ -1,0 +1,207 @@
+"""The `fastroar` command line: each command parses options, calls one stage function, and reports.
+
+Errors a user can cause end in one message naming the fix and exit code 2, without a traceback.
+"""
+from __future__ import annotations
+
+import functools
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+import yaml
+
+from fastroar.errors import FastroarError
+
+DEFAULT_WORKDIR = "fastroar-work"
+
+
+def fail_cleanly(fn: Callable) -> Callable:
+    """Turns user-caused errors and Ctrl-C into one line on stderr and a non-zero exit."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except FastroarError as e:
+            click.echo(f"Error: {e}", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("\nInterrupted: finished work is kept; rerun the same command to resume.", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+def common_options(fn: Callable) -> Callable:
+    """Options every stage takes: where to work and which config, with overrides."""
+    options = [
+        click.option("--workdir", "-w", default=DEFAULT_WORKDIR, show_default=True, type=click.Path(),
+                     help="Directory where every stage reads and writes."),
+        click.option("--dataset", "-d", default=None,
+                     help="Dataset (selects configs/<dataset>.yaml). Default: the workdir's config, else blockdigits."),
+        click.option("--config", "config_path", default=None, type=click.Path(),
+                     help="A YAML config file instead of configs/<dataset>.yaml."),
+        click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                     help="Override a config value, e.g. --set train.epochs=5 (repeatable)."),
+        click.option("--device", default=None, type=click.Choice(["auto", "cpu", "cuda"]),
+                     help="Where models train and attributions run (config default: auto)."),
+        click.option("--loader", default=None, type=click.Choice(["auto", "ffcv", "resident"]),
+                     help="Data path: FFCV streaming, device-resident, or auto (resident when it fits)."),
+        click.option("--progress/--no-progress", default=True, help="Show progress bars."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def resolve(workdir: str, dataset: str | None, config_path: str | None, overrides: tuple[str, ...],
+            device: str | None, loader: str | None, create: bool = False):
+    """(config, Workdir): --config, else --dataset's YAML, else the workdir's saved config, else the default."""
+    from fastroar.config import load_config
+    from fastroar.workspace import Workdir
+
+    wd = Workdir(workdir, create=create)
+    saved = wd.root / "config.yaml"
+    path = config_path if config_path or dataset or not saved.exists() else saved
+    sets = list(overrides)
+    if device:
+        sets.append(f"device={device}")
+    if loader:
+        sets.append(f"loader={loader}")
+    cfg = load_config(dataset=dataset, path=path, overrides=sets)
+    return cfg, wd
+
+
+def save_config(cfg: dict[str, Any], wd) -> None:
+    from fastroar.workspace import atomic_write_text
+
+    atomic_write_text(wd.root / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="fastroar", message="%(prog)s %(version)s")
+def cli() -> None:
+    """fastroar: DiffROAR evaluation of feature attributions (Shah, Jain & Netrapalli, NeurIPS 2021).
+
+    Stages: prepare -> train -> precompute -> retrain -> report; `run` does them all.
+    Everything goes to --workdir; each stage skips work that is already complete.
+    """
+
+
+@cli.command()
+@common_options
+@fail_cleanly
+def prepare(workdir, dataset, config_path, overrides, device, loader, progress) -> None:
+    """Build the dataset and write its splits as FFCV .beton files."""
+    from fastroar.datasets.prepare import prepare as prepare_data
+
+    cfg, wd = resolve(workdir, dataset, config_path, overrides, device, loader, create=True)
+    save_config(cfg, wd)
+    prepared, did = prepare_data(cfg, wd, progress=progress)
+    sizes = ", ".join(f"{s} {n}" for s, n in prepared.meta["sizes"].items())
+    click.echo(f"[prepare] {prepared.meta['name']}: {sizes} images of shape {tuple(prepared.shape)} "
+               f"{'written to' if did else 'already in'} {prepared.dir}")
+
+
+@cli.command()
+@common_options
+@fail_cleanly
+def train(workdir, dataset, config_path, overrides, device, loader, progress) -> None:
+    """Train the config's base models (standard and PGD-robust)."""
+    from fastroar.training.stage import train_stage
+
+    cfg, wd = resolve(workdir, dataset, config_path, overrides, device, loader)
+    train_stage(cfg, wd, progress=progress, log=click.echo)
+
+
+@cli.command()
+@common_options
+@click.option("--model", "models", multiple=True, help="Only this base model (repeatable).")
+@click.option("--attribution", "attributions", multiple=True, help="Only this attribution (repeatable).")
+@fail_cleanly
+def precompute(workdir, dataset, config_path, overrides, device, loader, progress, models, attributions) -> None:
+    """Attribute every image, rank its coordinates and store rank maps and masks (Zarr)."""
+    from fastroar.attribution.precompute import precompute_stage
+
+    cfg, wd = resolve(workdir, dataset, config_path, overrides, device, loader)
+    t0 = time.perf_counter()
+    n = precompute_stage(cfg, wd, progress=progress, log=click.echo, models=models or None,
+                         attributions=attributions or None)
+    click.echo(f"[precompute] {n} chunks computed in {time.perf_counter() - t0:.1f}s")
+
+
+def parse_levels(ctx, param, values) -> list[float] | None:
+    from fastroar.config import check_level
+
+    levels = [v for item in values for v in str(item).split(",") if v.strip()]
+    try:
+        return [check_level(v) for v in levels] or None
+    except FastroarError as e:
+        raise click.BadParameter(str(e)) from None
+
+
+@cli.command()
+@common_options
+@click.option("--k", "levels", multiple=True, callback=parse_levels,
+              help="Level(s) k in (0, 1): fraction of coordinates kept (repeatable or comma-separated).")
+@click.option("--direction", type=click.Choice(["top", "bottom", "both"]), default="both", show_default=True)
+@click.option("--seeds", type=click.IntRange(min=1), default=None, help="Runs per (level, direction).")
+@click.option("--model", "models", multiple=True, help="Only this base model (repeatable).")
+@click.option("--attribution", "attributions", multiple=True, help="Only this attribution (repeatable).")
+@click.option("--executor", default="local", show_default=True, help="Where jobs run: local.")
+@fail_cleanly
+def retrain(workdir, dataset, config_path, overrides, device, loader, progress, levels, direction, seeds,
+            models, attributions, executor) -> None:
+    """Retrain fresh models on top-k / bottom-k unmasked data; one result record per job."""
+    from fastroar.roar.retrain import retrain_stage
+
+    cfg, wd = resolve(workdir, dataset, config_path, overrides, device, loader)
+    directions = ["top", "bottom"] if direction == "both" else [direction]
+    retrain_stage(cfg, wd, progress=progress, log=click.echo, executor=executor, models=models or None,
+                  attributions=attributions or None, levels=levels, directions=directions, n_seeds=seeds)
+
+
+@cli.command()
+@common_options
+@fail_cleanly
+def report(workdir, dataset, config_path, overrides, device, loader, progress) -> None:
+    """Print the DiffROAR table, write it as CSV and plot the curves (PNG)."""
+    from fastroar.report import report_stage
+
+    cfg, wd = resolve(workdir, dataset, config_path, overrides, device, loader)
+    report_stage(cfg, wd, log=click.echo)
+
+
+@cli.command()
+@common_options
+@fail_cleanly
+def run(workdir, dataset, config_path, overrides, device, loader, progress) -> None:
+    """prepare -> train -> precompute -> retrain -> report for one config (finished stages are skipped)."""
+    from fastroar.attribution.precompute import precompute_stage
+    from fastroar.datasets.prepare import prepare as prepare_data
+    from fastroar.report import report_stage
+    from fastroar.roar.retrain import retrain_stage
+    from fastroar.training.stage import train_stage
+
+    t0 = time.perf_counter()
+    cfg, wd = resolve(workdir, dataset, config_path, overrides, device, loader, create=True)
+    save_config(cfg, wd)
+    prepared, did = prepare_data(cfg, wd, progress=progress)
+    click.echo(f"[prepare] {prepared.meta['name']} {'written to' if did else 'already in'} {prepared.dir}")
+    train_stage(cfg, wd, progress=progress, log=click.echo)
+    precompute_stage(cfg, wd, progress=progress, log=click.echo)
+    retrain_stage(cfg, wd, progress=progress, log=click.echo)
+    click.echo("")
+    report_stage(cfg, wd, log=click.echo)
+    click.echo(f"[run] done in {time.perf_counter() - t0:.1f}s; everything is in {wd.root}")
+
+
+def main() -> None:
+    cli(prog_name="fastroar")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""Run configuration: a YAML file per dataset under configs/, plus dotted overrides from the CLI.
+
+A config is a plain dict (it is written whole into the workdir and into every record, so a run is
+reproducible from it). ``validate`` turns every value a user can get wrong into a ConfigError that
+names the key and the fix.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+from fastroar.errors import ConfigError
+
+DEFAULT_DATASET = "blockdigits"
+DIRECTIONS = ("top", "bottom")
+LOADERS = ("auto", "ffcv", "resident")
+
+
+def config_dir() -> Path:
+    """Where the shipped YAML configs are (the repository's configs/, or the installed copy)."""
+    repo = Path(__file__).resolve().parent.parent / "configs"
+    return repo if repo.is_dir() else Path(__file__).resolve().parent / "configs"
+
+
+def available_configs() -> list[str]:
+    return sorted(p.stem for p in config_dir().glob("*.yaml"))
+
+
+def load_config(dataset: str | None = None, path: str | Path | None = None,
+                overrides: Iterable[str] = ()) -> dict[str, Any]:
+    """The config from `path`, else configs/<dataset>.yaml, with `key.sub=value` overrides applied."""
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist")
+    else:
+        name = dataset or DEFAULT_DATASET
+        p = config_dir() / f"{name}.yaml"
+        if not p.is_file():
+            raise ConfigError(f"unknown dataset {name!r}; choose one of: {', '.join(available_configs())} "
+                              "(or pass --config FILE)")
+    try:
+        cfg = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p} is not valid YAML: {e}") from e
+    for item in overrides:
+        set_dotted(cfg, item)
+    return validate(cfg)
+
+
+def set_dotted(cfg: dict[str, Any], item: str) -> None:
+    """Applies one `a.b.c=value` override (value parsed as YAML: numbers, lists, booleans)."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like key.sub=value")
+    key, raw = item.split("=", 1)
+    parts = key.strip().split(".")
+    node = cfg
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {item!r}: {part!r} is not a section")
+    try:
+        node[parts[-1]] = yaml.safe_load(raw)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {item!r}: value is not valid YAML ({e})") from e
+
+
+def check_level(k: Any) -> float:
+    try:
+        k = float(k)
+    except (TypeError, ValueError):
+        raise ConfigError(f"k must be a number in (0, 1), got {k!r}") from None
+    if not 0.0 < k < 1.0:
+        raise ConfigError(f"k must lie strictly between 0 and 1, got {k}")
+    return k
+
+
+def validate(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Checks and normalises a config in place (returns it)."""
+    from fastroar.attribution import METHODS
+    from fastroar.datasets import REGISTRY
+    from fastroar.models import BUILDERS
+    from fastroar.training import Adversary, Recipe
+
+    cfg = copy.deepcopy(cfg)
+    ds = cfg.setdefault("dataset", {})
+    if ds.get("name") not in REGISTRY:
+        raise ConfigError(f"unknown dataset {ds.get('name')!r}; choose one of: {', '.join(sorted(REGISTRY))}")
+    ds.setdefault("params", {})
+    model = cfg.setdefault("model", {})
+    if model.get("arch") not in BUILDERS:
+        raise ConfigError(f"unknown model architecture {model.get('arch')!r}; choose one of: "
+                          f"{', '.join(sorted(BUILDERS))}")
+    model.setdefault("params", {})
+    Recipe(**cfg.setdefault("train", {}))
+    names = set()
+    for m in cfg.setdefault("models", [{"name": "standard"}]):
+        if not isinstance(m, dict) or not m.get("name"):
+            raise ConfigError(f"each entry of models needs a name, got {m!r}")
+        if m["name"] in names:
+            raise ConfigError(f"model name {m['name']!r} appears twice in models")
+        names.add(m["name"])
+        if m.get("adversary"):
+            Adversary(**m["adversary"])
+    for a in cfg.setdefault("attributions", ["gradient"]):
+        if a not in METHODS:
+            raise ConfigError(f"unknown attribution {a!r}; choose one of: {', '.join(sorted(METHODS))}")
+    levels = cfg.setdefault("levels", [0.1, 0.2, 0.3, 0.5])
+    if not isinstance(levels, list) or not levels:
+        raise ConfigError("levels must be a non-empty list of k values in (0, 1)")
+    cfg["levels"] = sorted({check_level(k) for k in levels})
+    rt = cfg.setdefault("retrain", {})
+    dirs = rt.setdefault("directions", list(DIRECTIONS))
+    for d in dirs:
+        if d not in DIRECTIONS:
+            raise ConfigError(f"direction must be one of top, bottom (or both), got {d!r}")
+    seeds = rt.setdefault("seeds", 1)
+    if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
+        raise ConfigError(f"seeds (the number of runs per level and direction) must be an integer >= 1, got {seeds!r}")
+    Recipe(**{**cfg["train"], **{k: v for k, v in rt.items() if k in Recipe.__dataclass_fields__}})
+    cfg.setdefault("precompute", {}).setdefault("batch_size", 256)
+    if cfg.setdefault("loader", "auto") not in LOADERS:
+        raise ConfigError(f"loader must be one of {LOADERS}, got {cfg['loader']!r}")
+    if cfg.setdefault("device", "auto") not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"device must be auto, cpu or cuda, got {cfg['device']!r}")
+    return cfg
+
+
+def digest(obj: Any, length: int = 12) -> str:
+    """Short content hash of a JSON-able object (keys of datasets, jobs, ...)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:length]

@@ -1,0 +1,18 @@
+"""Errors a user can cause. The CLI prints their message (which names the fix) and exits non-zero, without a traceback."""
+from __future__ import annotations
+
+
+class FastroarError(Exception):
+    """Base class: a problem with the user's input or workdir, with a message that says how to fix it."""
+
+
+class ConfigError(FastroarError, ValueError):
+    """A bad option or config value (unknown dataset, k outside (0, 1), negative epsilon, ...)."""
+
+
+class MissingInputError(FastroarError, FileNotFoundError):
+    """A stage's inputs are not there (run the earlier stage first)."""
+
+
+class StoreMismatchError(FastroarError):
+    """An existing output was made from different inputs (another model, dataset or attribution)."""

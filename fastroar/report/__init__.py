@@ -1,0 +1,146 @@
+"""The report stage: DiffROAR(k) = mean acc(top-k) - mean acc(bottom-k) per (model, attribution), as a
+table (stdout and CSV) and a PNG of the curves, plus the signal-block localization score where the
+dataset records where its signal lies.
+"""
+from __future__ import annotations
+
+import csv
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from fastroar.errors import MissingInputError
+from fastroar.kernels.reference import n_kept
+
+
+def diffroar_rows(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (model, attribution, k) with both directions recorded.
+
+    std is the sample standard deviation over seeds of acc(top) - acc(bottom), pairing runs by seed
+    (0 for a single run); rows only count seeds run in both directions.
+    """
+    acc: dict[tuple, dict[str, dict[int, float]]] = defaultdict(lambda: {"top": {}, "bottom": {}})
+    for r in records:
+        acc[(r["model"], r["attribution"], float(r["k"]))][r["direction"]][int(r["seed"])] = float(r["accuracy"])
+    rows = []
+    for (model, attribution, k), by_dir in sorted(acc.items()):
+        seeds = sorted(set(by_dir["top"]) & set(by_dir["bottom"]))
+        if not seeds:
+            continue
+        top = np.array([by_dir["top"][s] for s in seeds])
+        bottom = np.array([by_dir["bottom"][s] for s in seeds])
+        diff = top - bottom
+        rows.append({
+            "model": model, "attribution": attribution, "k": k,
+            "acc_top": float(top.mean()), "acc_bottom": float(bottom.mean()),
+            "diffroar": float(diff.mean()), "std": float(diff.std(ddof=1)) if len(seeds) > 1 else 0.0,
+            "runs": len(seeds),
+        })
+    return rows
+
+
+def localization(ranks: np.ndarray, signal: np.ndarray, levels: Sequence[float]) -> list[float]:
+    """Per level k: the share of the top-k ranked coordinates lying in the sample's signal block, averaged."""
+    r = np.asarray(ranks).astype(np.int64)
+    d = r.shape[1]
+    out = []
+    for k in levels:
+        n = n_kept(k, d)
+        hits = ((r < n) & signal).sum(axis=1)
+        out.append(float(np.mean(hits / n)) if n else float("nan"))
+    return out
+
+
+def format_table(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
+    def fmt(v: Any) -> str:
+        return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+    cells = [list(columns)] + [[fmt(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    lines = ["  ".join(v.rjust(w) for v, w in zip(row, widths)) for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def write_csv(rows: list[dict[str, Any]], path: Path, columns: Sequence[str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(path)
+
+
+def plot_curves(rows: list[dict[str, Any]], path: Path, title: str) -> None:
+    """DiffROAR against k, one curve (with a +-std band) per (model, attribution)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        curves[(r["model"], r["attribution"])].append(r)
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for (model, attribution), pts in sorted(curves.items()):
+        pts = sorted(pts, key=lambda r: r["k"])
+        k = np.array([p["k"] for p in pts])
+        m = np.array([p["diffroar"] for p in pts])
+        s = np.array([p["std"] for p in pts])
+        (line,) = ax.plot(k, m, marker="o", label=f"{model} / {attribution}")
+        ax.fill_between(k, m - s, m + s, color=line.get_color(), alpha=0.15)
+    ax.axhline(0.0, color="black", lw=0.8)
+    ax.set_xlabel("k (fraction of coordinates kept)")
+    ax.set_ylabel("DiffROAR = acc(top-k) - acc(bottom-k)")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(".tmp-" + path.name)
+    fig.savefig(tmp, format="png")
+    plt.close(fig)
+    tmp.replace(path)
+
+
+DIFFROAR_COLUMNS = ("model", "attribution", "k", "acc_top", "acc_bottom", "diffroar", "std", "runs")
+LOCALIZATION_COLUMNS = ("model", "attribution", "k", "signal_share", "chance")
+
+
+def report_stage(cfg: dict[str, Any], workdir, log=print) -> dict[str, Any]:
+    """Writes report/diffroar.csv, report/diffroar.png (and localization.csv); prints the tables."""
+    from fastroar.datasets.prepare import load_prepared
+    from fastroar.roar.results import read_results
+    from fastroar.store import RankStore
+
+    prepared = load_prepared(cfg, workdir)
+    records = [r for r in read_results(workdir.results_path).values() if r["dataset_key"] == prepared.meta["key"]]
+    if not records:
+        raise MissingInputError(f"no retraining results in {workdir.results_path}; run `fastroar retrain "
+                                f"--workdir {workdir.root}` first")
+    rows = diffroar_rows(records)
+    out = workdir.report_dir
+    write_csv(rows, out / "diffroar.csv", DIFFROAR_COLUMNS)
+    png = out / "diffroar.png"
+    plot_curves(rows, png, f"DiffROAR on {cfg['dataset']['name']}")
+    log("DiffROAR (acc(top-k) - acc(bottom-k); > 0: the attribution ranks discriminative pixels first)")
+    log(format_table(rows, DIFFROAR_COLUMNS))
+    result: dict[str, Any] = {"diffroar": rows, "csv": out / "diffroar.csv", "png": png}
+    signal = prepared.signal("test")
+    if signal is not None:
+        store = RankStore(str(workdir.store_path), mode="r")
+        chance = float(signal.sum(1).mean() / signal.shape[1])
+        loc_rows = []
+        for model, attribution in sorted({(r["model"], r["attribution"]) for r in records}):
+            ranks = store.root[store.entry_path(model, attribution)]["test"]["ranks"][:]
+            for k, share in zip(cfg["levels"], localization(ranks, signal, cfg["levels"])):
+                loc_rows.append({"model": model, "attribution": attribution, "k": k, "signal_share": share,
+                                 "chance": chance})
+        write_csv(loc_rows, out / "localization.csv", LOCALIZATION_COLUMNS)
+        log("\nSignal-block localization (share of top-k coordinates inside the signal block; test split)")
+        log(format_table(loc_rows, LOCALIZATION_COLUMNS))
+        result["localization"] = loc_rows
+    log(f"\nreport: {out / 'diffroar.csv'}\nplot: {png}")
+    return result

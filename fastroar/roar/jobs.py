@@ -1,0 +1,41 @@
+"""Retraining jobs: one (model, attribution, k, direction, seed) each, keyed by all they depend on."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from itertools import product
+from typing import Any, Sequence
+
+from fastroar.config import digest
+
+
+@dataclass(frozen=True)
+class Job:
+    model: str              # the base model whose attribution ranked the pixels
+    attribution: str
+    k: float
+    direction: str          # "top" | "bottom"
+    seed: int
+    model_hash: str         # identity of what the job depends on: same inputs -> same key
+    dataset_key: str
+    arch: str
+    arch_params: dict
+    recipe: dict
+
+    @property
+    def key(self) -> str:
+        return digest(asdict(self), 16)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"key": self.key}
+
+
+def sweep(cfg: dict[str, Any], model_hashes: dict[str, str], dataset_key: str, recipe: dict[str, Any],
+          models: Sequence[str], attributions: Sequence[str], levels: Sequence[float],
+          directions: Sequence[str], seeds: Sequence[int]) -> list[Job]:
+    """The cartesian product of the sweep, in a stable order."""
+    return [
+        Job(model=m, attribution=a, k=float(k), direction=d, seed=int(s), model_hash=model_hashes[m],
+            dataset_key=dataset_key, arch=cfg["model"]["arch"], arch_params=dict(cfg["model"]["params"]),
+            recipe=dict(recipe))
+        for m, a, k, d, s in product(models, attributions, levels, directions, seeds)
+    ]

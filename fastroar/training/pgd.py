@@ -1,0 +1,85 @@
+"""Projected gradient descent (Madry et al. 2018) adversaries in l-inf and l2 balls."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fastroar.errors import ConfigError
+
+NORMS = ("linf", "l2")
+
+
+@dataclass(frozen=True)
+class Adversary:
+    """A PGD threat model. step_size defaults to 2.5 * eps / steps (Madry et al.)."""
+
+    norm: str
+    eps: float
+    steps: int = 7
+    step_size: float | None = None
+    random_start: bool = True
+
+    def __post_init__(self) -> None:
+        if self.norm not in NORMS:
+            raise ConfigError(f"adversary norm must be one of {NORMS}, got {self.norm!r}")
+        if not self.eps > 0:
+            raise ConfigError(f"adversary eps must be > 0, got {self.eps}")
+        if self.steps < 1:
+            raise ConfigError(f"adversary steps must be >= 1, got {self.steps}")
+        if self.step_size is not None and not self.step_size > 0:
+            raise ConfigError(f"adversary step_size must be > 0, got {self.step_size}")
+
+    @property
+    def alpha(self) -> float:
+        return self.step_size if self.step_size is not None else 2.5 * self.eps / self.steps
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _per_sample_norm(t: torch.Tensor) -> torch.Tensor:
+    return t.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (t.dim() - 1)))
+
+
+def project(delta: torch.Tensor, adv: Adversary) -> torch.Tensor:
+    """delta projected onto the adversary's eps-ball (per sample)."""
+    if adv.norm == "linf":
+        return delta.clamp(-adv.eps, adv.eps)
+    return delta * (adv.eps / _per_sample_norm(delta)).clamp(max=1.0)
+
+
+def pgd_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, adv: Adversary,
+               bounds: tuple[float, float] | None = None) -> torch.Tensor:
+    """Adversarial examples x + delta, ||delta|| <= eps, ascending the cross-entropy loss.
+
+    The model runs in eval mode during the attack (batch-norm statistics untouched) and is restored after.
+    """
+    was_training = model.training
+    model.eval()
+    x = x.detach()
+    if adv.random_start:
+        if adv.norm == "linf":
+            delta = torch.empty_like(x).uniform_(-adv.eps, adv.eps)
+        else:
+            delta = project(torch.randn_like(x) * adv.eps, adv)
+    else:
+        delta = torch.zeros_like(x)
+    if bounds is not None:
+        delta = (x + delta).clamp(*bounds) - x
+    for _ in range(adv.steps):
+        delta.requires_grad_(True)
+        loss = F.cross_entropy(model(x + delta), y)
+        (grad,) = torch.autograd.grad(loss, delta)
+        with torch.no_grad():
+            if adv.norm == "linf":
+                step = adv.alpha * grad.sign()
+            else:
+                step = adv.alpha * grad / _per_sample_norm(grad)
+            delta = project(delta + step, adv)
+            if bounds is not None:
+                delta = (x + delta).clamp(*bounds) - x
+    model.train(was_training)
+    return (x + delta).detach()

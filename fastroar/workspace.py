@@ -1,0 +1,106 @@
+"""Where each stage reads and writes inside --workdir, and the small file helpers they share.
+
+    <workdir>/config.yaml                     the resolved config of the last run
+    <workdir>/data/<dataset-key>/             {train,test}.beton (+ .json sidecars), signal_<split>.npy, meta.json
+    <workdir>/models/<name>/                  model.pt (weights, config, hash), model.json (summary)
+    <workdir>/masks.zarr                      rank maps and masks (fastroar.store)
+    <workdir>/results/results.jsonl           one record per retraining job
+    <workdir>/report/                         diffroar.csv, localization.csv, diffroar.png
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fastroar.config import digest
+from fastroar.errors import FastroarError, MissingInputError
+
+SPLITS = ("train", "test")
+
+
+class Workdir:
+    def __init__(self, root: str | Path, create: bool = False) -> None:
+        self.root = Path(root)
+        if create:
+            try:
+                self.root.mkdir(parents=True, exist_ok=True)
+                probe = self.root / ".write-test"
+                probe.write_text("")
+                probe.unlink()
+            except OSError as e:
+                raise FastroarError(f"cannot write to workdir {self.root}: {e.strerror}; "
+                                    "choose a writable --workdir") from e
+        elif not self.root.is_dir():
+            raise MissingInputError(f"workdir {self.root} does not exist; run `fastroar prepare --workdir "
+                                    f"{self.root}` (or `fastroar run`) first")
+
+    def data_dir(self, dataset_key: str) -> Path:
+        return self.root / "data" / dataset_key
+
+    def model_dir(self, name: str) -> Path:
+        return self.root / "models" / name
+
+    @property
+    def store_path(self) -> Path:
+        return self.root / "masks.zarr"
+
+    @property
+    def results_path(self) -> Path:
+        return self.root / "results" / "results.jsonl"
+
+    @property
+    def report_dir(self) -> Path:
+        return self.root / "report"
+
+
+def dataset_key(cfg: dict[str, Any]) -> str:
+    """Names the prepared data by content: dataset name + hash of its parameters."""
+    return f"{cfg['dataset']['name']}-{digest(cfg['dataset'])}"
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise FastroarError("device 'cuda' asked for, but torch sees no CUDA device; use --device cpu")
+    return torch.device(name)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Writes a file so that readers see the old content or the new one, never a part."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_save(obj: Any, path: Path, saver=torch.save) -> None:
+    """torch.save (or `saver(obj, file)`) through a temporary file and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        with open(tmp, "wb") as f:
+            saver(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text())
