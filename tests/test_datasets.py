@@ -1,0 +1,57 @@
+"""The embedded datasets against their definitions."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits
+
+from fastroar.datasets import build_dataset
+from fastroar.datasets.blockdigits import null_pattern
+from fastroar.errors import ConfigError
+
+
+def test_blockdigits_blocks_hold_the_digit_and_the_null_pattern():
+    ds = build_dataset("blockdigits", seed=3)
+    digits = load_digits()
+    ref = {tuple(np.round(img * 255 / 16).astype(np.uint8).ravel()): int(t)
+           for img, t in zip(digits.images, digits.target)}
+    null = null_pattern()
+    n_top = 0
+    for split in (ds.train, ds.test):
+        img = split.images[:, 0]
+        top = split.signal.reshape(-1, 16, 8)[:, :8].all(axis=(1, 2))
+        n_top += int(top.sum())
+        sig = np.where(top[:, None, None], img[:, :8], img[:, 8:])
+        nul = np.where(top[:, None, None], img[:, 8:], img[:, :8])
+        assert (nul == null).all()
+        assert all(ref[tuple(s.ravel())] == y for s, y in zip(sig, split.labels))
+        assert (split.signal.sum(1) == 64).all()
+    assert len(ds.train) + len(ds.test) == 1797
+    assert 0.4 < n_top / 1797 < 0.6  # signal on top or bottom at random
+
+
+def test_blockdigits_top_and_seeding():
+    top = build_dataset("blockdigits-top")
+    assert top.train.signal.reshape(-1, 16, 8)[:, :8].all()
+    a, b, c = (build_dataset("blockdigits", seed=s) for s in (1, 1, 2))
+    assert np.array_equal(a.train.images, b.train.images)
+    assert not np.array_equal(a.train.images, c.train.images)
+
+
+def test_leakage_follows_equation_2():
+    ds = build_dataset("leakage", d=8, block_dim=3, eta=0.4, n_train=500, n_test=100, seed=0)
+    x = ds.train.images[:, 0]  # (N, d, block_dim)
+    y = 2 * ds.train.labels - 1
+    sig = ds.train.signal.reshape(-1, 8, 3)[:, :, 0]
+    j = sig.argmax(1)
+    assert (sig.sum(1) == 1).all() and (j < 4).all() and len(set(j)) == 4
+    u = np.full(3, 1 / np.sqrt(3))
+    np.testing.assert_allclose(x[np.arange(500), j], y[:, None] * u, rtol=1e-6)
+    noise = np.linalg.norm(x, axis=2)[~sig]
+    assert noise.max() <= 0.4 + 1e-6 and noise.mean() > 0.2
+
+
+@pytest.mark.parametrize("name,params", [("mnist-ish", {}), ("leakage", {"d": 7}), ("leakage", {"eta": -1})])
+def test_bad_dataset_requests(name, params):
+    with pytest.raises(ConfigError):
+        build_dataset(name, **params)

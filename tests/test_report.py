@@ -1,0 +1,44 @@
+"""DiffROAR arithmetic and the localization score on fixed inputs with hand-computed answers."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fastroar.report import diffroar_rows, localization
+
+
+def rec(direction, seed, acc, k=0.2, model="standard", attribution="gradient"):
+    return {"model": model, "attribution": attribution, "k": k, "direction": direction, "seed": seed,
+            "accuracy": acc}
+
+
+def test_diffroar_means_and_paired_std():
+    records = [rec("top", 0, 0.90), rec("top", 1, 0.80), rec("top", 2, 0.85),
+               rec("bottom", 0, 0.50), rec("bottom", 1, 0.60), rec("bottom", 2, 0.40),
+               rec("top", 0, 0.7, k=0.5), rec("bottom", 0, 0.9, k=0.5)]
+    rows = {r["k"]: r for r in diffroar_rows(records)}
+    assert rows[0.2]["acc_top"] == pytest.approx(0.85)
+    assert rows[0.2]["acc_bottom"] == pytest.approx(0.50)
+    assert rows[0.2]["diffroar"] == pytest.approx(0.35)
+    # per-seed differences 0.40, 0.20, 0.45: sample std
+    assert rows[0.2]["std"] == pytest.approx(np.std([0.40, 0.20, 0.45], ddof=1))
+    assert rows[0.2]["runs"] == 3
+    assert rows[0.5]["diffroar"] == pytest.approx(-0.2) and rows[0.5]["std"] == 0.0
+
+
+def test_diffroar_skips_unpaired_seeds_and_separates_curves():
+    records = [rec("top", 0, 1.0), rec("top", 1, 0.0), rec("bottom", 0, 0.5),
+               rec("top", 0, 0.3, attribution="random"), rec("bottom", 0, 0.3, attribution="random")]
+    rows = {(r["attribution"]): r for r in diffroar_rows(records)}
+    assert rows["gradient"]["diffroar"] == pytest.approx(0.5) and rows["gradient"]["runs"] == 1
+    assert rows["random"]["diffroar"] == pytest.approx(0.0)
+
+
+def test_localization_counts_top_ranked_coordinates_in_the_signal_block():
+    # d = 8; sample 0 ranks the signal block {0..3} first, sample 1 ranks it last.
+    ranks = np.array([[0, 1, 2, 3, 4, 5, 6, 7], [4, 5, 6, 7, 0, 1, 2, 3]], np.uint16)
+    signal = np.array([[1, 1, 1, 1, 0, 0, 0, 0]] * 2, bool)
+    share_quarter, share_half, share_75 = localization(ranks, signal, [0.25, 0.5, 0.75])
+    assert share_quarter == pytest.approx(0.5)  # (2/2 + 0/2) / 2
+    assert share_half == pytest.approx(0.5)     # (4/4 + 0/4) / 2
+    assert share_75 == pytest.approx((4 / 6 + 2 / 6) / 2)
