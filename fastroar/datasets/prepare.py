@@ -5,6 +5,7 @@ their size/checksum check is complete and skipped on the next run.
 """
 from __future__ import annotations
 
+import functools
 import io
 import json
 from dataclasses import dataclass
@@ -54,10 +55,19 @@ class Prepared:
         return np.load(path) if path.exists() else None
 
     def arrays(self, split: str) -> tuple[np.ndarray, np.ndarray]:
-        """All (images, labels) of a split, read back through FFCV."""
-        from fastroar.loaders import read_beton
+        """All (images, labels) of a split, read back through FFCV (cached per process)."""
+        path = self.beton(split)
+        return _read_split(str(path), path.stat().st_mtime_ns)
 
-        return read_beton(str(self.beton(split)))
+
+@functools.lru_cache(maxsize=4)
+def _read_split(path: str, mtime_ns: int) -> tuple[np.ndarray, np.ndarray]:
+    from fastroar.loaders import read_beton
+
+    images, labels = read_beton(path)
+    images.setflags(write=False)  # shared by every caller in this process
+    labels.setflags(write=False)
+    return images, labels
 
 
 def _np_save(arr: np.ndarray, f: io.BufferedWriter) -> None:

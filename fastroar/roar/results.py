@@ -11,6 +11,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from fastroar.faults import fault_point
+
 
 def read_results(path: Path) -> dict[str, dict[str, Any]]:
     """Records by job key; malformed (truncated) lines are ignored."""
@@ -36,6 +38,7 @@ def append_result(path: Path, record: dict[str, Any]) -> None:
         # A torn line from an earlier kill must not swallow this record: start on a fresh line.
         if os.fstat(fd).st_size and not _ends_with_newline(path):
             line = b"\n" + line
+        fault_point("results.before_append")
         os.write(fd, line)
         os.fsync(fd)
     finally:

@@ -12,11 +12,12 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from fastroar import __version__
 from fastroar.attribution.precompute import identity
+from fastroar.errors import MissingInputError
 from fastroar.datasets.prepare import Prepared, load_prepared
+from fastroar.faults import fault_point
 from fastroar.loaders.select import split_loader
 from fastroar.models import build_model
 from fastroar.roar.jobs import Job, sweep
@@ -48,8 +49,6 @@ def plan(cfg: dict[str, Any], workdir: Workdir, *, models: Sequence[str] | None 
         for a in attributions:
             entry = store.open_entry(name, a, identity(cfg, prepared, ckpt["hash"], a))
             if not entry.is_complete():
-                from fastroar.errors import MissingInputError
-
                 raise MissingInputError(f"ranks of {name}/{a} are incomplete in {store.path}; "
                                         f"run `fastroar precompute --workdir {workdir.root}` (it resumes)")
     return sweep(cfg, hashes, prepared.meta["key"], retrain_recipe(cfg).to_dict(), models, attributions,
@@ -88,20 +87,27 @@ def run_job(job: Job, cfg: dict[str, Any], workdir: Workdir, prepared: Prepared 
     }
 
 
+def run_job_task(job: Job, cfg: dict[str, Any], workdir: Workdir) -> dict[str, Any]:
+    """An executor task: one job, everything loaded from the (shared) workdir."""
+    return run_job(job, cfg, workdir)
+
+
 def retrain_stage(cfg: dict[str, Any], workdir: Workdir, progress: bool = True, log: Callable = print,
-                  executor: str = "local", **selection: Any) -> list[dict[str, Any]]:
+                  executor=None, **selection: Any) -> list[dict[str, Any]]:
     """Runs every job of the sweep that has no record yet; returns the sweep's records."""
+    from fastroar.executors import LocalExecutor
+
+    executor = executor or LocalExecutor()
     jobs = plan(cfg, workdir, **selection)
     results_path = workdir.results_path
     done = read_results(results_path)
     todo = [j for j in jobs if j.key not in done]
-    log(f"[retrain] {len(jobs)} jobs: {len(jobs) - len(todo)} already done, {len(todo)} to run")
-    if todo:
-        from fastroar.executors import get_executor
-
-        for record in get_executor(executor)(todo, cfg, workdir, progress=progress):
-            append_result(results_path, record)
-        done = read_results(results_path)
+    log(f"[retrain] {len(jobs)} jobs: {len(jobs) - len(todo)} already done, {len(todo)} to run "
+        f"({executor.name} executor)")
+    for record in executor.map(run_job_task, [(job, cfg, workdir) for job in todo], progress, "retrain"):
+        append_result(results_path, record)
+        fault_point("retrain.after_append")
+    done = read_results(results_path)
     paths = sorted({done[j.key]["loader"] for j in jobs if j.key in done})
     log(f"[retrain] {sum(j.key in done for j in jobs)}/{len(jobs)} jobs recorded in {results_path} "
         f"(data path: {', '.join(paths)})")

@@ -24,6 +24,7 @@ import numpy as np
 import zarr
 
 from fastroar.errors import MissingInputError, StoreMismatchError
+from fastroar.faults import fault_point
 from fastroar.kernels.reference import rank_dtype
 
 DONE_FLAG = np.uint64(1 << 32)
@@ -83,7 +84,9 @@ class SplitArrays:
         self.group["ranks"][start:stop] = ranks
         self.group["top"][start:stop] = top
         self.group["bottom"][start:stop] = bottom
+        fault_point("store.before_record")
         self.group["done"][c] = chunk_crc(ranks, top, bottom)
+        fault_point("store.after_record")
 
     def read(self, name: str = "ranks") -> np.ndarray:
         """A whole array, after checking every chunk is complete."""
