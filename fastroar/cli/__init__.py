@@ -57,6 +57,28 @@ def common_options(fn: Callable) -> Callable:
     return fn
 
 
+def executor_options(fn: Callable) -> Callable:
+    """Where independent tasks run: here, or on a Ray cluster."""
+    options = [
+        click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+                     help="local: in this process; ray: one Ray task per job / chunk range."),
+        click.option("--address", default=None, help="Address of a running Ray cluster (default: start one here)."),
+        click.option("--gpus-per-task", type=click.FloatRange(min=0), default=0.0, show_default=True,
+                     help="GPUs Ray reserves per task (fractional packs small models on one GPU)."),
+        click.option("--cpus-per-task", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+                     help="CPUs Ray reserves per task."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def make_executor(executor: str, address: str | None, gpus_per_task: float, cpus_per_task: float):
+    from fastroar.executors import get_executor
+
+    return get_executor(executor, address=address, num_gpus=gpus_per_task, num_cpus=cpus_per_task)
+
+
 def resolve(workdir: str, dataset: str | None, config_path: str | None, overrides: tuple[str, ...],
             device: str | None, loader: str | None, create: bool = False):
     """(config, Workdir): --config, else --dataset's YAML, else the workdir's saved config, else the default."""
@@ -121,15 +143,18 @@ def train(workdir, dataset, config_path, overrides, device, loader, progress) ->
 @common_options
 @click.option("--model", "models", multiple=True, help="Only this base model (repeatable).")
 @click.option("--attribution", "attributions", multiple=True, help="Only this attribution (repeatable).")
+@executor_options
 @fail_cleanly
-def precompute(workdir, dataset, config_path, overrides, device, loader, progress, models, attributions) -> None:
+def precompute(workdir, dataset, config_path, overrides, device, loader, progress, models, attributions,
+               executor, address, gpus_per_task, cpus_per_task) -> None:
     """Attribute every image, rank its coordinates and store rank maps and masks (Zarr)."""
     from fastroar.attribution.precompute import precompute_stage
 
     cfg, wd = resolve(workdir, dataset, config_path, overrides, device, loader)
     t0 = time.perf_counter()
     n = precompute_stage(cfg, wd, progress=progress, log=click.echo, models=models or None,
-                         attributions=attributions or None)
+                         attributions=attributions or None,
+                         executor=make_executor(executor, address, gpus_per_task, cpus_per_task))
     click.echo(f"[precompute] {n} chunks computed in {time.perf_counter() - t0:.1f}s")
 
 
@@ -151,16 +176,17 @@ def parse_levels(ctx, param, values) -> list[float] | None:
 @click.option("--seeds", type=click.IntRange(min=1), default=None, help="Runs per (level, direction).")
 @click.option("--model", "models", multiple=True, help="Only this base model (repeatable).")
 @click.option("--attribution", "attributions", multiple=True, help="Only this attribution (repeatable).")
-@click.option("--executor", default="local", show_default=True, help="Where jobs run: local.")
+@executor_options
 @fail_cleanly
 def retrain(workdir, dataset, config_path, overrides, device, loader, progress, levels, direction, seeds,
-            models, attributions, executor) -> None:
+            models, attributions, executor, address, gpus_per_task, cpus_per_task) -> None:
     """Retrain fresh models on top-k / bottom-k unmasked data; one result record per job."""
     from fastroar.roar.retrain import retrain_stage
 
     cfg, wd = resolve(workdir, dataset, config_path, overrides, device, loader)
     directions = ["top", "bottom"] if direction == "both" else [direction]
-    retrain_stage(cfg, wd, progress=progress, log=click.echo, executor=executor, models=models or None,
+    retrain_stage(cfg, wd, progress=progress, log=click.echo,
+                  executor=make_executor(executor, address, gpus_per_task, cpus_per_task), models=models or None,
                   attributions=attributions or None, levels=levels, directions=directions, n_seeds=seeds)
 
 
