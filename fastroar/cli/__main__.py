@@ -1,0 +1,3 @@
+from fastroar.cli import main
+
+main()
