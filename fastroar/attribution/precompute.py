@@ -94,13 +94,20 @@ def plan_precompute(cfg: dict[str, Any], workdir: Workdir, models: Sequence[str]
 
     chunks_per_task=None gives one task per (entry, split); an integer cuts them into ranges that size.
     """
+    from fastroar.attribution import METHODS
+    from fastroar.errors import ConfigError
+
+    for a in attributions or ():
+        if a not in METHODS:
+            raise ConfigError(f"unknown attribution {a!r}; choose one of: {', '.join(sorted(METHODS))}")
     prepared = load_prepared(cfg, workdir)
+    models = list(models or [m["name"] for m in cfg["models"]])
+    loaded = {name: load_model(workdir, name, prepared)[1]["hash"] for name in models}  # all exist, or fail first
     store = RankStore(str(workdir.store_path))
     tasks = []
-    for name in models or [m["name"] for m in cfg["models"]]:
-        _, ckpt = load_model(workdir, name, prepared)
+    for name, model_hash in loaded.items():
         for attribution in attributions or cfg["attributions"]:
-            entry = store.open_entry(name, attribution, identity(cfg, prepared, ckpt["hash"], attribution),
+            entry = store.open_entry(name, attribution, identity(cfg, prepared, model_hash, attribution),
                                      {s: prepared.size(s) for s in SPLITS},
                                      chunk_size=cfg["precompute"].get("chunk_size"))
             for split in SPLITS:
