@@ -61,5 +61,8 @@ def to_model_input(images):
     """Stored images -> float32 model input: uint8 pixels scaled to [0, 1], float features as they are."""
     import torch
 
-    t = images if isinstance(images, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(images))
-    return t.float().div_(255.0) if t.dtype == torch.uint8 else t.float()
+    if isinstance(images, torch.Tensor):
+        return images.float().div_(255.0) if images.dtype == torch.uint8 else images.float()
+    scale = 1.0 / 255.0 if images.dtype == np.uint8 else 1.0
+    # A fresh float32 copy: inputs may be read-only views of cached arrays.
+    return torch.from_numpy(np.multiply(images, scale, dtype=np.float32))

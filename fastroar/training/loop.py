@@ -58,7 +58,10 @@ def train_model(model: nn.Module, loader: Iterable, recipe: Recipe, *, adversary
     bar = tqdm(range(recipe.epochs), desc=desc, disable=not progress, leave=False, unit="epoch")
     for _ in bar:
         model.train()
-        loss_sum, correct, seen = 0.0, 0, 0
+        # Accumulated on the device: no host sync per step.
+        loss_sum = torch.zeros((), device=next(model.parameters()).device)
+        correct = torch.zeros((), dtype=torch.long, device=loss_sum.device)
+        seen = 0
         for x, y in loader:
             if adversary is not None:
                 x = pgd_attack(model, x, y, adversary, bounds)
@@ -68,10 +71,10 @@ def train_model(model: nn.Module, loader: Iterable, recipe: Recipe, *, adversary
             loss.backward()
             opt.step()
             sched.step()
-            loss_sum += float(loss) * len(y)
-            correct += int((logits.argmax(1) == y).sum())
+            loss_sum += loss.detach() * len(y)
+            correct += (logits.detach().argmax(1) == y).sum()
             seen += len(y)
-        stats = {"loss": loss_sum / max(1, seen), "train_acc": correct / max(1, seen)}
+        stats = {"loss": float(loss_sum) / max(1, seen), "train_acc": int(correct) / max(1, seen)}
         bar.set_postfix(loss=f"{stats['loss']:.3f}", acc=f"{stats['train_acc']:.3f}")
     return stats
 
