@@ -37,14 +37,18 @@ class RayExecutor:
 
         if ray.is_initialized():
             return
+        if self.address and self.address != "auto":
+            check_reachable(self.address)
+        # Without an address Ray starts a private instance; keep it on the loopback interface.
+        local = {} if self.address else {"_node_ip_address": "127.0.0.1"}
         try:
             ray.init(address=self.address, include_dashboard=False, log_to_driver=False,
-                     ignore_reinit_error=True, configure_logging=False)
+                     ignore_reinit_error=True, configure_logging=False, **local)
         except Exception as e:  # ray raises ConnectionError, RuntimeError or TimeoutError by version
             where = f"at {self.address}" if self.address else "locally"
-            raise FastroarError(f"could not reach a Ray cluster {where}: {str(e).splitlines()[0] if str(e) else type(e).__name__}. "
-                                "Start one with `ray start --head` and pass its address, or use "
-                                "--executor local") from None
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise FastroarError(f"could not start or reach a Ray cluster {where}: {first}. Start one with "
+                                "`ray start --head` and pass its address, or use --executor local") from None
 
     def map(self, fn: Callable, items: Sequence[tuple], progress: bool = True, desc: str = "") -> Iterator[Any]:
         import ray
@@ -58,6 +62,21 @@ class RayExecutor:
                 done, pending = ray.wait(pending, num_returns=1)
                 bar.update(1)
                 yield ray.get(done[0])
+
+
+def check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fails fast (ray.init itself waits minutes) when nothing answers at host:port."""
+    import socket
+
+    hostport = address.split("://", 1)[-1]
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"Ray address {address!r} must look like HOST:PORT (e.g. 127.0.0.1:6379)")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise FastroarError(f"no Ray cluster answers at {address} ({e.strerror or e}); start one with "
+                            "`ray start --head --port PORT` and pass HOST:PORT, or use --executor local") from None
 
 
 def get_executor(name: str, address: str | None = None, num_gpus: float = 0.0, num_cpus: float = 1.0):
