@@ -35,10 +35,10 @@ class RayExecutor:
     def connect(self) -> None:
         import ray
 
-        if ray.is_initialized():
-            return
         if self.address and self.address != "auto":
             check_reachable(self.address)
+        if ray.is_initialized():
+            return
         # Without an address Ray starts a private instance; keep it on the loopback interface.
         local = {} if self.address else {"_node_ip_address": "127.0.0.1"}
         try:
