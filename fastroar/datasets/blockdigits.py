@@ -1,6 +1,7 @@
-"""blockdigits: BlockMNIST's construction on the 8x8 handwritten digits shipped inside scikit-learn.
+"""BlockMNIST's construction (Shah et al. 2021, Sec. 5), and ``blockdigits``: the same on the 8x8
+handwritten digits shipped inside scikit-learn (no download).
 
-Each image stacks two 8x8 blocks vertically (1 x 16 x 8): a signal block holding the digit and a null
+Each image stacks two square blocks vertically (1 x 2s x s): a signal block holding the digit and a null
 block holding the same fixed pattern in every image. The signal block is placed on top or at the bottom
 at random (or always on top with ``signal_position="top"``, as in BlockMNIST-Top). The null block is
 label-independent, so a classifier needs only the signal block: an attribution that highlights
@@ -15,10 +16,13 @@ from fastroar.datasets.base import Dataset, Split, split_indices
 BLOCK = 8
 
 
-def null_pattern() -> np.ndarray:
-    """The null block: a fixed 8x8 uint8 square outline, as bright as the digits' strokes."""
-    p = np.zeros((BLOCK, BLOCK), np.uint8)
-    p[1, 1:7] = p[6, 1:7] = p[1:7, 1] = p[1:7, 6] = 255
+def null_pattern(size: int = BLOCK) -> np.ndarray:
+    """The null block: a fixed size x size uint8 square outline (1/8 of the side in from the border,
+    strokes 1/8 of the side thick), as bright as the digits' strokes."""
+    p = np.zeros((size, size), np.uint8)
+    m = max(1, size // 8)
+    p[m:size - m, m:size - m] = 255
+    p[2 * m:size - 2 * m, 2 * m:size - 2 * m] = 0
     return p
 
 
@@ -31,25 +35,29 @@ def load_digit_blocks() -> tuple[np.ndarray, np.ndarray]:
     return images, digits.target.astype(np.int64)
 
 
-def build(seed: int = 0, test_fraction: float = 0.2, signal_position: str = "random") -> Dataset:
-    """The blockdigits dataset; signal_position is "random" (BlockMNIST) or "top" (BlockMNIST-Top)."""
+def stack_blocks(digits: np.ndarray, signal_position: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(N, s, s) uint8 digits -> ((N, 1, 2s, s) images, (N, 2s*s) bool signal masks)."""
     if signal_position not in ("random", "top"):
         raise ValueError(f"signal_position must be 'random' or 'top', got {signal_position!r}")
-    digits, labels = load_digit_blocks()
-    n = len(labels)
-    rng = np.random.default_rng(seed)
+    n, s = len(digits), digits.shape[-1]
     on_top = np.ones(n, bool) if signal_position == "top" else rng.random(n) < 0.5
-    null = null_pattern()
-    images = np.empty((n, 1, 2 * BLOCK, BLOCK), np.uint8)
-    images[on_top, 0, :BLOCK] = digits[on_top]
-    images[on_top, 0, BLOCK:] = null
-    images[~on_top, 0, :BLOCK] = null
-    images[~on_top, 0, BLOCK:] = digits[~on_top]
-    signal = np.zeros((n, 1, 2 * BLOCK, BLOCK), bool)
-    signal[on_top, 0, :BLOCK] = True
-    signal[~on_top, 0, BLOCK:] = True
-    signal = signal.reshape(n, -1)
-    train, test = split_indices(n, test_fraction, seed)
+    null = null_pattern(s)
+    images = np.empty((n, 1, 2 * s, s), np.uint8)
+    images[on_top, 0, :s] = digits[on_top]
+    images[on_top, 0, s:] = null
+    images[~on_top, 0, :s] = null
+    images[~on_top, 0, s:] = digits[~on_top]
+    signal = np.zeros((n, 1, 2 * s, s), bool)
+    signal[on_top, 0, :s] = True
+    signal[~on_top, 0, s:] = True
+    return images, signal.reshape(n, -1)
+
+
+def build(seed: int = 0, test_fraction: float = 0.2, signal_position: str = "random") -> Dataset:
+    """The blockdigits dataset; signal_position is "random" (BlockMNIST) or "top" (BlockMNIST-Top)."""
+    digits, labels = load_digit_blocks()
+    images, signal = stack_blocks(digits, signal_position, np.random.default_rng(seed))
+    train, test = split_indices(len(labels), test_fraction, seed)
     params = {"seed": seed, "test_fraction": test_fraction, "signal_position": signal_position}
     return Dataset(
         name="blockdigits",
