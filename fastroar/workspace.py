@@ -58,9 +58,15 @@ class Workdir:
         return self.root / "report"
 
 
+# Parameters that say how to obtain data, not what the data are: they do not enter the key.
+NON_IDENTITY_PARAMS = ("download",)
+
+
 def dataset_key(cfg: dict[str, Any]) -> str:
     """Names the prepared data by content: dataset name + hash of its parameters."""
-    return f"{cfg['dataset']['name']}-{digest(cfg['dataset'])}"
+    ds = cfg["dataset"]
+    params = {k: v for k, v in ds.get("params", {}).items() if k not in NON_IDENTITY_PARAMS}
+    return f"{ds['name']}-{digest({'name': ds['name'], 'params': params})}"
 
 
 def resolve_device(name: str) -> torch.device:

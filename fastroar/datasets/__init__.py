@@ -3,14 +3,20 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from fastroar.datasets import blockdigits, leakage
+from fastroar.datasets import blockdigits, leakage, torchvision_sets
 from fastroar.datasets.base import Dataset, Split
-from fastroar.errors import ConfigError
+from fastroar.errors import ConfigError, FastroarError
 
 REGISTRY: dict[str, Callable[..., Dataset]] = {
     "blockdigits": blockdigits.build,
     "blockdigits-top": lambda **kw: blockdigits.build(signal_position="top", **kw),
     "leakage": leakage.build,
+    "mnist": torchvision_sets.builder("mnist"),
+    "fashion-mnist": torchvision_sets.builder("fashion-mnist"),
+    "cifar10": torchvision_sets.builder("cifar10"),
+    "svhn": torchvision_sets.builder("svhn"),
+    "blockmnist": torchvision_sets.build_blockmnist,
+    "blockmnist-top": lambda **kw: torchvision_sets.build_blockmnist(signal_position="top", **kw),
 }
 
 
@@ -20,6 +26,8 @@ def build_dataset(name: str, **params: Any) -> Dataset:
         raise ConfigError(f"unknown dataset {name!r}; choose one of: {', '.join(sorted(REGISTRY))}")
     try:
         ds = REGISTRY[name](**params)
+    except FastroarError:
+        raise
     except (TypeError, ValueError) as e:
         raise ConfigError(f"bad parameters for dataset {name!r}: {e}") from e
     ds.name = name
