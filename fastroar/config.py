@@ -82,7 +82,7 @@ def check_level(k: Any) -> float:
 
 def validate(cfg: dict[str, Any]) -> dict[str, Any]:
     """Checks and normalises a config in place (returns it)."""
-    from fastroar.attribution import METHODS
+    from fastroar.attribution import check_attribution
     from fastroar.datasets import REGISTRY
     from fastroar.models import BUILDERS
     from fastroar.training import Adversary, Recipe
@@ -108,8 +108,9 @@ def validate(cfg: dict[str, Any]) -> dict[str, Any]:
         if m.get("adversary"):
             Adversary(**m["adversary"])
     for a in cfg.setdefault("attributions", ["gradient"]):
-        if a not in METHODS:
-            raise ConfigError(f"unknown attribution {a!r}; choose one of: {', '.join(sorted(METHODS))}")
+        check_attribution(a)
+    if not isinstance(cfg.setdefault("attribution_params", {}), dict):
+        raise ConfigError("attribution_params must map attribution names to keyword arguments")
     levels = cfg.setdefault("levels", [0.1, 0.2, 0.3, 0.5])
     if not isinstance(levels, list) or not levels:
         raise ConfigError("levels must be a non-empty list of k values in (0, 1)")

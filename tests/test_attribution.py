@@ -68,3 +68,54 @@ def test_unknown_attribution_is_a_clear_error():
 
     with pytest.raises(ConfigError, match="unknown attribution 'saliency'.*gradient"):
         attribute(nn.Linear(2, 2), torch.zeros(1, 2), "saliency")
+
+
+def test_edge_attribution_is_kornia_sobel_and_matches_scipy_sobel_magnitude():
+    import kornia
+    from scipy import ndimage
+
+    x = torch.rand(3, 2, 9, 7)
+    scores = attribute(None, x, "edge")
+    torch.testing.assert_close(scores, kornia.filters.sobel(x))  # the library call it wraps
+    # independent reference: scipy's Sobel (border replicated), kernel sum normalised to 1/8
+    for b in range(3):
+        for c in range(2):
+            img = x[b, c].numpy().astype(np.float64)  # 2-D: scipy smooths along every other axis
+            gx = ndimage.sobel(img, axis=1, mode="nearest") / 8
+            gy = ndimage.sobel(img, axis=0, mode="nearest") / 8
+            np.testing.assert_allclose(scores[b, c].numpy(), np.sqrt(gx**2 + gy**2 + 1e-6), rtol=1e-5, atol=1e-6)
+
+
+def test_captum_integrated_gradients_on_a_linear_model_is_x_times_weight_row():
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(6, 3)).double()
+    x = torch.randn(4, 1, 2, 3, dtype=torch.float64)
+    scores = attribute(model, x, "captum:IntegratedGradients", n_steps=8)
+    pred = model(x).argmax(1)
+    w = model[1].weight.detach()[pred].reshape(4, 1, 2, 3)
+    torch.testing.assert_close(scores, (x * w).abs())  # IG with zero baseline, exact for linear models
+
+
+def test_captum_paths_equal_direct_captum_calls():
+    from captum.attr import NoiseTunnel, Saliency
+
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3))
+    x = torch.randn(5, 1, 2, 4)
+    target = model(x).argmax(1)
+    torch.testing.assert_close(attribute(model, x, "captum:Saliency"),
+                               Saliency(model).attribute(x, target=target).abs())
+    torch.testing.assert_close(attribute(model, x, "captum:Saliency"), attribute(model, x, "gradient"))
+    torch.manual_seed(5)
+    ours = attribute(model, x, "captum:NoiseTunnel(Saliency)", nt_samples=4, stdevs=0.1)
+    torch.manual_seed(5)
+    direct = NoiseTunnel(Saliency(model)).attribute(x, target=target, nt_samples=4, stdevs=0.1).abs()
+    torch.testing.assert_close(ours, direct)
+
+
+@pytest.mark.parametrize("name", ["captum:NoSuchMethod", "captum:NoiseTunnel(Nope)", "captum:", "edges"])
+def test_bad_attribution_names(name):
+    from fastroar.errors import ConfigError
+
+    with pytest.raises(ConfigError):
+        attribute(nn.Linear(2, 2), torch.zeros(1, 2), name)

@@ -27,7 +27,10 @@ from fastroar.workspace import SPLITS, Workdir, resolve_device
 
 def attribution_params(cfg: dict[str, Any], attribution: str) -> dict[str, Any]:
     """Parameters an attribution's scores depend on (recorded in the store's identity)."""
-    return {"seed": int(cfg.get("attribution_seed", 0))} if attribution == "random" else {}
+    params = dict(cfg.get("attribution_params", {}).get(attribution, {}))
+    if attribution == "random":
+        params.setdefault("seed", 0)
+    return params
 
 
 def identity(cfg: dict[str, Any], prepared: Prepared, model_hash: str, attribution: str) -> dict[str, Any]:
@@ -94,12 +97,10 @@ def plan_precompute(cfg: dict[str, Any], workdir: Workdir, models: Sequence[str]
 
     chunks_per_task=None gives one task per (entry, split); an integer cuts them into ranges that size.
     """
-    from fastroar.attribution import METHODS
-    from fastroar.errors import ConfigError
+    from fastroar.attribution import check_attribution
 
     for a in attributions or ():
-        if a not in METHODS:
-            raise ConfigError(f"unknown attribution {a!r}; choose one of: {', '.join(sorted(METHODS))}")
+        check_attribution(a)
     prepared = load_prepared(cfg, workdir)
     models = list(models or [m["name"] for m in cfg["models"]])
     loaded = {name: load_model(workdir, name, prepared)[1]["hash"] for name in models}  # all exist, or fail first
