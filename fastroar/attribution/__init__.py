@@ -78,7 +78,7 @@ def captum_scores(name: str, model: nn.Module, x: torch.Tensor, **params: Any) -
     else:
         method = _captum_class(match["method"])(model)
     with torch.enable_grad():
-        scores = method.attribute(x.detach().clone(), target=target, **params)
+        scores = method.attribute(x.detach().clone().requires_grad_(True), target=target, **params)
     model.train(was_training)
     return scores.detach().abs()
 
