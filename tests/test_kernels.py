@@ -70,7 +70,7 @@ def tie_heavy(rng: np.random.Generator, B: int, d: int, kind: str) -> np.ndarray
 
 
 KINDS = ["few", "rounded", "zeros", "signed", "const", "sorted"]
-SIZES = [(3, 1), (4, 7), (4, 8), (5, 9), (3, 64), (6, 3072), (5, 3077), (3, 16385), (2, 70001)]
+SIZES = [(3, 1), (4, 7), (4, 8), (5, 9), (3, 64), (4, 2048), (4, 2049), (6, 3072), (5, 3077), (3, 16385), (2, 70001)]
 
 
 def cases():
@@ -396,3 +396,13 @@ def test_cuda_half_types_batches_and_levels():
     r = K.rank(x)
     np.testing.assert_array_equal(K.unmask(x, r, 0.3).cpu().numpy(),
                                   K.unmask(x.cpu().numpy(), r.cpu().numpy(), 0.3))
+
+
+@needs_ext
+def test_ext_rows_beyond_compact_entries():
+    """d > 2^21: the C++ kernel's last pass cannot use 32-bit (digit, index) entries; still exact."""
+    rng = np.random.default_rng(13)
+    d = (1 << 21) + 3
+    x = np.round(np.abs(rng.standard_normal((1, d))), 3).astype(np.float32)  # ~4k distinct values
+    x[0, ::7] = 0.0
+    assert_same(torch.ops.fastroar.rank_and_mask(torch.from_numpy(x), [0.3]), expected(x, [0.3]), "d=2^21+3")

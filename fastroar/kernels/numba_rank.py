@@ -20,7 +20,7 @@ from fastroar.kernels.reference import n_kept, rank_dtype
 __all__ = ["rank_and_mask", "keep_from_ranks", "SMALL_D"]
 
 # Rows up to this length sort with 4 passes of 8-bit digits, longer ones with 3 passes of 11 bits.
-SMALL_D = 16384
+SMALL_D = 2048
 
 
 @njit(inline="always")
