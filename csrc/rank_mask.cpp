@@ -19,6 +19,8 @@
 #include <Python.h>
 
 #include <cmath>
+#include <cstdio>
+#include <string>
 #include <cstring>
 #include <memory>
 
@@ -29,18 +31,32 @@
 
 namespace fastroar {
 
+// Numbers in error messages are formatted with snprintf, not streamed: streaming an int64 or a double
+// into TORCH_CHECK's message crashed (SIGSEGV) with torch 2.11 wheels and a GCC 13 build of this file.
+static std::string fmt_int(int64_t v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%lld", static_cast<long long>(v));
+  return buf;
+}
+
+static std::string fmt_double(double v) {
+  char buf[40];
+  std::snprintf(buf, sizeof buf, "%.17g", v);
+  return buf;
+}
+
 std::vector<int64_t> kept_counts(const at::Tensor& scores, c10::ArrayRef<double> levels) {
-  TORCH_CHECK(scores.dim() == 2, "fastroar::rank_and_mask: scores must be (B, d), got ", scores.dim(),
+  TORCH_CHECK(scores.dim() == 2, "fastroar::rank_and_mask: scores must be (B, d), got ", fmt_int(scores.dim()),
               " dimensions");
   const auto st = scores.scalar_type();
   TORCH_CHECK(st == at::kFloat || st == at::kHalf || st == at::kBFloat16,
-              "fastroar::rank_and_mask: scores must be float32, float16 or bfloat16, got ", st);
+              "fastroar::rank_and_mask: scores must be float32, float16 or bfloat16, got ", c10::toString(st));
   const int64_t d = scores.size(1);
-  TORCH_CHECK(d <= (int64_t{1} << 31) - 1, "fastroar::rank_and_mask: d = ", d, " is too large");
+  TORCH_CHECK(d <= (int64_t{1} << 31) - 1, "fastroar::rank_and_mask: d = ", fmt_int(d), " is too large");
   std::vector<int64_t> n;
   n.reserve(levels.size());
   for (double k : levels) {
-    TORCH_CHECK(k > 0.0 && k < 1.0, "fastroar::rank_and_mask: every level k must lie in (0, 1), got ", k);
+    TORCH_CHECK(k > 0.0 && k < 1.0, "fastroar::rank_and_mask: every level k must lie in (0, 1), got ", fmt_double(k));
     // floor(k*d + 0.5) exactly as Python computes it (two correctly rounded double ops, no fma).
     volatile double p = k * static_cast<double>(d);
     n.push_back(static_cast<int64_t>(std::floor(p + 0.5)));

@@ -237,13 +237,13 @@ def test_dispatch_shapes_kinds_and_backend(monkeypatch):
         assert np.array_equal(K.rank(torch.from_numpy(x.astype(np.float64))).numpy(), want[0])
         xi = rng.integers(0, 5, size=(2, 33))
         assert np.array_equal(K.rank(xi), rank_reference(xi.astype(np.float32)))
-        expect_name = {"numba": "numba", "numpy": "numpy"}.get(be, "C++ (fastroar._C, cpu)")
-        assert K.backend() == expect_name
+        ext_name = f"C++ (fastroar._C, {'cuda' if ext_cuda and torch.cuda.is_available() else 'cpu'})"
+        assert K.backend() == {"numba": "numba", "numpy": "numpy"}.get(be, ext_name)
     monkeypatch.setenv("FASTROAR_BACKEND", "bogus")
     with pytest.raises(ValueError, match="FASTROAR_BACKEND"):
         K.rank(x)
     monkeypatch.delenv("FASTROAR_BACKEND")
-    assert K.backend() == ("C++ (fastroar._C, cpu)" if ext_ok else "numba")
+    assert K.backend() == (ext_name if ext_ok else "numba")
 
 
 def test_requires_grad_and_noncontiguous_inputs():
