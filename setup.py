@@ -62,26 +62,27 @@ def nvcc_version(home: str) -> tuple[int, int] | None:
     return (int(m.group(1)), int(m.group(2))) if m else None
 
 
-def want_cuda() -> tuple[bool, str]:
-    """Whether to compile the CUDA kernels, and why (printed)."""
+def want_cuda() -> tuple[bool, str, int]:
+    """Whether to compile the CUDA kernels, why (printed), and the reason code the library reports
+    (torch.ops.fastroar.build_info): 1 FASTROAR_NO_CUDA, 2 no usable toolkit, 3 torch without CUDA."""
     if os.environ.get("FASTROAR_NO_CUDA", "") not in ("", "0"):
-        return False, "FASTROAR_NO_CUDA is set"
+        return False, "FASTROAR_NO_CUDA is set", 1
     try:
         import torch
     except ImportError:
-        return False, "torch is not installed"
+        return False, "torch is not installed", 3
     if torch.version.cuda is None:
-        return False, "torch is not a CUDA build"
+        return False, "torch is not a CUDA build", 3
     home = find_cuda_home()
     if home is None:
-        return False, "no CUDA toolkit (nvcc) found"
+        return False, "no CUDA toolkit (nvcc) found", 2
     ver = nvcc_version(home)
     if ver is None:
-        return False, f"nvcc under {home} does not run"
+        return False, f"nvcc under {home} does not run", 2
     if ver[0] != int(torch.version.cuda.split(".")[0]):
-        return False, f"CUDA toolkit {ver[0]}.{ver[1]} does not match torch's CUDA {torch.version.cuda}"
+        return False, f"CUDA toolkit {ver[0]}.{ver[1]} does not match torch's CUDA {torch.version.cuda}", 2
     os.environ["CUDA_HOME"] = home  # read by torch.utils.cpp_extension at import
-    return True, f"CUDA toolkit {ver[0]}.{ver[1]} at {home}"
+    return True, f"CUDA toolkit {ver[0]}.{ver[1]} at {home}", 0
 
 
 def extensions() -> tuple[list, dict]:
@@ -91,13 +92,13 @@ def extensions() -> tuple[list, dict]:
     except ImportError:
         log("torch is not installed: building without fastroar._C (the Numba kernels are used)")
         return [], {}
-    with_cuda, why = want_cuda()
+    with_cuda, why, off_code = want_cuda()
     log(("building CUDA kernels: " if with_cuda else "CPU-only extension: ") + why)
     from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
 
     cxx = ["-O3", "-fopenmp", "-ffp-contract=off"]
     sources = ["csrc/rank_mask.cpp"]
-    define_macros = []
+    define_macros = [] if with_cuda else [("FASTROAR_CUDA_OFF", str(off_code))]
     kwargs = dict(extra_link_args=["-fopenmp"])
     if with_cuda:
         import torch

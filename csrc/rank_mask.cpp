@@ -398,12 +398,32 @@ bool has_cuda() {
 #endif
 }
 
+// How this library was built, for diagnostics and tests: "cuda: compiled" or "cuda: off (<why>)".
+// setup.py passes the reason as FASTROAR_CUDA_OFF = 1 (FASTROAR_NO_CUDA set), 2 (no usable CUDA toolkit),
+// 3 (torch is not a CUDA build).
+std::string build_info() {
+#ifdef FASTROAR_WITH_CUDA
+  return "cuda: compiled";
+#else
+#ifndef FASTROAR_CUDA_OFF
+#define FASTROAR_CUDA_OFF 0
+#endif
+  switch (FASTROAR_CUDA_OFF) {
+    case 1: return "cuda: off (FASTROAR_NO_CUDA was set)";
+    case 2: return "cuda: off (no usable CUDA toolkit)";
+    case 3: return "cuda: off (torch is not a CUDA build)";
+    default: return "cuda: off";
+  }
+#endif
+}
+
 }  // namespace
 }  // namespace fastroar
 
 TORCH_LIBRARY(fastroar, m) {
   m.def("rank_and_mask(Tensor scores, float[] levels) -> (Tensor ranks, Tensor top, Tensor bottom)");
   m.def("has_cuda() -> bool", &fastroar::has_cuda);
+  m.def("build_info() -> str", &fastroar::build_info);
 }
 
 TORCH_LIBRARY_IMPL(fastroar, CPU, m) { m.impl("rank_and_mask", &fastroar::rank_and_mask_cpu); }

@@ -6,7 +6,6 @@ fallback, and the dispatch layer (fastroar.kernels) with torch and NumPy inputs 
 from __future__ import annotations
 
 import math
-import os
 import shutil
 
 import numpy as np
@@ -350,6 +349,13 @@ def test_rank_dtype_boundary():
 
 # ---------------------------------------------------------------- CUDA
 
+@needs_ext
+def test_build_info_consistent():
+    info = torch.ops.fastroar.build_info()
+    assert info.startswith("cuda: ")
+    assert (info == "cuda: compiled") == torch.ops.fastroar.has_cuda() == ext_cuda
+
+
 def _nvcc_usable() -> bool:
     return shutil.which("nvcc") is not None and torch.version.cuda is not None
 
@@ -358,10 +364,12 @@ def _nvcc_usable() -> bool:
 @pytest.mark.skipif(not _nvcc_usable(), reason="no nvcc on PATH or torch is not a CUDA build: CPU-only extension")
 def test_cuda_kernels_compiled():
     """Where nvcc and a CUDA torch exist, the build compiles csrc/rank_mask_cuda.cu and registers its kernel."""
-    if os.environ.get("FASTROAR_NO_CUDA", "") not in ("", "0"):
-        pytest.skip("FASTROAR_NO_CUDA is set: CPU-only build requested")
-    assert torch.ops.fastroar.has_cuda(), ("fastroar._C was built without its CUDA kernels although nvcc is "
-                                           "here; rebuild: python -m pip install --no-build-isolation -e .")
+    info = torch.ops.fastroar.build_info()
+    if "FASTROAR_NO_CUDA" in info:
+        pytest.skip(f"CPU-only build requested ({info})")
+    assert torch.ops.fastroar.has_cuda(), (f"fastroar._C was built without its CUDA kernels ({info}) although nvcc "
+                                           "is here; rebuild: python -m pip install --no-build-isolation -e .")
+    assert info == "cuda: compiled"
     assert torch._C._dispatch_has_kernel_for_dispatch_key("fastroar::rank_and_mask", "CUDA")
 
 
