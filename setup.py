@@ -17,7 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, setup
 
 ROOT = Path(__file__).resolve().parent
 
@@ -133,7 +133,8 @@ setup(
     description="DiffROAR evaluation of feature attributions (Shah, Jain, Netrapalli, NeurIPS 2021) at scale",
     long_description=(ROOT / "README.md").read_text(encoding="utf-8") if (ROOT / "README.md").exists() else "",
     long_description_content_type="text/markdown",
-    packages=find_packages(include=["fastroar", "fastroar.*"]),
+    # namespace-aware: a sub-package still without __init__.py ships too
+    packages=find_namespace_packages(include=["fastroar", "fastroar.*"], exclude=["*.__pycache__", "*.__pycache__.*"]),
     package_data={"fastroar": package_data()},
     include_package_data=True,
     python_requires=">=3.10",

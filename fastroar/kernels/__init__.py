@@ -12,8 +12,10 @@ CPU, cub on CUDA), a Numba fallback where the extension is not built, and the Nu
 """
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
+import warnings
 from typing import Any, Sequence, Union
 
 import numpy as np
@@ -31,6 +33,9 @@ _ext_state: dict[str, Any] = {}
 def _load_ext() -> tuple[bool, bool, str]:
     """(extension loaded, extension has CUDA kernels, why not loaded). Loads it once."""
     if not _ext_state:
+        if importlib.util.find_spec("fastroar._C") is None:
+            _ext_state.update(ok=False, cuda=False, why="fastroar._C is not built")
+            return _ext_state["ok"], _ext_state["cuda"], _ext_state["why"]
         try:
             import torch
 
@@ -38,7 +43,11 @@ def _load_ext() -> tuple[bool, bool, str]:
 
             _ext_state.update(ok=True, cuda=bool(torch.ops.fastroar.has_cuda()), why="")
         except (ImportError, OSError, AttributeError, RuntimeError) as e:
-            _ext_state.update(ok=False, cuda=False, why=f"{type(e).__name__}: {e}")
+            # built but unusable (e.g. compiled against another torch): say so once, fall back to Numba
+            why = f"{type(e).__name__}: {e}"
+            _ext_state.update(ok=False, cuda=False, why=why)
+            warnings.warn(f"fastroar._C is present but does not load ({why}); using the Numba kernels. Rebuild it: "
+                          "python -m pip install --no-build-isolation -e .", RuntimeWarning, stacklevel=3)
     return _ext_state["ok"], _ext_state["cuda"], _ext_state["why"]
 
 
