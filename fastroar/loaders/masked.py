@@ -1,0 +1,348 @@
+"""The retraining data path: FFCV streams the base images and applies a top-k / bottom-k mask as it loads.
+
+Design (measured here, see tools/bench_loaders.py). FFCV operations see one field, and the rank maps are
+not in the base ``.beton`` (one file of images serves every model and attribution; rank maps live in the
+Zarr store, one array per model and attribution). The choices were:
+
+- ranks as a second field of a per-(model, attribution) ``.beton``, with an operation turning them into a
+  keep mask: fast, but it copies the images once per model and attribution;
+- masking in torch after the loader: several extra passes over each batch on the main thread;
+- an operation that reads the rank maps by sample index from a side array (used here).
+
+The side-array operation, ``MaskRanks``, follows FFCV's ``NDArrayDecoder`` in the pipeline of the image
+field. It asks FFCV for the batch's sample indices (``with_indices``) and runs one fused, parallel Numba
+kernel per batch that reads the stored pixels and the rows of the rank map those indices select, and
+writes the float32 model input with the mask applied (``x/255`` for uint8 images, ``x`` for float32 data,
+0 outside the kept set). The kernel gets the rank map as an argument: a jitted FFCV stage would have
+to capture it as a compile-time constant (copied into the compiled code, for every loader), so the
+operation runs in FFCV's non-jitted stage, which costs one Python call per batch. The kernel works
+on contiguous rows and vectorizes (float division and the rank comparison in SIMD); it runs well over a
+million 32x32x3 images per second on one core, so the loader's cost is FFCV's per-sample decode, and
+the masked loader runs at the speed of the unmasked one (which uses the same operation without ranks).
+Measurements that led here (10,000 32x32x3 images, 2 cores, batch 256): a rank->keep-mask field op
+multiplied after the loader 161-167k img/s but needs ranks inside the images' file; masking in torch
+after the loader 44-58k; this fused side-array op: see ``python tools/bench.py --only bench_loaders``.
+
+Any level k and either direction is a runtime argument of the kernel: ``MaskedLoader.set_mask`` changes
+them between epochs without recompiling the pipeline, and no masked copy of the data is ever made.
+"""
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass, replace
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from numba import njit, prange
+
+from fastroar.kernels.reference import n_kept
+
+ORDERS = ("random", "quasi_random", "sequential")
+DIRECTIONS = ("top", "bottom")
+
+
+# ---------------------------------------------------------------- kernels (Numba, parallel)
+
+@njit(parallel=True, nogil=True, cache=True)
+def _pack_keep(ranks, lo, hi, out):  # pragma: no cover - compiled
+    """out[i] = bit-packed (little bit order) keep mask lo <= ranks[i, j] < hi of every row i."""
+    d = ranks.shape[1]
+    full = d >> 3
+    for i in prange(ranks.shape[0]):
+        r = ranks[i]
+        o = out[i]
+        for q in range(full):
+            w = 0
+            for t in range(8):
+                v = np.int64(r[q * 8 + t])
+                if v >= lo and v < hi:
+                    w |= 1 << t
+            o[q] = w
+        if full < o.shape[0]:
+            w = 0
+            for j in range(full * 8, d):
+                v = np.int64(r[j])
+                if v >= lo and v < hi:
+                    w |= 1 << (j - full * 8)
+            o[full] = w
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def _apply_bits(src, indices, bits, scale, out):  # pragma: no cover - compiled
+    """out[b, j] = src[b, j] / scale where bit j of bits[indices[b]] is set, else 0 (float32)."""
+    d = src.shape[1]
+    full = d >> 3
+    for b in prange(src.shape[0]):
+        m = bits[indices[b]]
+        s = src[b]
+        o = out[b]
+        for q in range(full):
+            w = m[q]
+            for t in range(8):
+                j = q * 8 + t
+                x = np.float32(s[j]) / scale
+                o[j] = x if (w >> t) & 1 else np.float32(0.0)
+        for j in range(full * 8, d):
+            x = np.float32(s[j]) / scale
+            o[j] = x if (m[full] >> (j - full * 8)) & 1 else np.float32(0.0)
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def _scale(src, scale, out):  # pragma: no cover - compiled
+    for b in prange(src.shape[0]):
+        s = src[b]
+        o = out[b]
+        for j in range(src.shape[1]):
+            o[j] = np.float32(s[j]) / scale
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def _gather_bits(x, indices, bits, out):  # pragma: no cover - compiled
+    """out[b, j] = x[indices[b], j] where bit j of bits[indices[b]] is set, else 0 (float32 rows)."""
+    d = x.shape[1]
+    full = d >> 3
+    for b in prange(indices.shape[0]):
+        i = indices[b]
+        m = bits[i]
+        s = x[i]
+        o = out[b]
+        for q in range(full):
+            w = m[q]
+            for t in range(8):
+                j = q * 8 + t
+                o[j] = s[j] if (w >> t) & 1 else np.float32(0.0)
+        for j in range(full * 8, d):
+            o[j] = s[j] if (m[full] >> (j - full * 8)) & 1 else np.float32(0.0)
+
+
+def keep_range(k: float, direction: str, d: int) -> tuple[int, int]:
+    """[lo, hi): the ranks a top-k / bottom-k scheme keeps (rank < n, or rank >= d - n)."""
+    n = n_kept(k, d)
+    return (0, n) if direction == "top" else (d - n, d)
+
+
+def pack_keep_bits(ranks: np.ndarray, k: float, direction: str) -> np.ndarray:
+    """(N, d) ranks -> (N, ceil(d/8)) uint8: the top-k / bottom-k keep mask, bit-packed (little bit order)."""
+    N, d = ranks.shape
+    lo, hi = keep_range(k, direction, d)
+    out = np.empty((N, (d + 7) // 8), dtype=np.uint8)
+    if N:
+        _pack_keep(ranks, lo, hi, out)
+    return out
+
+
+def to_model_input(src: np.ndarray, indices: np.ndarray, bits: np.ndarray | None, out: np.ndarray) -> np.ndarray:
+    """(B, d) stored values -> (B, d) float32 model input in `out` (x/255 for uint8, x for float32), zero
+    where the bit of row bits[indices[b]] is clear; no mask when bits is None."""
+    scale = np.float32(255.0 if src.dtype == np.uint8 else 1.0)
+    if bits is None:
+        _scale(src, scale, out)
+    else:
+        _apply_bits(src, indices, bits, scale, out)
+    return out
+
+
+# ---------------------------------------------------------------- the FFCV operation
+
+@dataclass
+class MaskSpec:
+    """What the operation applies; mutable between epochs (MaskedLoader.set_mask)."""
+
+    ranks: np.ndarray | None = None   # (N, d) rank map of the beton's samples
+    bits: np.ndarray | None = None    # (N, ceil(d/8)) packed keep mask for the current (k, direction)
+
+
+@functools.lru_cache(maxsize=None)
+def ffcv_operations() -> tuple[type, type]:
+    """(StoredBytes, MaskRanks): the FFCV operations of this module, defined on first use (importing ffcv
+    takes seconds)."""
+    from ffcv.fields.ndarray import NDArrayDecoder
+    from ffcv.pipeline.allocation_query import AllocationQuery
+    from ffcv.pipeline.compiler import Compiler
+    from ffcv.pipeline.operation import Operation
+
+    class StoredBytes(NDArrayDecoder):  # a subclass: FFCV takes a pipeline's decoder by the field's class
+        """Decoder of an NDArrayField into (B, nbytes) uint8 rows, the sample's stored bytes.
+
+        Like FFCV's NDArrayDecoder, minus its per-compile ctypes memcpy dispatcher (whose numba
+        finalizer raises KeyError when a loader is garbage collected)."""
+
+        def declare_state_and_memory(self, previous_state):
+            nbytes = int(np.prod(self.field.shape)) * np.dtype(self.field.dtype).itemsize
+            return (replace(previous_state, jit_mode=True, shape=(nbytes,), dtype=np.dtype(np.uint8)),
+                    AllocationQuery((nbytes,), np.dtype(np.uint8)))
+
+        def generate_code(self):
+            my_range = Compiler.get_iterator()
+            mem_read = self.memory_read
+
+            def decode_bytes(indices, destination, metadata, storage_state):  # pragma: no cover - jitted
+                for ix in my_range(indices.shape[0]):
+                    data = mem_read(metadata[indices[ix]], storage_state)
+                    row = destination[ix]
+                    for j in range(row.shape[0]):
+                        row[j] = data[j]
+                return destination[:indices.shape[0]]
+
+            decode_bytes.is_parallel = True
+            return decode_bytes
+
+    class MaskRanks(Operation):
+        """Stored bytes (B, nbytes) -> float32 model input (B, C, H, W) with the rank mask applied.
+
+        Runs in FFCV's non-jitted stage: it calls the Numba kernel with the rank map (side array) as an
+        argument, and receives the batch's sample indices from FFCV (with_indices)."""
+
+        def __init__(self, spec: MaskSpec, shape: tuple[int, ...], dtype: np.dtype) -> None:
+            super().__init__()
+            self.spec, self.shape, self.dtype = spec, tuple(shape), np.dtype(dtype)
+
+        def declare_state_and_memory(self, previous_state):
+            return (replace(previous_state, jit_mode=False, shape=self.shape, dtype=np.dtype(np.float32)),
+                    AllocationQuery(self.shape, np.dtype(np.float32)))
+
+        def generate_code(self):
+            spec, dtype = self.spec, self.dtype
+
+            def mask_ranks(stored, dst, indices):
+                B = stored.shape[0]
+                out = dst[:B]
+                to_model_input(stored.view(dtype), indices, spec.bits, out.reshape(B, -1))
+                return out
+
+            mask_ranks.with_indices = True
+            return mask_ranks
+
+    return StoredBytes, MaskRanks
+
+
+# ---------------------------------------------------------------- the loader
+
+class MaskedLoader:
+    """Iterates (x float32 (B, C, H, W) model input, mask applied, y int64 (B,)) over a .beton.
+
+    Batches live in buffers the loader reuses: a batch is valid until the next one is requested.
+    """
+
+    def __init__(self, loader: Any, spec: MaskSpec, d: int, shape: tuple[int, ...]) -> None:
+        self.loader = loader
+        self._spec = spec
+        self.d = d
+        self.shape = shape
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for x, y in self.loader:
+            yield x, y.view(-1)
+
+    @property
+    def batch_size(self) -> int:
+        return self.loader.batch_size
+
+    def set_mask(self, k: float, direction: str) -> None:
+        """Switches the level and direction for the next epoch, without recompiling the pipeline."""
+        if self._spec.ranks is None:
+            raise ValueError("this loader was made without ranks; pass ranks= to make_loader to mask")
+        _check_mask(k, direction)
+        self._spec.bits = pack_keep_bits(self._spec.ranks, float(k), direction)
+
+
+def _check_mask(k: float | None, direction: str | None) -> None:
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be 'top' or 'bottom' when ranks are given, got {direction!r}")
+    if k is None or not (isinstance(k, (int, float, np.floating)) and 0.0 < float(k) < 1.0):
+        raise ValueError(f"k must be a number in (0, 1), got {k!r}")
+
+
+def check_ranks(ranks: Any, n: int, d: int, what: str) -> np.ndarray:
+    """The (N, d) integer rank map as a NumPy array (array-likes such as Zarr arrays are read whole)."""
+    arr = ranks if isinstance(ranks, np.ndarray) else np.asarray(ranks[...] if hasattr(ranks, "shape") else ranks)
+    if arr.shape != (n, d):
+        raise ValueError(f"ranks must have shape (N, d) = ({n}, {d}) to match {what}, got {tuple(arr.shape)}")
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"ranks must be integers (uint16 or int32 rank maps), got {arr.dtype}")
+    if not arr.flags.c_contiguous:
+        arr = np.ascontiguousarray(arr)
+    return arr
+
+
+def validate_mask_args(ranks: Any, k: float | None, direction: str | None) -> bool:
+    """True when a mask is requested; ValueError on an inconsistent or invalid combination."""
+    if ranks is None:
+        if k is not None or direction is not None:
+            raise ValueError("k and direction need ranks: pass the rank maps of the split (ranks=)")
+        return False
+    _check_mask(k, direction)
+    return True
+
+
+def _worker_count(num_workers: int) -> int:
+    from numba import config
+
+    return max(1, min(int(num_workers), config.NUMBA_NUM_THREADS))
+
+
+def beton_layout(path: str) -> tuple[int, tuple[int, ...], np.dtype]:
+    """(N, (C, H, W), dtype) of a base .beton, read from its header; BetonError when it is not one."""
+    from ffcv.reader import Reader
+
+    from fastroar.loaders.beton import BetonError
+
+    if not os.path.exists(path):
+        raise BetonError(f"{path} does not exist; rerun `fastroar prepare`")
+    try:
+        reader = Reader(path)
+    except Exception as e:  # FFCV raises assorted errors on a damaged header
+        raise BetonError(f"{path} is not a readable .beton ({type(e).__name__}: {e}); delete it (and "
+                         f"{path}.json) and rerun `fastroar prepare`") from e
+    field = reader.handlers.get("image")
+    dtype = np.dtype(getattr(field, "dtype", np.void))
+    if field is None or "label" not in reader.handlers or dtype not in (np.uint8, np.float32):
+        raise BetonError(f"{path} has no uint8/float32 'image' and 'label' fields; delete it (and "
+                         f"{path}.json) and rerun `fastroar prepare`")
+    return int(reader.num_samples), tuple(int(s) for s in field.shape), dtype
+
+
+def make_loader(beton_path: str, *, batch_size: int, order: str = "random", seed: int = 0,
+                ranks: np.ndarray | None = None, k: float | None = None, direction: str | None = None,
+                os_cache: bool = True, drop_last: bool = False, device: str | torch.device = "cpu",
+                num_workers: int = 2, batches_ahead: int = 3) -> MaskedLoader:
+    """An FFCV loader over a base .beton yielding (x, y): x float32 (B, C, H, W) model input with the
+    top-k / bottom-k mask of `ranks` (N, d) applied (no mask when ranks is None), y int64 (B,).
+    """
+    from ffcv.fields.basics import IntDecoder
+    from ffcv.loader import Loader, OrderOption
+    from ffcv.transforms import ToDevice, ToTensor
+
+    if order not in ORDERS:
+        raise ValueError(f"order must be one of {', '.join(ORDERS)}, got {order!r}")
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    masked = validate_mask_args(ranks, k, direction)
+    beton_path = os.fspath(beton_path)
+    n, shape, dtype = beton_layout(beton_path)
+    d = int(np.prod(shape))
+    spec = MaskSpec()
+    if masked:
+        spec.ranks = check_ranks(ranks, n, d, f"the {n} images of shape {shape} in {beton_path}")
+    device = torch.device(device)
+
+    StoredBytes, MaskRanks = ffcv_operations()
+    pipelines = {"image": [StoredBytes(), MaskRanks(spec, shape, dtype), ToTensor()],
+                 "label": [IntDecoder(), ToTensor()]}
+    if device.type != "cpu":
+        pipelines["image"].append(ToDevice(device, non_blocking=True))
+        pipelines["label"].append(ToDevice(device, non_blocking=True))
+    orders = {"random": OrderOption.RANDOM, "quasi_random": OrderOption.QUASI_RANDOM,
+              "sequential": OrderOption.SEQUENTIAL}
+    loader = Loader(beton_path, batch_size=int(batch_size), num_workers=_worker_count(num_workers),
+                    os_cache=bool(os_cache), order=orders[order], seed=int(seed), drop_last=bool(drop_last),
+                    pipelines=pipelines, batches_ahead=batches_ahead)
+    out = MaskedLoader(loader, spec, d, shape)
+    if masked:
+        out.set_mask(float(k), direction)  # type: ignore[arg-type]
+    return out
