@@ -132,11 +132,12 @@ def test_store_from_another_model_is_refused_and_kept(run_workdir, tmp_path):
     wd, _ = run_workdir
     copy = tmp_path / "copy"
     shutil.copytree(wd, copy)
-    # retrain the standard model with other weights: same name, another hash
-    shutil.rmtree(copy / "models" / "standard")
-    assert invoke("train", "--workdir", str(copy), "--no-progress", *tiny_args("train.epochs=1")).exit_code == 0
+    # retrain both models for another number of epochs: same names, other weights and hashes
+    shutil.rmtree(copy / "models")
+    other = tiny_args("train.epochs=1")
+    assert invoke("train", "--workdir", str(copy), "--no-progress", *other).exit_code == 0
     before = tree_digest(copy / "masks.zarr")
-    result = CliRunner().invoke(cli, ["precompute", "--workdir", str(copy), "--no-progress", *tiny_args()])
+    result = CliRunner().invoke(cli, ["precompute", "--workdir", str(copy), "--no-progress", *other])
     assert result.exit_code == 2
     assert "was made with model_hash=" in result.output and "Delete" in result.output
     assert "Traceback" not in result.output
