@@ -54,7 +54,35 @@ def common_options(fn: Callable) -> Callable:
     ]
     for option in reversed(options):
         fn = option(fn)
-    return fn
+    return data_options(fn)
+
+
+def data_options(fn: Callable) -> Callable:
+    """Where a dataset read from disk lives; folded into the config as dataset.params overrides."""
+    options = [
+        click.option("--data-root", default=None, type=click.Path(),
+                     help="Directory of a dataset read from disk (torchvision layout, or train/ and val/ folders)."),
+        click.option("--download/--no-download", default=None,
+                     help="Let torchvision fetch the dataset into --data-root (needs internet)."),
+        click.option("--image-size", type=click.IntRange(min=8), default=None,
+                     help="Side of the square images of imagenet10 / folder datasets (e.g. 112 or 224)."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, data_root=None, download=None, image_size=None, **kwargs: Any) -> Any:
+        extra = []
+        if data_root is not None:
+            extra.append(f"dataset.params.root={str(Path(data_root).expanduser().resolve())!r}")
+        if download is not None:
+            extra.append(f"dataset.params.download={str(download).lower()}")
+        if image_size is not None:
+            extra.append(f"dataset.params.image_size={image_size}")
+        kwargs["overrides"] = tuple(kwargs.get("overrides", ())) + tuple(extra)
+        return fn(*args, **kwargs)
+
+    return wrapper
 
 
 def executor_options(fn: Callable) -> Callable:
