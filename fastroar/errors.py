@@ -16,3 +16,11 @@ class MissingInputError(FastroarError, FileNotFoundError):
 
 class StoreMismatchError(FastroarError):
     """An existing output was made from different inputs (another model, dataset or attribution)."""
+
+
+class StoreCorruptError(FastroarError):
+    """An output on disk no longer matches the checksum recorded when it was written (truncated or damaged)."""
+
+
+class BusyError(FastroarError):
+    """Another process is running the same stage on the same workdir."""

@@ -9,6 +9,9 @@
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import functools
 import json
 import os
 import tempfile
@@ -18,7 +21,7 @@ from typing import Any
 import torch
 
 from fastroar.config import digest
-from fastroar.errors import FastroarError, MissingInputError
+from fastroar.errors import BusyError, FastroarError, MissingInputError
 
 SPLITS = ("train", "test")
 
@@ -75,6 +78,43 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise FastroarError("device 'cuda' asked for, but torch sees no CUDA device; use --device cpu")
     return torch.device(name)
+
+
+@contextlib.contextmanager
+def stage_lock(workdir: Workdir, stage: str):
+    """Holds an exclusive lock on <workdir>/.<stage>.lock while the stage runs.
+
+    Two processes running the same stage on one workdir would both start the same missing chunks or
+    jobs; the second is refused instead. The OS drops the lock when its holder dies (even by SIGKILL),
+    so a killed run never leaves a stale lock behind. The file stays empty, so it never changes.
+    """
+    path = workdir.root / f".{stage}.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise BusyError(f"another `fastroar {stage}` is running on {workdir.root} (it holds {path}); wait "
+                        "for it to finish, then rerun this command: it picks up whatever is left") from None
+    try:
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def locked(stage: str):
+    """Decorator for a stage function ``fn(cfg, workdir, ...)``: runs it under stage_lock(workdir, stage)."""
+
+    def decorate(fn):
+        @functools.wraps(fn)
+        def wrapper(cfg, workdir, *args, **kwargs):
+            with stage_lock(workdir, stage):
+                return fn(cfg, workdir, *args, **kwargs)
+
+        return wrapper
+
+    return decorate
 
 
 def atomic_write_text(path: Path, text: str) -> None:

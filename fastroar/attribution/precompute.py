@@ -22,7 +22,7 @@ from fastroar.kernels import rank_and_mask
 from fastroar.kernels.reference import rank_reference
 from fastroar.store import RankStore
 from fastroar.training.stage import load_model
-from fastroar.workspace import SPLITS, Workdir, resolve_device
+from fastroar.workspace import SPLITS, Workdir, locked, resolve_device
 
 
 def attribution_params(cfg: dict[str, Any], attribution: str) -> dict[str, Any]:
@@ -119,6 +119,7 @@ def plan_precompute(cfg: dict[str, Any], workdir: Workdir, models: Sequence[str]
     return tasks
 
 
+@locked("precompute")
 def precompute_stage(cfg: dict[str, Any], workdir: Workdir, progress: bool = True, log=print,
                      models: Sequence[str] | None = None, attributions: Sequence[str] | None = None,
                      executor=None) -> int:

@@ -28,6 +28,11 @@ def fail_cleanly(fn: Callable) -> Callable:
         except FastroarError as e:
             click.echo(f"Error: {e}", err=True)
             sys.exit(2)
+        except OSError as e:  # the machine refused (permissions, disk full, ...): say what and where
+            where = f" ({e.filename})" if e.filename else ""
+            click.echo(f"Error: {e.strerror or e}{where}; check that the path is writable and has space, "
+                       "then rerun the same command (finished work is kept)", err=True)
+            sys.exit(2)
         except KeyboardInterrupt:
             click.echo("\nInterrupted: finished work is kept; rerun the same command to resume.", err=True)
             sys.exit(130)

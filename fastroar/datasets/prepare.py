@@ -107,4 +107,18 @@ def load_prepared(cfg: dict[str, Any], workdir: Workdir) -> Prepared:
     if not (out / "meta.json").exists():
         raise MissingInputError(f"dataset {cfg['dataset']['name']!r} is not prepared in {workdir.root}; "
                                 f"run `fastroar prepare --workdir {workdir.root}` first")
-    return Prepared(out, json.loads((out / "meta.json").read_text()))
+    prepared = Prepared(out, json.loads((out / "meta.json").read_text()))
+    for split in SPLITS:
+        path = prepared.beton(split)
+        stat = path.stat() if path.exists() else None
+        _verified(str(path), stat and stat.st_size, stat and stat.st_mtime_ns)
+    return prepared
+
+
+@functools.lru_cache(maxsize=16)
+def _verified(path: str, size: int | None, mtime_ns: int | None) -> None:
+    """Size and SHA-256 of a .beton against its sidecar, once per (path, size, mtime) in a process:
+    every stage refuses data that was truncated or damaged after `prepare` wrote it."""
+    from fastroar.loaders import verify_beton
+
+    verify_beton(path)

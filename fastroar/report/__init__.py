@@ -113,7 +113,7 @@ def report_stage(cfg: dict[str, Any], workdir, log=print) -> dict[str, Any]:
     """Writes report/diffroar.csv, report/diffroar.png (and localization.csv); prints the tables."""
     from fastroar.datasets.prepare import load_prepared
     from fastroar.roar.results import read_results
-    from fastroar.store import RankStore
+    from fastroar.store import RankStore, SplitArrays
 
     prepared = load_prepared(cfg, workdir)
     records = [r for r in read_results(workdir.results_path).values() if r["dataset_key"] == prepared.meta["key"]]
@@ -134,7 +134,7 @@ def report_stage(cfg: dict[str, Any], workdir, log=print) -> dict[str, Any]:
         chance = float(signal.sum(1).mean() / signal.shape[1])
         loc_rows = []
         for model, attribution in sorted({(r["model"], r["attribution"]) for r in records}):
-            ranks = store.root[store.entry_path(model, attribution)]["test"]["ranks"][:]
+            ranks = SplitArrays(store.root[store.entry_path(model, attribution)]["test"]).read("ranks")
             for k, share in zip(cfg["levels"], localization(ranks, signal, cfg["levels"])):
                 loc_rows.append({"model": model, "attribution": attribution, "k": k, "signal_share": share,
                                  "chance": chance})

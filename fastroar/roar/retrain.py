@@ -22,10 +22,10 @@ from fastroar.loaders.select import split_loader
 from fastroar.models import build_model
 from fastroar.roar.jobs import Job, sweep
 from fastroar.roar.results import append_result, read_results
-from fastroar.store import RankStore
+from fastroar.store import RankStore, SplitArrays
 from fastroar.training.loop import Recipe, evaluate, train_model
 from fastroar.training.stage import load_model
-from fastroar.workspace import Workdir, resolve_device
+from fastroar.workspace import Workdir, locked, resolve_device
 
 
 def retrain_recipe(cfg: dict[str, Any]) -> Recipe:
@@ -59,7 +59,7 @@ def plan(cfg: dict[str, Any], workdir: Workdir, *, models: Sequence[str] | None 
 @functools.lru_cache(maxsize=8)
 def _ranks(store_path: str, model: str, attribution: str, split: str) -> np.ndarray:
     store = RankStore(store_path, mode="r")
-    return store.root[store.entry_path(model, attribution)][split]["ranks"][:]
+    return SplitArrays(store.root[store.entry_path(model, attribution)][split]).read("ranks")  # checksums verified
 
 
 def run_job(job: Job, cfg: dict[str, Any], workdir: Workdir, prepared: Prepared | None = None,
@@ -92,6 +92,7 @@ def run_job_task(job: Job, cfg: dict[str, Any], workdir: Workdir) -> dict[str, A
     return run_job(job, cfg, workdir)
 
 
+@locked("retrain")
 def retrain_stage(cfg: dict[str, Any], workdir: Workdir, progress: bool = True, log: Callable = print,
                   executor=None, **selection: Any) -> list[dict[str, Any]]:
     """Runs every job of the sweep that has no record yet; returns the sweep's records."""

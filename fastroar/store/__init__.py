@@ -23,7 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 import zarr
 
-from fastroar.errors import MissingInputError, StoreMismatchError
+from fastroar.errors import MissingInputError, StoreCorruptError, StoreMismatchError
 from fastroar.faults import fault_point
 from fastroar.kernels.reference import rank_dtype
 
@@ -89,13 +89,31 @@ class SplitArrays:
         fault_point("store.after_record")
 
     def read(self, name: str = "ranks") -> np.ndarray:
-        """A whole array, after checking every chunk is complete."""
+        """A whole array, after checking every chunk is complete and still matches its completion record."""
         missing = self.missing_chunks()
         if missing:
             raise MissingInputError(
                 f"{self.group.path}: {len(missing)} of {self.n_chunks} chunks not computed yet; "
                 "run `fastroar precompute` (it resumes where it stopped)")
-        return self.group[name][:]
+        arrays = {a: self._load(a) for a in ("ranks", "top", "bottom")}
+        done = self.group["done"][:]
+        for c in range(self.n_chunks):
+            start, stop = self.chunk_range(c)
+            if chunk_crc(*(arrays[a][start:stop] for a in ("ranks", "top", "bottom"))) != done[c]:
+                self._corrupt(f"chunk {c} (images {start}:{stop}) does not match its checksum")
+        return arrays[name]
+
+    def _load(self, name: str) -> np.ndarray:
+        try:
+            return self.group[name][:]
+        except Exception as e:  # a damaged chunk file fails in the codec, with codec-specific errors
+            self._corrupt(f"{name} cannot be decoded ({type(e).__name__}: {e})")
+
+    def _corrupt(self, what: str) -> None:
+        root = getattr(self.group.store, "root", self.group.store)
+        entry = self.group.path.rsplit("/", 1)[0]
+        raise StoreCorruptError(f"rank store {root}: {self.group.path}: {what} (damaged after it was written); "
+                                f"delete {root}/{entry} and rerun `fastroar precompute` to recompute it")
 
     def verify(self) -> list[int]:
         """Indices of done chunks whose bytes no longer match their recorded CRC."""
