@@ -118,8 +118,7 @@ def resolve(workdir: str, dataset: str | None, config_path: str | None, override
     from fastroar.config import load_config
     from fastroar.workspace import Workdir
 
-    wd = Workdir(workdir, create=create)
-    saved = wd.root / "config.yaml"
+    saved = Path(workdir) / "config.yaml"
     path = config_path if config_path or dataset or not saved.exists() else saved
     sets = list(overrides)
     if device:
@@ -127,7 +126,7 @@ def resolve(workdir: str, dataset: str | None, config_path: str | None, override
     if loader:
         sets.append(f"loader={loader}")
     cfg = load_config(dataset=dataset, path=path, overrides=sets)
-    return cfg, wd
+    return cfg, Workdir(workdir, create=create)  # after the config is valid: a bad option creates nothing
 
 
 def save_config(cfg: dict[str, Any], wd) -> None:
@@ -154,8 +153,8 @@ def prepare(workdir, dataset, config_path, overrides, device, loader, progress) 
     from fastroar.datasets.prepare import prepare as prepare_data
 
     cfg, wd = resolve(workdir, dataset, config_path, overrides, device, loader, create=True)
-    save_config(cfg, wd)
     prepared, did = prepare_data(cfg, wd, progress=progress)
+    save_config(cfg, wd)  # only once its data exist: a failed prepare leaves the workdir's config as it was
     sizes = ", ".join(f"{s} {n}" for s, n in prepared.meta["sizes"].items())
     click.echo(f"[prepare] {prepared.meta['name']}: {sizes} images of shape {tuple(prepared.shape)} "
                f"{'written to' if did else 'already in'} {prepared.dir}")
@@ -247,8 +246,8 @@ def run(workdir, dataset, config_path, overrides, device, loader, progress) -> N
 
     t0 = time.perf_counter()
     cfg, wd = resolve(workdir, dataset, config_path, overrides, device, loader, create=True)
-    save_config(cfg, wd)
     prepared, did = prepare_data(cfg, wd, progress=progress)
+    save_config(cfg, wd)
     click.echo(f"[prepare] {prepared.meta['name']} {'written to' if did else 'already in'} {prepared.dir}")
     train_stage(cfg, wd, progress=progress, log=click.echo)
     precompute_stage(cfg, wd, progress=progress, log=click.echo)
