@@ -235,6 +235,32 @@ def report(workdir, dataset, config_path, overrides, device, loader, progress) -
 
 @cli.command()
 @common_options
+@click.option("--k", "levels", multiple=True, callback=parse_levels,
+              help="Level(s) k in (0, 1) (repeatable or comma-separated). Default: the config's levels.")
+@click.option("--model", "models", multiple=True, help="Only this base model (repeatable).")
+@click.option("--attribution", "attributions", multiple=True, help="Only this attribution (repeatable).")
+@click.option("--noise", type=click.FloatRange(min=0), default=0.01, show_default=True,
+              help="Std of the noise added to imputed pixels, as a fraction of the inputs' value range.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the imputation noise.")
+@fail_cleanly
+def estimate(workdir, dataset, config_path, overrides, device, loader, progress, levels, models, attributions,
+             noise, seed) -> None:
+    """ROAD estimate without retraining: impute removed pixels (noisy linear), evaluate the base model."""
+    from fastroar.estimate.road import estimate_stage
+
+    cfg, wd = resolve(workdir, dataset, config_path, overrides, device, loader)
+    t0 = time.perf_counter()
+    records = estimate_stage(cfg, wd, models=models or None, attributions=attributions or None, levels=levels,
+                             noise=noise, seed=seed, log=click.echo)
+    from fastroar.report import format_table
+
+    click.echo("ROAD (acc(top-k kept, rest imputed) - acc(bottom-k kept, rest imputed); original model)")
+    click.echo(format_table(records, ("model", "attribution", "k", "acc_top", "acc_bottom", "road")))
+    click.echo(f"[estimate] done in {time.perf_counter() - t0:.1f}s")
+
+
+@cli.command()
+@common_options
 @fail_cleanly
 def run(workdir, dataset, config_path, overrides, device, loader, progress) -> None:
     """prepare -> train -> precompute -> retrain -> report for one config (finished stages are skipped)."""
