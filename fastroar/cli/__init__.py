@@ -261,6 +261,23 @@ def estimate(workdir, dataset, config_path, overrides, device, loader, progress,
 
 @cli.command()
 @common_options
+@click.option("--quick", is_flag=True, help="Tiny settings (seconds; for tests), not for conclusions.")
+@click.option("--instances", type=click.IntRange(min=1), default=20, show_default=True,
+              help="Rows (test instances) in the leakage gradient figure.")
+@fail_cleanly
+def replicate(workdir, dataset, config_path, overrides, device, loader, progress, quick, instances) -> None:
+    """Reproduce the paper's findings (Fig. 5 / Theorem 1, BlockMNIST-style, DiffROAR) into <workdir>/replicate/."""
+    from fastroar.replicate import replicate_stage
+
+    t0 = time.perf_counter()
+    summary = replicate_stage(workdir, dataset=dataset, config_path=config_path, overrides=overrides,
+                              device=device, loader=loader, progress=progress, quick=quick,
+                              instances=instances, log=click.echo)
+    click.echo(f"[replicate] done in {time.perf_counter() - t0:.1f}s; see {summary['out_dir']}/summary.md")
+
+
+@cli.command()
+@common_options
 @fail_cleanly
 def run(workdir, dataset, config_path, overrides, device, loader, progress) -> None:
     """prepare -> train -> precompute -> retrain -> report for one config (finished stages are skipped)."""

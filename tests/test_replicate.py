@@ -1,0 +1,129 @@
+"""`fastroar replicate --quick` on a finished run: its gradient-mass and localization numbers against an
+independent per-sample torch.autograd computation on the saved models, and its files."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+
+def per_sample_gradients(model: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
+    """d logit_yhat / dx one sample at a time (no batching trick), yhat = the predicted label."""
+    model.eval()
+    rows = []
+    for xi in x:
+        xi = xi[None].clone().requires_grad_(True)
+        out = model(xi)[0]
+        out[int(out.argmax())].backward()
+        rows.append(xi.grad.reshape(-1).numpy().astype(np.float64))
+    return np.stack(rows)
+
+
+def share(g: np.ndarray, region: np.ndarray) -> float:
+    a = np.abs(g)
+    return float(np.mean((a * region).sum(1) / a.sum(1)))
+
+
+@pytest.fixture(scope="module")
+def replicated(run_workdir, tmp_path_factory):
+    from click.testing import CliRunner
+
+    from fastroar.cli import cli
+
+    src, result = run_workdir
+    assert result.exit_code == 0, result.output
+    wd = tmp_path_factory.mktemp("replicate") / "wd"
+    shutil.copytree(src, wd)
+    res = CliRunner().invoke(cli, ["replicate", "--workdir", str(wd), "--quick", "--no-progress", "--instances", "6"])
+    assert res.exit_code == 0, res.output
+    return wd, json.loads((wd / "replicate" / "summary.json").read_text())
+
+
+def _prepared(data_root: Path):
+    from fastroar.datasets.prepare import Prepared
+
+    (d,) = [p for p in (data_root / "data").iterdir() if (p / "meta.json").exists()]
+    return Prepared(d, json.loads((d / "meta.json").read_text()))
+
+
+def test_leakage_shares_equal_an_independent_computation(replicated):
+    from fastroar.training.stage import load_model
+    from fastroar.workspace import Workdir
+
+    wd, summary = replicated
+    lwd = Workdir(wd / "replicate" / "leakage")
+    prepared = _prepared(lwd.root)
+    images, labels = prepared.arrays("test")
+    x = torch.from_numpy(np.array(images, dtype=np.float32))
+    signal = prepared.signal("test")
+    d = int(prepared.meta["params"]["d"])
+    relevant = np.zeros(signal.shape[1], bool)
+    relevant[: d // 2] = True  # block_dim 1
+    assert set(summary["leakage"]["models"]) == {"linear", "standard", "robust"}
+    for name, got in summary["leakage"]["models"].items():
+        model, ckpt = load_model(lwd, name, prepared)
+        assert got["hash"] == ckpt["hash"]
+        g = per_sample_gradients(model, x)
+        assert got["signal_share"] == pytest.approx(share(g, signal), abs=1e-5)
+        assert got["other_relevant_share"] == pytest.approx(share(g, relevant & ~signal), abs=1e-5)
+        assert got["noise_share"] == pytest.approx(share(g, ~relevant[None] & ~signal), abs=1e-5)
+        assert got["signal_share"] + got["other_relevant_share"] + got["noise_share"] == pytest.approx(1.0)
+        with torch.no_grad():
+            assert got["test_acc"] == pytest.approx(float((model(x).argmax(1).numpy() == labels).mean()))
+    lin = summary["leakage"]["models"]["linear"]
+    # a linear model's gradient is the same weight row for every instance predicted the same class
+    assert lin["zero_gradient_instances"] == 0
+
+
+def test_blockdigits_shares_and_localization_equal_an_independent_computation(replicated):
+    from fastroar.training.stage import load_model
+    from fastroar.workspace import Workdir
+
+    wd, summary = replicated
+    prepared = _prepared(wd)
+    images, _ = prepared.arrays("test")
+    x = torch.from_numpy(np.array(images, dtype=np.float32) / 255.0)
+    signal = prepared.signal("test")
+    block = summary["blockdigits"]
+    assert set(block["models"]) == {"standard", "robust"}
+    for name, got in block["models"].items():
+        model, _ = load_model(Workdir(wd), name, prepared)
+        g = per_sample_gradients(model, x)
+        assert got["signal_share"] == pytest.approx(share(g, signal), abs=1e-5)
+        a = np.abs(g)
+        for k, loc in got["localization"].items():
+            n = int(np.floor(float(k) * a.shape[1] + 0.5))
+            top = np.argsort(-a, axis=1, kind="stable")[:, :n]  # ties by lower index, as fastroar ranks
+            want = float(np.mean(np.take_along_axis(signal, top, 1).sum(1) / n))
+            assert loc == pytest.approx(want, abs=0.01)
+
+
+def test_diffroar_comparison_and_files(replicated):
+    from fastroar.report import diffroar_rows
+    from fastroar.roar.results import read_results
+
+    wd, summary = replicated
+    df = summary["diffroar"]
+    assert df["available"]
+    rows = {(r["model"], r["attribution"], r["k"]): r["diffroar"] for r in
+            diffroar_rows(read_results(wd / "results" / "results.jsonl").values())}
+    assert df["comparison"]
+    for c in df["comparison"]:
+        assert c["standard"] == pytest.approx(rows[("standard", "gradient", c["k"])])
+        assert c["robust"] == pytest.approx(rows[("robust", "gradient", c["k"])])
+        assert c["robust_higher"] == (c["robust"] > c["standard"])
+    out = wd / "replicate"
+    import matplotlib.image as mpimg
+
+    for name in ("leakage_gradients.png", "blockdigits_gradients.png", "diffroar_standard_vs_robust.png"):
+        path = out / name
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        img = mpimg.imread(path)
+        assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100 and img.std() > 0
+    md = (out / "summary.md").read_text()
+    assert f"{summary['leakage']['models']['standard']['signal_share']:.3f}" in md
+    assert "DiffROAR" in md and "![leakage](leakage_gradients.png)" in md
