@@ -100,16 +100,23 @@ def executor_options(fn: Callable) -> Callable:
                      help="GPUs Ray reserves per task (fractional packs small models on one GPU)."),
         click.option("--cpus-per-task", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
                      help="CPUs Ray reserves per task."),
+        click.option("--workers", type=click.IntRange(min=1), default=None,
+                     help="local executor: worker processes (default: one per GPU when there are several, "
+                          "else this process)."),
     ]
     for option in reversed(options):
         fn = option(fn)
     return fn
 
 
-def make_executor(executor: str, address: str | None, gpus_per_task: float, cpus_per_task: float):
+def make_executor(executor: str, address: str | None, gpus_per_task: float, cpus_per_task: float,
+                  workers: int | None = None):
     from fastroar.executors import get_executor
 
-    return get_executor(executor, address=address, num_gpus=gpus_per_task, num_cpus=cpus_per_task)
+    if workers is not None and executor != "local":
+        raise click.UsageError("--workers applies to --executor local (Ray places tasks itself)")
+    return get_executor(executor, address=address, num_gpus=gpus_per_task, num_cpus=cpus_per_task,
+                        workers=workers)
 
 
 def resolve(workdir: str, dataset: str | None, config_path: str | None, overrides: tuple[str, ...],
@@ -178,7 +185,7 @@ def train(workdir, dataset, config_path, overrides, device, loader, progress) ->
 @executor_options
 @fail_cleanly
 def precompute(workdir, dataset, config_path, overrides, device, loader, progress, models, attributions,
-               executor, address, gpus_per_task, cpus_per_task) -> None:
+               executor, address, gpus_per_task, cpus_per_task, workers) -> None:
     """Attribute every image, rank its coordinates and store rank maps and masks (Zarr)."""
     from fastroar.attribution.precompute import precompute_stage
 
@@ -186,8 +193,18 @@ def precompute(workdir, dataset, config_path, overrides, device, loader, progres
     t0 = time.perf_counter()
     n = precompute_stage(cfg, wd, progress=progress, log=click.echo, models=models or None,
                          attributions=attributions or None,
-                         executor=make_executor(executor, address, gpus_per_task, cpus_per_task))
+                         executor=make_executor(executor, address, gpus_per_task, cpus_per_task, workers))
     click.echo(f"[precompute] {n} chunks computed in {time.perf_counter() - t0:.1f}s")
+
+
+RECIPE_OPTION = click.option(
+    "--recipe", type=click.Choice(["paper", "fast"]), default=None,
+    help="Retraining schedule: paper (the config's) or fast (short one-cycle, label smoothing, bf16 on GPU); "
+         "config key retrain.recipe, recorded in every result.")
+
+
+def with_recipe(overrides: tuple[str, ...], recipe: str | None) -> tuple[str, ...]:
+    return tuple(overrides) + ((f"retrain.recipe={recipe}",) if recipe else ())
 
 
 def parse_levels(ctx, param, values) -> list[float] | None:
@@ -208,17 +225,18 @@ def parse_levels(ctx, param, values) -> list[float] | None:
 @click.option("--seeds", type=click.IntRange(min=1), default=None, help="Runs per (level, direction).")
 @click.option("--model", "models", multiple=True, help="Only this base model (repeatable).")
 @click.option("--attribution", "attributions", multiple=True, help="Only this attribution (repeatable).")
+@RECIPE_OPTION
 @executor_options
 @fail_cleanly
 def retrain(workdir, dataset, config_path, overrides, device, loader, progress, levels, direction, seeds,
-            models, attributions, executor, address, gpus_per_task, cpus_per_task) -> None:
+            models, attributions, recipe, executor, address, gpus_per_task, cpus_per_task, workers) -> None:
     """Retrain fresh models on top-k / bottom-k unmasked data; one result record per job."""
     from fastroar.roar.retrain import retrain_stage
 
-    cfg, wd = resolve(workdir, dataset, config_path, overrides, device, loader)
+    cfg, wd = resolve(workdir, dataset, config_path, with_recipe(overrides, recipe), device, loader)
     directions = ["top", "bottom"] if direction == "both" else [direction]
     retrain_stage(cfg, wd, progress=progress, log=click.echo,
-                  executor=make_executor(executor, address, gpus_per_task, cpus_per_task), models=models or None,
+                  executor=make_executor(executor, address, gpus_per_task, cpus_per_task, workers), models=models or None,
                   attributions=attributions or None, levels=levels, directions=directions, n_seeds=seeds)
 
 
@@ -278,8 +296,9 @@ def replicate(workdir, dataset, config_path, overrides, device, loader, progress
 
 @cli.command()
 @common_options
+@RECIPE_OPTION
 @fail_cleanly
-def run(workdir, dataset, config_path, overrides, device, loader, progress) -> None:
+def run(workdir, dataset, config_path, overrides, device, loader, progress, recipe) -> None:
     """prepare -> train -> precompute -> retrain -> report for one config (finished stages are skipped)."""
     from fastroar.attribution.precompute import precompute_stage
     from fastroar.datasets.prepare import prepare as prepare_data
@@ -288,7 +307,7 @@ def run(workdir, dataset, config_path, overrides, device, loader, progress) -> N
     from fastroar.training.stage import train_stage
 
     t0 = time.perf_counter()
-    cfg, wd = resolve(workdir, dataset, config_path, overrides, device, loader, create=True)
+    cfg, wd = resolve(workdir, dataset, config_path, with_recipe(overrides, recipe), device, loader, create=True)
     prepared, did = prepare_data(cfg, wd, progress=progress)
     save_config(cfg, wd)
     click.echo(f"[prepare] {prepared.meta['name']} {'written to' if did else 'already in'} {prepared.dir}")

@@ -17,11 +17,54 @@ from fastroar.errors import ConfigError, FastroarError
 
 @dataclass
 class LocalExecutor:
+    """Tasks on this machine: in this process (workers=1), or in `workers` spawned processes, worker i
+    pinned to local GPU i mod #GPUs (one process per GPU by default when there are several)."""
+
+    workers: int = 1
     name = "local"
 
     def map(self, fn: Callable, items: Sequence[tuple], progress: bool = True, desc: str = "") -> Iterator[Any]:
-        for args in tqdm(items, desc=desc, disable=not progress, unit="task"):
-            yield fn(*args)
+        if self.workers <= 1 or len(items) <= 1:
+            for args in tqdm(items, desc=desc, disable=not progress, unit="task"):
+                yield fn(*args)
+            return
+        import concurrent.futures as cf
+        import multiprocessing as mp
+
+        ctx = mp.get_context("spawn")  # fork after torch/OpenMP threads started is unsafe
+        slots = ctx.Queue()
+        for i in range(self.workers):
+            slots.put(i)
+        with cf.ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_pin_worker,
+                                    initargs=(slots,)) as pool:
+            futures = [pool.submit(fn, *args) for args in items]
+            try:
+                for fut in tqdm(cf.as_completed(futures), total=len(futures), desc=desc, disable=not progress,
+                                unit="task"):
+                    yield fut.result()
+            finally:  # on an error or Ctrl-C: drop what has not started; finished results were yielded
+                for fut in futures:
+                    fut.cancel()
+
+
+def _pin_worker(slots) -> None:
+    """Worker initializer: take a slot number and make GPU (slot mod #GPUs) this process's default device."""
+    import torch
+
+    slot = slots.get()
+    torch.set_num_threads(1)
+    if torch.cuda.is_available() and torch.cuda.device_count() > 0:
+        torch.cuda.set_device(slot % torch.cuda.device_count())
+
+
+def default_workers() -> int:
+    """One worker per local GPU when there are several, else work in this process."""
+    try:
+        import torch
+
+        return max(1, torch.cuda.device_count())
+    except Exception:
+        return 1
 
 
 @dataclass
@@ -79,11 +122,14 @@ def check_reachable(address: str, timeout: float = 5.0) -> None:
                             "`ray start --head --port PORT` and pass HOST:PORT, or use --executor local") from None
 
 
-def get_executor(name: str, address: str | None = None, num_gpus: float = 0.0, num_cpus: float = 1.0):
+def get_executor(name: str, address: str | None = None, num_gpus: float = 0.0, num_cpus: float = 1.0,
+                 workers: int | None = None):
     if name == "local":
         if address:
             raise ConfigError("--address only applies to --executor ray")
-        return LocalExecutor()
+        if workers is not None and workers < 1:
+            raise ConfigError(f"--workers must be >= 1, got {workers}")
+        return LocalExecutor(workers=workers or default_workers())
     if name == "ray":
         if num_gpus < 0 or num_cpus <= 0:
             raise ConfigError(f"resources per task must be positive (got cpus={num_cpus}, gpus={num_gpus})")
