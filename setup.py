@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from setuptools import find_namespace_packages, setup
+from setuptools.command.build_py import build_py as _build_py
 
 ROOT = Path(__file__).resolve().parent
 
@@ -125,7 +126,27 @@ def package_data() -> list[str]:
                   for p in pkg.rglob(f"*.{ext}") if "__pycache__" not in p.parts)
 
 
+class build_py(_build_py):
+    """Also copies the top-level configs/*.yaml into the built package as fastroar/configs/.
+
+    configs/ stays the one source of truth in the repository; fastroar.config.config_dir() reads it there
+    (source tree, editable install) and falls back to fastroar/configs/ inside an installed package, which
+    exists only in what `pip install .` (non-editable) builds. package_data cannot do this (it only ships
+    files under the package directory), and data_files would put them outside the package.
+    """
+
+    def run(self) -> None:
+        super().run()
+        if getattr(self, "editable_mode", False):  # editable installs read the repository's configs/
+            return
+        target = Path(self.build_lib) / "fastroar" / "configs"
+        target.mkdir(parents=True, exist_ok=True)
+        for src in sorted((ROOT / "configs").glob("*.yaml")):
+            shutil.copy2(src, target / src.name)
+
+
 ext_modules, cmdclass = extensions()
+cmdclass["build_py"] = build_py
 
 setup(
     name="fastroar",

@@ -24,7 +24,8 @@ LOADERS = ("auto", "ffcv", "resident")
 def config_dir() -> Path:
     """Where the shipped YAML configs are (the repository's configs/, or the installed copy)."""
     repo = Path(__file__).resolve().parent.parent / "configs"
-    return repo if repo.is_dir() else Path(__file__).resolve().parent / "configs"
+    # An installed package's parent is site-packages: only a configs/ with fastroar's default is ours.
+    return repo if (repo / f"{DEFAULT_DATASET}.yaml").is_file() else Path(__file__).resolve().parent / "configs"
 
 
 def available_configs() -> list[str]:

@@ -74,3 +74,34 @@ def write_image_folder(root: Path, classes: list[str], per_class: int, size: tup
             for i in range(per_class):
                 pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
                 Image.fromarray(pixels).save(d / f"{c}_{i}.JPEG", quality=90)
+
+
+def write_class_tree(root: Path, classes: list[str], per_class: dict[str, int], seed: int = 0,
+                     sizes: list[tuple[int, int]] | None = None) -> dict[str, list[Path]]:
+    """root/<split>/<class>/<class>_<i>.<ext>: per_class maps split -> images per class. Images cycle through
+    `sizes` ((width, height), odd aspect ratios by default) and formats: RGB JPEG, mostly; every 5th a
+    grayscale PNG, every 7th an RGBA PNG (all must come out as RGB). Returns split -> files written."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    sizes = sizes or [(40, 30), (23, 57), (64, 64), (50, 49), (37, 37)]
+    written: dict[str, list[Path]] = {}
+    count = 0
+    for split, n in per_class.items():
+        written[split] = []
+        for c in classes:
+            d = root / split / c
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                w, h = sizes[count % len(sizes)]
+                if count % 5 == 4:
+                    img, ext = Image.fromarray(rng.integers(0, 256, (h, w), dtype=np.uint8), "L"), "png"
+                elif count % 7 == 6:
+                    img, ext = Image.fromarray(rng.integers(0, 256, (h, w, 4), dtype=np.uint8), "RGBA"), "png"
+                else:
+                    img, ext = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)), "JPEG"
+                path = d / f"{c}_{i}.{ext}"
+                img.save(path, **({"quality": 90} if ext == "JPEG" else {}))
+                written[split].append(path)
+                count += 1
+    return written

@@ -55,7 +55,8 @@ def test_leakage_shares_equal_an_independent_computation(replicated):
     from fastroar.workspace import Workdir
 
     wd, summary = replicated
-    lwd = Workdir(wd / "replicate" / "leakage")
+    lwd = Workdir(summary["leakage"]["workdir"])
+    assert Path(lwd.root).parent == wd / "replicate" / "leakage"
     prepared = _prepared(lwd.root)
     images, labels = prepared.arrays("test")
     x = torch.from_numpy(np.array(images, dtype=np.float32))
@@ -74,9 +75,19 @@ def test_leakage_shares_equal_an_independent_computation(replicated):
         assert got["signal_share"] + got["other_relevant_share"] + got["noise_share"] == pytest.approx(1.0)
         with torch.no_grad():
             assert got["test_acc"] == pytest.approx(float((model(x).argmax(1).numpy() == labels).mean()))
+        top1 = np.mean(signal[np.arange(len(g)), np.abs(g).argmax(1)])
+        assert got["top1_on_signal"] == pytest.approx(top1)
     lin = summary["leakage"]["models"]["linear"]
-    # a linear model's gradient is the same weight row for every instance predicted the same class
     assert lin["zero_gradient_instances"] == 0
+
+    # the leakage DiffROAR rows are those of the sub-workdir's retraining records
+    from fastroar.report import diffroar_rows
+    from fastroar.roar.results import read_results
+
+    rows = diffroar_rows(read_results(lwd.results_path).values())
+    assert {r["model"] for r in rows} == {"standard", "robust"}
+    assert [(r["model"], r["k"], r["diffroar"]) for r in rows] == \
+        [(r["model"], r["k"], pytest.approx(r["diffroar"])) for r in summary["leakage"]["diffroar"]]
 
 
 def test_blockdigits_shares_and_localization_equal_an_independent_computation(replicated):
@@ -127,3 +138,19 @@ def test_diffroar_comparison_and_files(replicated):
     md = (out / "summary.md").read_text()
     assert f"{summary['leakage']['models']['standard']['signal_share']:.3f}" in md
     assert "DiffROAR" in md and "![leakage](leakage_gradients.png)" in md
+
+
+def test_replicate_on_a_fresh_workdir_trains_and_says_diffroar_is_missing(tmp_path):
+    from click.testing import CliRunner
+
+    from tests.conftest import tiny_args
+    from fastroar.cli import cli
+
+    wd = tmp_path / "fresh"
+    res = CliRunner().invoke(cli, ["replicate", "--workdir", str(wd), "--quick", "--no-progress", *tiny_args()])
+    assert res.exit_code == 0, res.output
+    summary = json.loads((wd / "replicate" / "summary.json").read_text())
+    assert (wd / "models" / "standard" / "model.pt").exists() and (wd / "models" / "robust" / "model.pt").exists()
+    assert set(summary["blockdigits"]["models"]) == {"standard", "robust"}
+    assert summary["diffroar"]["available"] is False and "fastroar run" in summary["diffroar"]["note"]
+    assert "fastroar run" in (wd / "replicate" / "summary.md").read_text()

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from fastroar.datasets import blockdigits, leakage, torchvision_sets
+from fastroar.datasets import blockdigits, folder, leakage, torchvision_sets
 from fastroar.datasets.base import Dataset, Split
 from fastroar.errors import ConfigError, FastroarError
 
@@ -17,6 +17,8 @@ REGISTRY: dict[str, Callable[..., Dataset]] = {
     "svhn": torchvision_sets.builder("svhn"),
     "blockmnist": torchvision_sets.build_blockmnist,
     "blockmnist-top": lambda **kw: torchvision_sets.build_blockmnist(signal_position="top", **kw),
+    "imagenet10": folder.build_imagenet10,
+    "folder": folder.build_folder,
 }
 
 

@@ -12,6 +12,7 @@ import functools
 import hashlib
 import json
 import os
+import pickle
 from typing import Any, Iterator
 
 import numpy as np
@@ -39,16 +40,62 @@ def _sha256(path: str, chunk: int = 1 << 22) -> str:
 
 
 class _Samples:
-    """The indexable dataset FFCV's writer reads: sample i -> (image i, label i)."""
+    """The indexable dataset FFCV's writer reads: sample i -> (image i, label i).
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray) -> None:
-        self.images, self.labels = images, labels
+    FFCV's writer processes cannot report an exception (its parent would wait forever), so a failing
+    sample is written as zeros and its exception pickled to ``<errors>.<pid>``; write_beton raises it
+    once the writer is done. After a failure the remaining samples are not loaded.
+    """
+
+    def __init__(self, images: Any, labels: np.ndarray, errors: str) -> None:
+        self.images, self.labels, self.errors = images, labels, errors
+        self.shape, self.dtype = tuple(images.shape[1:]), np.dtype(images.dtype)
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
-        return self.images[i], int(self.labels[i])
+        if isinstance(self.images, np.ndarray):
+            return self.images[i], int(self.labels[i])
+        if not os.path.exists(self.errors):  # the flag: some sample failed
+            try:
+                image = np.asarray(self.images[i])
+                if image.shape != self.shape or image.dtype != self.dtype:
+                    raise ValueError(f"sample {i} is {image.dtype} {image.shape}, expected {self.dtype} {self.shape}")
+                return image, int(self.labels[i])
+            except Exception as e:  # noqa: BLE001 - reported by write_beton
+                with open(f"{self.errors}.{os.getpid()}", "ab") as f:
+                    pickle.dump((int(i), e), f)
+                open(self.errors, "a").close()
+        return np.zeros(self.shape, self.dtype), int(self.labels[i])
+
+
+def _failures(errors: str) -> list[str]:
+    """The failure flag and the per-process exception files of a write, where present."""
+    folder, name = os.path.split(errors)
+    if not os.path.isdir(folder or "."):
+        return []
+    return sorted(os.path.join(folder, f) for f in os.listdir(folder or ".")
+                  if f == name or f.startswith(name + "."))
+
+
+def _first_failure(errors: str) -> BaseException | None:
+    """The exception of the lowest failing sample index recorded by _Samples, or None."""
+    found = []
+    for path in _failures(errors):
+        if path == errors:
+            os.remove(path)
+            continue
+        try:
+            with open(path, "rb") as f:
+                while True:
+                    found.append(pickle.load(f))
+        except EOFError:
+            pass
+        except Exception as e:  # noqa: BLE001 - an unpicklable exception still stops the write
+            found.append((1 << 62, FastroarError(f"a sample could not be written ({e})")))
+        os.remove(path)
+    return min(found, key=lambda t: t[0])[1] if found else None
 
 
 @contextlib.contextmanager
@@ -79,13 +126,17 @@ def write_beton(path: str, images: np.ndarray, labels: np.ndarray, *, progress: 
                 num_workers: int | None = None) -> dict[str, Any]:
     """Writes (N, C, H, W) images (uint8 or float32) and (N,) integer labels to an FFCV .beton at `path`.
 
+    `images` may be an ndarray or a lazy array-like (``shape``, ``dtype``, ``ndim``, ``images[i]``, e.g.
+    fastroar.datasets.folder.LazyImages): samples are then loaded one by one in the writer's processes,
+    never all at once. An exception loading a sample is raised here (nothing is left at `path`).
     Returns the metadata {n, shape, dtype, size_bytes, sha256}, also written to ``path + '.json'``.
     """
     from ffcv.fields import IntField, NDArrayField
     from ffcv.writer import DatasetWriter
 
     path = os.fspath(path)
-    images = np.asarray(images)
+    lazy = not isinstance(images, np.ndarray) and all(hasattr(images, a) for a in ("shape", "dtype", "ndim"))
+    images = images if lazy else np.asarray(images)
     labels = np.asarray(labels)
     if images.ndim != 4:
         raise ValueError(f"images must be (N, C, H, W), got shape {images.shape}")
@@ -95,13 +146,15 @@ def write_beton(path: str, images: np.ndarray, labels: np.ndarray, *, progress: 
         raise ValueError(f"labels must be ({images.shape[0]},) integers, got {labels.dtype} {labels.shape}")
     if images.shape[0] == 0:
         raise ValueError("cannot write an empty dataset")
-    images = np.ascontiguousarray(images)
+    if not lazy:
+        images = np.ascontiguousarray(images)
     labels = labels.astype(np.int64)
     shape = tuple(int(s) for s in images.shape[1:])
-    sample_bytes = int(images[0].nbytes)
+    sample_bytes = int(np.prod(shape)) * np.dtype(images.dtype).itemsize
 
     tmp = path + ".tmp"
-    for stale in (tmp, path + ".json.tmp"):
+    errors = path + ".errors"
+    for stale in (tmp, path + ".json.tmp", *_failures(errors)):
         if os.path.exists(stale):
             os.remove(stale)
     workers = num_workers or max(1, min(os.cpu_count() or 1, 8, (len(labels) + 999) // 1000))
@@ -109,7 +162,11 @@ def write_beton(path: str, images: np.ndarray, labels: np.ndarray, *, progress: 
                            page_size=_page_size(sample_bytes, len(labels)), num_workers=workers)
     try:
         with _writer_progress(progress):
-            writer.from_indexed_dataset(_Samples(images, labels), chunksize=max(1, min(1000, len(labels) // workers)))
+            writer.from_indexed_dataset(_Samples(images, labels, errors),
+                                        chunksize=max(1, min(1000, len(labels) // workers)))
+        failure = _first_failure(errors)
+        if failure is not None:
+            raise failure
         meta = {"n": int(len(labels)), "shape": list(shape), "dtype": images.dtype.name,
                 "size_bytes": os.path.getsize(tmp), "sha256": _sha256(tmp)}
         with open(path + ".json.tmp", "w") as f:
@@ -118,7 +175,7 @@ def write_beton(path: str, images: np.ndarray, labels: np.ndarray, *, progress: 
         os.replace(tmp, path)
         os.replace(path + ".json.tmp", path + ".json")
     except BaseException:
-        for stale in (tmp, path + ".json.tmp"):
+        for stale in (tmp, path + ".json.tmp", *_failures(errors)):
             if os.path.exists(stale):
                 os.remove(stale)
         raise
