@@ -109,13 +109,17 @@ def imagenet_tree(tmp_path_factory):
     return root, files
 
 
-def test_imagenet10_through_every_stage(imagenet_tree, tmp_path):
+def test_imagenet10_through_every_stage(imagenet_tree, tmp_path, monkeypatch):
     """Prepared pixels are the fixture images after resize 27 + center crop 24 (image_size 24), labels the
-    superclass of each wnid folder; then every stage runs with the config's resnet18."""
+    superclass of each wnid folder; then every stage runs on the large-data paths: FFCV streaming loaders,
+    and splits memory-mapped rather than read whole (as ImageNet-scale data)."""
+    import fastroar.datasets.prepare
+
+    monkeypatch.setattr(fastroar.datasets.prepare, "IN_MEMORY_BYTES", 0)
     root, files = imagenet_tree
     wd = tmp_path / "wd"
     out = run_stages(wd, "imagenet10", root, "--image-size", "24",
-                     overrides=[o for o in TINY if not o.startswith("model.")] + ["model.params={}"])
+                     overrides=TINY + ["loader=ffcv"])
     assert "train 60, test 60 images of shape (3, 24, 24)" in out["prepare"]
     label_of = {}
     for s in json.loads((Path(__file__).parent.parent / "fastroar/datasets/data/imagenet10.json").read_text())[
@@ -130,15 +134,47 @@ def test_imagenet10_through_every_stage(imagenet_tree, tmp_path):
         assert labels.tolist() == [label_of[p.parent.name] for p in paths]
         assert labels.tolist() == sorted(labels.tolist()) and set(labels.tolist()) == set(range(10))
     cfg = yaml.safe_load((wd / "config.yaml").read_text())
-    assert cfg["model"]["arch"] == "resnet18" and cfg["dataset"]["params"]["image_size"] == 24
-    check_records(wd)
+    assert cfg["dataset"]["params"]["image_size"] == 24 and cfg["loader"] == "ffcv"
+    assert {r["loader"] for r in check_records(wd)} == {"ffcv"}
+    assert "(ffcv loader)" in out["train"]
+
+
+def test_memory_mapped_split_equals_the_full_read(imagenet_tree, tmp_path, monkeypatch):
+    """Prepared.arrays of a split over IN_MEMORY_BYTES: a MappedImages view reading the same pixels and
+    labels as read_beton, by int, slice and index array, pickled too."""
+    import pickle
+
+    import fastroar.datasets.prepare
+    from fastroar.config import load_config
+    from fastroar.datasets.prepare import prepare
+    from fastroar.loaders import read_beton
+    from fastroar.loaders.beton import MappedImages
+    from fastroar.workspace import Workdir
+
+    root, _ = imagenet_tree
+    cfg = load_config("imagenet10", overrides=[f"dataset.params.root={root}", "dataset.params.image_size=16"])
+    prepared, _ = prepare(cfg, Workdir(tmp_path / "wd", create=True), progress=False)
+    full, full_labels = read_beton(str(prepared.beton("train")))
+    monkeypatch.setattr(fastroar.datasets.prepare, "IN_MEMORY_BYTES", full.nbytes - 1)
+    images, labels = prepared.arrays("train")
+    assert isinstance(images, MappedImages) and images.shape == full.shape and images.dtype == np.uint8
+    np.testing.assert_array_equal(labels, full_labels)
+    np.testing.assert_array_equal(images[7], full[7])
+    np.testing.assert_array_equal(images[5:23], full[5:23])
+    np.testing.assert_array_equal(images[[59, 0, 31]], full[[59, 0, 31]])
+    np.testing.assert_array_equal(np.asarray(pickle.loads(pickle.dumps(images))), full)
+    monkeypatch.setattr(fastroar.datasets.prepare, "IN_MEMORY_BYTES", full.nbytes)
+    assert isinstance(prepared.arrays("train")[0], np.ndarray)
 
 
 def test_user_folder_through_every_stage(tmp_path):
+    """A user's folder (classes = sorted train/ subfolders, test/ as the test split) with the config's resnet18."""
     root = tmp_path / "photos"
     files = write_class_tree(root, ["zebra", "apple", "moth"], {"train": 4, "test": 2}, seed=2)
     wd = tmp_path / "wd"
-    out = run_stages(wd, "folder", root, "--image-size", "16")
+    out = run_stages(wd, "folder", root, "--image-size", "16",
+                     overrides=[o for o in TINY if not o.startswith("model.")] + ["model.params={}"])
+    assert yaml.safe_load((wd / "config.yaml").read_text())["model"] == {"arch": "resnet18", "params": {}}
     assert "train 12, test 6 images of shape (3, 16, 16)" in out["prepare"]
     classes = ["apple", "moth", "zebra"]  # sorted folder names
     for split, folder in (("train", "train"), ("test", "test")):

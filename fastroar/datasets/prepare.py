@@ -19,6 +19,9 @@ from fastroar.errors import MissingInputError
 from fastroar.workspace import SPLITS, Workdir, atomic_save, atomic_write_text, dataset_key
 
 
+IN_MEMORY_BYTES = 1 << 30  # Prepared.arrays: larger splits are memory-mapped, not read into memory
+
+
 @dataclass
 class Prepared:
     """A prepared dataset on disk: paths and the metadata the later stages need."""
@@ -55,8 +58,16 @@ class Prepared:
         return np.load(path) if path.exists() else None
 
     def arrays(self, split: str) -> tuple[np.ndarray, np.ndarray]:
-        """All (images, labels) of a split, read back through FFCV (cached per process)."""
+        """All (images, labels) of a split, read back through FFCV (cached per process).
+
+        A split whose images exceed IN_MEMORY_BYTES (ImageNet-scale) comes as a memory-mapped view
+        (fastroar.loaders.beton.MappedImages: slicing reads just those samples) instead of a copy in memory.
+        """
         path = self.beton(split)
+        if self.size(split) * self.d * np.dtype(self.meta.get("dtype", "uint8")).itemsize > IN_MEMORY_BYTES:
+            from fastroar.loaders.beton import map_beton
+
+            return map_beton(str(path))
         return _read_split(str(path), path.stat().st_mtime_ns)
 
 

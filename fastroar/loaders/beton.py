@@ -237,3 +237,55 @@ def read_beton(path: str, *, batch_size: int = 1024) -> tuple[np.ndarray, np.nda
     if at != n:
         raise BetonError(f"{path}: read {at} of {n} samples; {_fix(path)}")
     return images, labels
+
+
+class MappedImages:
+    """Read-only array-like (N, C, H, W) over the images of a .beton, memory-mapped: ``images[a:b]``,
+    ``images[i]`` and ``images[index_array]`` read just those samples from the file (the OS page cache
+    does the rest), so a split larger than memory can be walked batch by batch. ``np.asarray`` reads all."""
+
+    def __init__(self, path: str, pointers: np.ndarray, shape: tuple[int, ...], dtype: np.dtype) -> None:
+        self.path, self.pointers = os.fspath(path), np.asarray(pointers, np.int64)
+        self.dtype = np.dtype(dtype)
+        self.shape = (len(self.pointers), *(int(s) for s in shape))
+        self.ndim = len(self.shape)
+        self._nbytes = int(np.prod(self.shape[1:])) * self.dtype.itemsize
+        self._map: np.memmap | None = None
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getstate__(self) -> dict[str, Any]:  # picklable (Ray tasks): the map is reopened on use
+        return {**self.__dict__, "_map": None}
+
+    def _sample(self, i: int) -> np.ndarray:
+        if self._map is None:
+            self._map = np.memmap(self.path, dtype=np.uint8, mode="r")
+        p = int(self.pointers[i])
+        return self._map[p:p + self._nbytes].view(self.dtype).reshape(self.shape[1:])
+
+    def __getitem__(self, index) -> np.ndarray:
+        if isinstance(index, (int, np.integer)):
+            return np.array(self._sample(range(len(self))[int(index)]))
+        idx = range(len(self))[index] if isinstance(index, slice) else np.asarray(index).reshape(-1)
+        out = np.empty((len(idx), *self.shape[1:]), self.dtype)
+        for j, i in enumerate(idx):
+            out[j] = self._sample(int(i))
+        return out
+
+    def __array__(self, dtype=None, copy=None):
+        out = self[:]
+        return out if dtype is None else out.astype(dtype)
+
+
+def map_beton(path: str) -> tuple[MappedImages, np.ndarray]:
+    """(images as a MappedImages view, labels (N,) int64) of a base .beton written by write_beton."""
+    from ffcv.reader import Reader
+
+    from fastroar.loaders.masked import beton_layout
+
+    path = os.fspath(path)
+    n, shape, dtype = beton_layout(path)
+    meta = Reader(path).metadata  # per sample: the image's data pointer (NDArrayField), the label (IntField)
+    image_field, label_field = meta.dtype.names[:2]
+    return MappedImages(path, meta[image_field], shape, dtype), np.asarray(meta[label_field], np.int64)
