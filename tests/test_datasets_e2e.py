@@ -335,3 +335,24 @@ def test_unreadable_image_is_named(tmp_path, damage):
     bad.write_bytes(b"this is not an image" if damage == "garbage" else raw[: len(raw) // 3])
     msg = prepare_fails(tmp_path, "-d", "folder", "--data-root", root, "--image-size", "16")
     assert f"cannot read image {bad}" in msg and "remove or replace the file" in msg
+
+
+def test_built_package_ships_configs_and_imagenet10_mapping(tmp_path):
+    """What `pip install .` (non-editable) installs: build_py copies configs/*.yaml into fastroar/configs/ and
+    ships the ImageNet-10 mapping; fastroar.config finds the copied configs when no repository is around."""
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parent.parent
+    build = tmp_path / "lib"
+    subprocess.run([sys.executable, "setup.py", "-q", "build_py", "-d", str(build)], cwd=repo, check=True,
+                   capture_output=True, env={**__import__("os").environ, "FASTROAR_NO_CUDA": "1"})
+    assert sorted(p.name for p in (build / "fastroar" / "configs").glob("*.yaml")) == \
+        sorted(p.name for p in (repo / "configs").glob("*.yaml"))
+    assert (build / "fastroar" / "datasets" / "data" / "imagenet10.json").read_bytes() == \
+        (repo / "fastroar" / "datasets" / "data" / "imagenet10.json").read_bytes()
+    probe = ("import fastroar.config as c, fastroar.datasets.folder as f; "
+             "print(c.config_dir()); print(len(f.imagenet10_mapping())); print(c.load_config('imagenet10')['model']['arch'])")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env={"PYTHONPATH": str(build), "PATH": "/usr/bin"},
+                         check=True, capture_output=True, text=True).stdout.split()
+    assert out == [str(build / "fastroar" / "configs"), "10", "resnet18"]
