@@ -160,6 +160,13 @@ def value_range(prepared, images: np.ndarray) -> float:
     return span if span > 0 else 1.0
 
 
+def _locked_estimate(fn):
+    from fastroar.workspace import locked
+
+    return locked("estimate")(fn)
+
+
+@_locked_estimate
 def estimate_stage(cfg: dict[str, Any], workdir, *, models: Sequence[str] | None = None,
                    attributions: Sequence[str] | None = None, levels: Sequence[float] | None = None,
                    noise: float = DEFAULT_NOISE, seed: int = 0, log: Callable = print) -> list[dict[str, Any]]:
@@ -167,7 +174,8 @@ def estimate_stage(cfg: dict[str, Any], workdir, *, models: Sequence[str] | None
 
     Records go to <workdir>/results/road.jsonl (one per (model, attribution, k), keyed by the model
     hash, dataset, attribution and its parameters, k, noise and seed); existing keys are skipped.
-    Returns the records of the selection (old and new).
+    Returns the records of the selection (old and new). The model runs on the CPU. Holds the
+    workdir's estimate lock (a second concurrent `fastroar estimate` is refused).
     """
     from fastroar import __version__
     from fastroar.attribution.precompute import identity
