@@ -125,6 +125,12 @@ def validate(cfg: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
         raise ConfigError(f"seeds (the number of runs per level and direction) must be an integer >= 1, got {seeds!r}")
     Recipe(**{**cfg["train"], **{k: v for k, v in rt.items() if k in Recipe.__dataclass_fields__}})
+    if rt.setdefault("recipe", "paper") not in ("paper", "fast"):
+        raise ConfigError(f"retrain.recipe must be paper or fast, got {rt['recipe']!r}")
+    for key, default in (("batch_models", 16), ("fast_epochs", None)):
+        value = rt.setdefault(key, default)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise ConfigError(f"retrain.{key} must be an integer >= 1, got {value!r}")
     cfg.setdefault("precompute", {}).setdefault("batch_size", 256)
     if cfg.setdefault("loader", "auto") not in LOADERS:
         raise ConfigError(f"loader must be one of {LOADERS}, got {cfg['loader']!r}")

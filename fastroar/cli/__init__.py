@@ -94,7 +94,7 @@ def executor_options(fn: Callable) -> Callable:
     """Where independent tasks run: here, or on a Ray cluster."""
     options = [
         click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
-                     help="local: in this process; ray: one Ray task per job / chunk range."),
+                     help="local: in this process; ray: one Ray task per job group / chunk range."),
         click.option("--address", default=None, help="Address of a running Ray cluster (default: start one here)."),
         click.option("--gpus-per-task", type=click.FloatRange(min=0), default=0.0, show_default=True,
                      help="GPUs Ray reserves per task (fractional packs small models on one GPU)."),

@@ -3,10 +3,18 @@
 Train and test splits are both unmasked by the same scheme (top-k or bottom-k of the base model's
 attribution ranks); coordinates outside the kept set are zero. Finished jobs are found by key in the
 results log and not run again, so an interrupted sweep resumes where it stopped.
+
+MLP jobs (linear, mlp1, mlp2) on device-resident data are trained together: the todo jobs of one
+(base model, attribution, architecture, recipe) go in groups of up to ``retrain.batch_models`` to one
+executor task, which trains the group as one stack of models (fastroar.training.batched) and returns
+one record per job. A model's result does not depend on its group, so a killed group reruns only its
+missing jobs and gets the records the uninterrupted run would have. Other jobs (resnet18, or data
+streamed through FFCV) run one model per task.
 """
 from __future__ import annotations
 
 import functools
+import json
 import time
 from typing import Any, Callable, Sequence
 
@@ -23,15 +31,25 @@ from fastroar.models import build_model
 from fastroar.roar.jobs import Job, sweep
 from fastroar.roar.results import append_result, read_results
 from fastroar.store import RankStore, SplitArrays
-from fastroar.training.loop import Recipe, evaluate, train_model
+from fastroar.training.batched import Spec, batchable, train_stacked
+from fastroar.training.loop import Recipe, evaluate, fast_recipe, train_model
 from fastroar.training.stage import load_model
 from fastroar.workspace import Workdir, locked, resolve_device
 
 
-def retrain_recipe(cfg: dict[str, Any]) -> Recipe:
-    """The base models' recipe with the retrain section's overrides (epochs, lr, ...)."""
-    over = {k: v for k, v in cfg["retrain"].items() if k in Recipe.__dataclass_fields__}
-    return Recipe(**{**cfg["train"], **over})
+DEFAULT_BATCH_MODELS = 16
+
+
+def retrain_recipe(cfg: dict[str, Any], n_train: int | None = None) -> Recipe:
+    """The retrain recipe: `paper` is the base models' recipe with the retrain section's overrides
+    (epochs, lr, ...); `fast` turns that into a short one-cycle schedule (fastroar.training.fast_recipe;
+    its batch size follows the train split's size `n_train`)."""
+    rt = cfg["retrain"]
+    over = {k: v for k, v in rt.items() if k in Recipe.__dataclass_fields__}
+    recipe = Recipe(**{**cfg["train"], **over})
+    if rt.get("recipe", "paper") == "fast":
+        recipe = fast_recipe(recipe, epochs=rt.get("fast_epochs"), n_train=n_train)
+    return recipe
 
 
 def plan(cfg: dict[str, Any], workdir: Workdir, *, models: Sequence[str] | None = None,
@@ -51,7 +69,8 @@ def plan(cfg: dict[str, Any], workdir: Workdir, *, models: Sequence[str] | None 
             if not entry.is_complete():
                 raise MissingInputError(f"ranks of {name}/{a} are incomplete in {store.path}; "
                                         f"run `fastroar precompute --workdir {workdir.root}` (it resumes)")
-    return sweep(cfg, hashes, prepared.meta["key"], retrain_recipe(cfg).to_dict(), models, attributions,
+    recipe = retrain_recipe(cfg, prepared.size("train")).to_dict()
+    return sweep(cfg, hashes, prepared.meta["key"], recipe, models, attributions,
                  levels or cfg["levels"], directions or cfg["retrain"]["directions"],
                  range(n_seeds or cfg["retrain"]["seeds"]))
 
@@ -67,6 +86,8 @@ def run_job(job: Job, cfg: dict[str, Any], workdir: Workdir, prepared: Prepared 
     """Trains and evaluates one job's model; returns its result record (not yet logged)."""
     prepared = prepared or load_prepared(cfg, workdir)
     device = resolve_device(cfg["device"])
+    if stackable(job, cfg, prepared, device):
+        return run_group([job], cfg, workdir, prepared)[0]
     recipe = Recipe(**job.recipe)
     t0 = time.perf_counter()
     mask = dict(k=job.k, direction=job.direction)
@@ -80,16 +101,83 @@ def run_job(job: Job, cfg: dict[str, Any], workdir: Workdir, prepared: Prepared 
     torch.manual_seed(job.seed)
     model = build_model(job.arch, prepared.shape, prepared.num_classes, **job.arch_params).to(device)
     stats = train_model(model, train_loader, recipe, desc=f"retrain {job.direction}-{job.k}", progress=progress)
+    accuracy = evaluate(model, test_loader, recipe)
+    return _record(job, recipe, accuracy, stats, time.perf_counter() - t0, path_name, device, 1)
+
+
+def _record(job: Job, recipe: Recipe, accuracy: float, stats: dict[str, Any], seconds: float, loader: str,
+            device: torch.device, group_size: int) -> dict[str, Any]:
     return job.to_dict() | {
-        "accuracy": evaluate(model, test_loader), "train_acc": stats["train_acc"], "loss": stats["loss"],
-        "seconds": round(time.perf_counter() - t0, 3), "loader": path_name, "device": str(device),
-        "fastroar_version": __version__, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "accuracy": accuracy, "train_acc": stats["train_acc"], "loss": stats["loss"],
+        "recipe_name": recipe.name, "seconds": round(seconds, 3), "loader": loader, "group_size": group_size,
+        "device": str(device), "fastroar_version": __version__, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
+
+
+def stackable(job: Job, cfg: dict[str, Any], prepared: Prepared, device: torch.device) -> bool:
+    """Whether the job trains in a stack: an MLP, and the split (plus per-step buffers) fits the device."""
+    from fastroar.loaders.resident import default_budget, resident_bytes
+
+    if not batchable(job.arch) or cfg.get("loader", "auto") == "ffcv":
+        return False
+    if cfg.get("loader") == "resident":
+        return True
+    rank_bytes = 2 if prepared.d <= 65536 else 4
+    need = sum(resident_bytes(prepared.size(s), prepared.shape, rank_bytes) for s in ("train", "test"))
+    return need <= default_budget(device)
+
+
+def groups(jobs: Sequence[Job], cfg: dict[str, Any], prepared: Prepared, device: torch.device) -> list[list[Job]]:
+    """Executor tasks: stackable jobs of one (model, attribution, arch, recipe) in groups of up to
+    retrain.batch_models (in sweep order), every other job alone."""
+    size = int(cfg["retrain"].get("batch_models", DEFAULT_BATCH_MODELS))
+    out: list[list[Job]] = []
+    open_groups: dict[str, list[Job]] = {}
+    for job in jobs:
+        if size <= 1 or not stackable(job, cfg, prepared, device):
+            out.append([job])
+            continue
+        key = json.dumps([job.model, job.attribution, job.model_hash, job.arch, job.arch_params, job.recipe],
+                         sort_keys=True)
+        group = open_groups.get(key)
+        if group is None or len(group) >= size:
+            group = open_groups[key] = []
+            out.append(group)
+        group.append(job)
+    return out
+
+
+def run_group(jobs: Sequence[Job], cfg: dict[str, Any], workdir: Workdir,
+              prepared: Prepared | None = None) -> list[dict[str, Any]]:
+    """Trains the jobs of one group (same model, attribution, arch, recipe) as one stack; their records."""
+    prepared = prepared or load_prepared(cfg, workdir)
+    device = resolve_device(cfg["device"])
+    first = jobs[0]
+    if any((j.model, j.attribution, j.arch, j.arch_params, j.recipe)
+           != (first.model, first.attribution, first.arch, first.arch_params, first.recipe) for j in jobs):
+        raise ValueError("a group's jobs must share model, attribution, arch and recipe")
+    recipe = Recipe(**first.recipe)
+    store = str(workdir.store_path)
+    t0 = time.perf_counter()
+    split = {s: (*prepared.arrays(s), _ranks(store, first.model, first.attribution, s)) for s in ("train", "test")}
+    results = train_stacked(first.arch, first.arch_params, prepared.shape, prepared.num_classes,
+                            split["train"], split["test"], [Spec(j.k, j.direction, j.seed) for j in jobs],
+                            recipe, device)
+    seconds = (time.perf_counter() - t0) / len(jobs)
+    return [_record(j, recipe, r["accuracy"], r, seconds, "resident", device, len(jobs))
+            for j, r in zip(jobs, results)]
 
 
 def run_job_task(job: Job, cfg: dict[str, Any], workdir: Workdir) -> dict[str, Any]:
     """An executor task: one job, everything loaded from the (shared) workdir."""
     return run_job(job, cfg, workdir)
+
+
+def run_group_task(jobs: list[Job], cfg: dict[str, Any], workdir: Workdir) -> list[dict[str, Any]]:
+    """An executor task: a group of jobs (one stack, or one job alone); their records."""
+    if len(jobs) == 1:
+        return [run_job(jobs[0], cfg, workdir)]
+    return run_group(jobs, cfg, workdir)
 
 
 @locked("retrain")
@@ -103,11 +191,13 @@ def retrain_stage(cfg: dict[str, Any], workdir: Workdir, progress: bool = True, 
     results_path = workdir.results_path
     done = read_results(results_path)
     todo = [j for j in jobs if j.key not in done]
+    tasks = groups(todo, cfg, load_prepared(cfg, workdir), resolve_device(cfg["device"])) if todo else []
     log(f"[retrain] {len(jobs)} jobs: {len(jobs) - len(todo)} already done, {len(todo)} to run "
-        f"({executor.name} executor)")
-    for record in executor.map(run_job_task, [(job, cfg, workdir) for job in todo], progress, "retrain"):
-        append_result(results_path, record)
-        fault_point("retrain.after_append")
+        f"in {len(tasks)} tasks ({executor.name} executor, recipe {retrain_recipe(cfg).name})")
+    for records in executor.map(run_group_task, [(group, cfg, workdir) for group in tasks], progress, "retrain"):
+        for record in records:
+            append_result(results_path, record)
+            fault_point("retrain.after_append")
     done = read_results(results_path)
     paths = sorted({done[j.key]["loader"] for j in jobs if j.key in done})
     log(f"[retrain] {sum(j.key in done for j in jobs)}/{len(jobs)} jobs recorded in {results_path} "

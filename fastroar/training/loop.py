@@ -14,9 +14,20 @@ from fastroar.errors import ConfigError
 from fastroar.training.pgd import Adversary, pgd_attack
 
 
+SCHEDULES = ("cosine", "onecycle")
+RECIPES = ("paper", "fast")
+
+
 @dataclass(frozen=True)
 class Recipe:
-    """Optimisation settings: SGD with momentum, linear warm-up then cosine decay, per step."""
+    """Optimisation settings: SGD with (Nesterov) momentum and a per-step learning-rate schedule.
+
+    schedule "cosine": linear warm-up over warmup_epochs, then cosine decay to 0 (the paper's recipe);
+    "onecycle": linear rise to lr over warmup_epochs, then linear decay to 0. autocast (bf16) and
+    channels_last take effect on CUDA only; compile wraps the model in torch.compile for training.
+    The fields after label_smoothing were added later: to_dict leaves them out while they hold their
+    defaults, so the keys of models and jobs made before them are unchanged.
+    """
 
     epochs: int = 10
     batch_size: int = 128
@@ -25,6 +36,11 @@ class Recipe:
     weight_decay: float = 5e-4
     warmup_epochs: float = 0.0
     label_smoothing: float = 0.0
+    name: str = "paper"
+    schedule: str = "cosine"
+    autocast: bool = False
+    channels_last: bool = False
+    compile: bool = False
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -33,40 +49,111 @@ class Recipe:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
         if not self.lr > 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if self.name not in RECIPES:
+            raise ConfigError(f"recipe must be one of {', '.join(RECIPES)}, got {self.name!r}")
+        for flag in ("autocast", "channels_last", "compile"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ConfigError(f"{flag} must be true or false, got {getattr(self, flag)!r}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(f"label_smoothing must lie in [0, 1), got {self.label_smoothing}")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        for key in _LATER_FIELDS:
+            if out[key] == _DEFAULTS[key]:
+                del out[key]
+        return out
+
+    def lr_at(self, step: int, steps_per_epoch: int) -> float:
+        """The learning rate of optimizer step `step` (0-based)."""
+        total = self.epochs * steps_per_epoch
+        return self.lr * lr_factor(step, total, int(self.warmup_epochs * steps_per_epoch), self.schedule)
+
+    def uses_autocast(self, device: torch.device) -> bool:
+        return self.autocast and device.type == "cuda"
+
+    def uses_channels_last(self, device: torch.device) -> bool:
+        return self.channels_last and device.type == "cuda"
 
 
-def lr_factor(step: int, total: int, warmup: int) -> float:
+_LATER_FIELDS = ("name", "schedule", "autocast", "channels_last", "compile")
+_DEFAULTS = {f: Recipe.__dataclass_fields__[f].default for f in _LATER_FIELDS}
+
+
+FAST_LABEL_SMOOTHING = 0.2
+FAST_WARMUP_FRACTION = 0.25
+FAST_MAX_EPOCHS = 8
+FAST_MAX_BATCH = 512
+FAST_MIN_STEPS = 64        # steps per epoch the fast recipe keeps when it grows the batch
+
+
+def fast_recipe(paper: Recipe, epochs: int | None = None, n_train: int | None = None,
+                compile: bool | None = None) -> Recipe:
+    """The short schedule beside the paper's (in the spirit of airbench): a third of the paper's epochs,
+    at most 8 (or `epochs`); one-cycle learning rate (linear up over the first quarter, linear down to 0);
+    label smoothing 0.2; bf16 autocast and channels_last (CUDA only); torch.compile when asked. Given the
+    train split's size, the batch grows (to at most 512, keeping >= 64 steps per epoch) with the learning
+    rate scaled in proportion."""
+    n = int(epochs) if epochs else max(1, min(FAST_MAX_EPOCHS, math.ceil(paper.epochs / 3)))
+    batch = paper.batch_size
+    if n_train:
+        steps_fit = int(n_train) // FAST_MIN_STEPS
+        fit = 1 << (steps_fit.bit_length() - 1) if steps_fit else 1   # a power of two <= n_train / 64
+        batch = max(paper.batch_size, min(FAST_MAX_BATCH, fit))
+    fields = paper.to_dict() | {
+        "name": "fast", "epochs": n, "batch_size": batch, "lr": paper.lr * batch / paper.batch_size,
+        "schedule": "onecycle", "warmup_epochs": FAST_WARMUP_FRACTION * n,
+        "label_smoothing": FAST_LABEL_SMOOTHING, "autocast": True, "channels_last": True,
+    }
+    if compile is not None:
+        fields["compile"] = bool(compile)
+    return Recipe(**fields)
+
+
+def lr_factor(step: int, total: int, warmup: int, schedule: str = "cosine") -> float:
     if warmup and step < warmup:
         return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    if schedule == "onecycle":
+        return 1.0 - progress
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def _prepare_input(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
 
 
 def train_model(model: nn.Module, loader: Iterable, recipe: Recipe, *, adversary: Adversary | None = None,
                 bounds: tuple[float, float] | None = None, desc: str = "train", progress: bool = True) -> dict:
     """Trains `model` in place on batches (x, y) already on the model's device; returns final-epoch stats."""
+    device = next(model.parameters()).device
+    channels_last = recipe.uses_channels_last(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    forward = torch.compile(model) if recipe.compile else model
     opt = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
                           weight_decay=recipe.weight_decay, nesterov=recipe.momentum > 0)
     steps_per_epoch = len(loader)  # type: ignore[arg-type]
     total = recipe.epochs * steps_per_epoch
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: lr_factor(s, total, int(recipe.warmup_epochs * steps_per_epoch)))
+        opt, lambda s: lr_factor(s, total, int(recipe.warmup_epochs * steps_per_epoch), recipe.schedule))
     stats = {"loss": float("nan"), "train_acc": float("nan")}
     bar = tqdm(range(recipe.epochs), desc=desc, disable=not progress, leave=False, unit="epoch")
     for _ in bar:
         model.train()
         # Accumulated on the device: no host sync per step.
-        loss_sum = torch.zeros((), device=next(model.parameters()).device)
-        correct = torch.zeros((), dtype=torch.long, device=loss_sum.device)
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), dtype=torch.long, device=device)
         seen = 0
         for x, y in loader:
+            x = _prepare_input(x, channels_last)
             if adversary is not None:
                 x = pgd_attack(model, x, y, adversary, bounds)
-            logits = model(x)
-            loss = F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=recipe.uses_autocast(device)):
+                logits = forward(x)
+                loss = F.cross_entropy(logits.float(), y, label_smoothing=recipe.label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -80,14 +167,20 @@ def train_model(model: nn.Module, loader: Iterable, recipe: Recipe, *, adversary
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: Iterable) -> float:
-    """Top-1 accuracy of `model` over `loader`."""
+def evaluate(model: nn.Module, loader: Iterable, recipe: Recipe | None = None) -> float:
+    """Top-1 accuracy of `model` over `loader` (under the recipe's autocast / memory format, if given)."""
     model.eval()
-    correct, seen = 0, 0
+    device = next(model.parameters()).device
+    amp = recipe is not None and recipe.uses_autocast(device)
+    channels_last = recipe is not None and recipe.uses_channels_last(device)
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    seen = 0
     for x, y in loader:
-        correct += int((model(x).argmax(1) == y).sum())
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = model(_prepare_input(x, channels_last))
+        correct += (logits.argmax(1) == y).sum()
         seen += len(y)
-    return correct / max(1, seen)
+    return int(correct) / max(1, seen)
 
 
 def robust_accuracy(model: nn.Module, loader: Iterable, adversary: Adversary,

@@ -1,0 +1,181 @@
+"""Retraining throughput: M MLPs trained as one stack vs the same M trained one after another.
+
+CPU rows: M = 10 jobs of one sweep (5 levels x top/bottom, seeds 0..9) on the same synthetic data, as
+the retrain stage runs them: the single-model path (ResidentLoader + train_model + evaluate, what
+run_job does for a non-stacked job) one job after another, against fastroar.training.batched's stack.
+Both must agree (the same test accuracy per job) or the row says so. Throughput counts every model's
+training images: M x epochs x N / seconds.
+
+GPU row (when CUDA is present): wall time of a CIFAR-10-shaped DiffROAR curve, ResNet18, 5 levels x 2
+directions x 5 seeds = 50 trainings on synthetic 32x32x3 data (50k train, 10k test images, random rank
+maps), the fast recipe of configs/cifar10.yaml. quick mode (or FASTROAR_BENCH_CURVE_RUNS=n) times n of
+the 50 trainings and extrapolates; the row says which.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench import Row  # noqa: E402
+
+M = 10
+LEVELS = [0.05, 0.1, 0.2, 0.3, 0.5]
+
+
+def _data(n: int, shape: tuple[int, ...], classes: int, seed: int):
+    from fastroar.kernels.reference import rank_reference
+
+    rng = np.random.default_rng(seed)
+    d = int(np.prod(shape))
+    x = rng.integers(0, 256, (n, *shape), dtype=np.uint8)
+    flat = x.reshape(n, d).astype(np.float32)
+    y = np.stack([flat[:, c::classes].mean(1) for c in range(classes)], 1).argmax(1).astype(np.int64)
+    return x, y, rank_reference(np.abs(flat - 128) + rng.random((n, d), dtype=np.float32) * 64)
+
+
+def _specs():
+    from fastroar.training.batched import Spec
+
+    return [Spec(LEVELS[i // 2], ("top", "bottom")[i % 2], i) for i in range(M)]
+
+
+class _TorchLoader:
+    """Stand-in for ResidentLoader's torch engine (same order, same masks) where numba is missing."""
+
+    def __init__(self, images, labels, *, batch_size, seed=0, ranks=None, k=None, direction=None,
+                 device="cpu", shuffle=True):
+        from fastroar.kernels.reference import n_kept
+
+        self.x = torch.from_numpy(images).to(device).float().div_(255.0).contiguous()
+        self.y = torch.from_numpy(labels).to(device)
+        self.r = torch.from_numpy(ranks.astype(np.int32)).to(device)
+        d = self.r.shape[1]
+        n = n_kept(k, d)
+        self.lo, self.hi = (0, n) if direction == "top" else (d - n, d)
+        self.bs, self.seed, self.shuffle, self.epoch, self.n = batch_size, seed, shuffle, 0, len(labels)
+
+    def __len__(self):
+        return -(-self.n // self.bs)
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = (torch.randperm(self.n, generator=g) if self.shuffle else torch.arange(self.n)).to(self.x.device)
+        self.epoch += 1
+        for start in range(0, self.n, self.bs):
+            idx = order[start:start + self.bs]
+            r = self.r.index_select(0, idx)
+            xb = self.x.index_select(0, idx)
+            xb.view(len(idx), -1).masked_fill_((r < self.lo) | (r >= self.hi), 0.0)
+            yield xb, self.y.index_select(0, idx)
+
+
+def _sequential(arch, params, shape, classes, train, test, specs, recipe, device):
+    try:
+        from fastroar.loaders.resident import ResidentLoader
+    except ImportError:  # numba missing (a bare GPU image): the same batches from a torch-only loader
+        ResidentLoader = _TorchLoader
+    from fastroar.models import build_model
+    from fastroar.training.loop import evaluate, train_model
+
+    accs = []
+    for s in specs:
+        loader = ResidentLoader(train[0], train[1], batch_size=recipe.batch_size, seed=s.seed, ranks=train[2],
+                                k=s.k, direction=s.direction, device=device)
+        test_loader = ResidentLoader(test[0], test[1], batch_size=512, shuffle=False, ranks=test[2], k=s.k,
+                                     direction=s.direction, device=device)
+        torch.manual_seed(s.seed)
+        model = build_model(arch, shape, classes, **params).to(device)
+        train_model(model, loader, recipe, progress=False)
+        accs.append(evaluate(model, test_loader, recipe))
+    return accs
+
+
+def _mlp_rows(quick: bool) -> list[Row]:
+    from fastroar.training.batched import train_stacked
+    from fastroar.training.loop import Recipe
+
+    rows = []
+    # (section, shape, n_train, arch, params, batch): blockdigits' config (mlp2 256, batch 64) and a
+    # CIFAR-sized input (d = 3072) where the matmuls, not the per-step overhead, dominate.
+    cases = [("blockdigits-shaped", (1, 16, 8), 1500, "mlp2", {"width": 256}, 64),
+             ("cifar-shaped", (3, 32, 32), 2000 if quick else 5000, "mlp2", {"width": 256}, 128)]
+    torch.set_num_threads(2)
+    for name, shape, n, arch, params, batch in cases:
+        train, test = _data(n, shape, 10, 0), _data(500, shape, 10, 1)
+        recipe = Recipe(epochs=2 if quick else 4, batch_size=batch, lr=0.05, weight_decay=5e-4)
+        specs = _specs()
+        t0 = time.perf_counter()
+        seq = _sequential(arch, params, shape, 10, train, test, specs, recipe, "cpu")
+        t_seq = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        stacked = train_stacked(arch, params, shape, 10, train, test, specs, recipe, "cpu")
+        t_stk = time.perf_counter() - t0
+        images = M * recipe.epochs * n
+        same = [r["accuracy"] for r in stacked] == seq
+        section = f"retrain {M}x {arch} {name} d={int(np.prod(shape))}"
+        ctx = f"{recipe.epochs} epochs x {n} img, batch {batch}; " + (
+            "accuracies equal" if same else "ACCURACIES DIFFER")
+        rows.append(Row(section, f"{M} sequential (run_job path)", images / t_seq, "img/s", f"{M} sequential",
+                        1.0, f"{t_seq:.1f}s"))
+        rows.append(Row(section, f"{M} stacked, one data pass", images / t_stk, "img/s", f"{M} sequential",
+                        t_seq / t_stk, f"{t_stk:.1f}s; {ctx}"))
+    return rows
+
+
+def _curve_row(quick: bool) -> list[Row]:
+    from fastroar.training.loop import Recipe, fast_recipe
+
+    runs_total = len(LEVELS) * 2 * 5
+    runs = int(os.environ.get("FASTROAR_BENCH_CURVE_RUNS", 2 if quick else runs_total))
+    device = torch.device("cuda")
+    n_train, n_test, shape = 50_000, 10_000, (3, 32, 32)
+    rng = np.random.default_rng(0)
+    d = int(np.prod(shape))
+
+    def split(n):
+        x = rng.integers(0, 256, (n, *shape), dtype=np.uint8)
+        y = rng.integers(0, 10, n).astype(np.int64)
+        perm = rng.permutation(d).astype(np.uint16)   # rank maps: shifted copies of one permutation
+        ranks = perm[(np.arange(d)[None, :] + rng.integers(0, d, (n, 1))) % d]
+        return x, y, ranks
+
+    train, test = split(n_train), split(n_test)
+    paper = Recipe(epochs=150, batch_size=128, lr=0.1, momentum=0.9, weight_decay=5e-4)  # configs/cifar10.yaml
+    recipe = fast_recipe(paper, n_train=n_train, compile=os.environ.get("FASTROAR_BENCH_COMPILE") == "1")
+    from fastroar.training.batched import Spec
+
+    specs = [Spec(k, dr, s) for k in LEVELS for dr in ("top", "bottom") for s in range(5)][:runs]
+    torch.backends.cudnn.benchmark = True
+    _sequential("resnet18", {}, shape, 10, train, test, specs[:1], Recipe(**{**recipe.to_dict(), "epochs": 1}),
+                device)   # warm-up: cuDNN autotuning, allocator, (compile)
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    _sequential("resnet18", {}, shape, 10, train, test, specs, recipe, device)
+    torch.cuda.synchronize()
+    dt = time.perf_counter() - t0
+    total = dt * runs_total / runs
+    images = runs * recipe.epochs * n_train
+    how = "measured" if runs == runs_total else f"extrapolated from {runs} of {runs_total} trainings"
+    name = torch.cuda.get_device_name(device)
+    return [Row(f"DiffROAR curve resnet18 cifar-shaped ({name})", f"{runs_total} trainings, fast recipe",
+                images / dt, "img/s", "target 600 s", 600.0 / total,
+                f"{total:.0f} s for the curve ({how}); {recipe.epochs} epochs, batch {recipe.batch_size}, "
+                f"bf16+channels_last{', compiled' if recipe.compile else ''}")]
+
+
+def rows(quick: bool) -> list[Row]:
+    out = _mlp_rows(quick)
+    if torch.cuda.is_available():
+        out += _curve_row(quick)
+    return out
+
+
+if __name__ == "__main__":
+    from bench import print_table
+
+    print_table(rows("--quick" in sys.argv))
