@@ -290,6 +290,13 @@ def test_missing_root(tmp_path):
     assert "--data-root" in prepare_fails(tmp_path, "-d", "folder")
 
 
+def test_options_a_dataset_does_not_take(tmp_path):
+    msg = prepare_fails(tmp_path, "-d", "cifar10", "--data-root", tmp_path, "--image-size", "64")
+    assert msg == ("Error: dataset 'cifar10' takes no parameter 'image_size' (--image-size applies to imagenet10 "
+                   "and folder; the others have a fixed size)")
+    assert "drop --data-root" in prepare_fails(tmp_path, "-d", "blockdigits", "--data-root", tmp_path)
+
+
 def test_imagenet10_names_missing_wnids(tmp_path, imagenet_tree):
     import shutil
 

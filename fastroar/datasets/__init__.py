@@ -1,6 +1,7 @@
 """Dataset registry: ``build_dataset(name, **params)`` returns a seeded :class:`Dataset`."""
 from __future__ import annotations
 
+import re
 from typing import Any, Callable
 
 from fastroar.datasets import blockdigits, folder, leakage, torchvision_sets
@@ -31,6 +32,12 @@ def build_dataset(name: str, **params: Any) -> Dataset:
     except FastroarError:
         raise
     except (TypeError, ValueError) as e:
+        unknown = re.search(r"unexpected keyword argument '(\w+)'", str(e))
+        if unknown:
+            hint = {"image_size": " (--image-size applies to imagenet10 and folder; the others have a fixed size)",
+                    "root": " (it is built in: drop --data-root)", "download": " (it is built in: drop --download)"}
+            raise ConfigError(f"dataset {name!r} takes no parameter {unknown[1]!r}"
+                              f"{hint.get(unknown[1], '')}") from e
         raise ConfigError(f"bad parameters for dataset {name!r}: {e}") from e
     ds.name = name
     return ds
