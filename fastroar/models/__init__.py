@@ -3,7 +3,8 @@
 - ``mlp1``: one hidden ReLU layer (the leakage experiments);
 - ``mlp2``: two hidden ReLU layers (BlockMNIST-style data);
 - ``linear``: a linear classifier (Theorem 1's baseline);
-- ``resnet18``: torchvision's ResNet18 with a 3x3 stride-1 stem and no max-pool, for small inputs.
+- ``resnet18``: torchvision's ResNet18; ``stem: small`` (default: 3x3 stride-1, no max-pool, for small inputs)
+  or ``stem: imagenet`` (torchvision's 7x7 stride-2 stem and max-pool, for 112-224 px images).
 """
 from __future__ import annotations
 
@@ -29,11 +30,19 @@ def mlp(shape: tuple[int, ...], num_classes: int, widths: list[int]) -> nn.Modul
     return nn.Sequential(*layers)
 
 
-def resnet18(shape: tuple[int, ...], num_classes: int) -> nn.Module:
+def resnet18(shape: tuple[int, ...], num_classes: int, stem: str = "small") -> nn.Module:
+    """torchvision's ResNet18. stem="small" (default): 3x3 stride-1 first conv and no max-pool, for 8-32 px
+    inputs, which a 7x7 stride-2 conv plus max-pool would shrink to nothing; stem="imagenet": torchvision's
+    own stem (7x7 stride 2 + max-pool), what the paper used at 112 px (16x less compute there)."""
     from torchvision.models import resnet18 as tv_resnet18
 
+    if stem not in ("small", "imagenet"):
+        raise ConfigError(f"resnet18 stem must be 'small' or 'imagenet', got {stem!r}")
     model = tv_resnet18(num_classes=num_classes)
-    # Small inputs (8-32 px): a 7x7 stride-2 stem plus max-pool would shrink them to nothing.
+    if stem == "imagenet":
+        if int(shape[0]) != 3:
+            model.conv1 = nn.Conv2d(int(shape[0]), 64, kernel_size=7, stride=2, padding=3, bias=False)
+        return model
     model.conv1 = nn.Conv2d(int(shape[0]), 64, kernel_size=3, stride=1, padding=1, bias=False)
     model.maxpool = nn.Identity()
     return model
