@@ -261,6 +261,23 @@ def test_ffcv_validation(data):
         make_loader(path + ".missing", batch_size=BATCH)
 
 
+def test_ffcv_streams_a_zarr_rank_map(data, tmp_path):
+    """Rank maps can stay on disk (Zarr, chunked): packed masks equal the in-memory ones, batches the reference."""
+    import zarr
+
+    from fastroar.loaders.masked import make_loader, pack_keep_bits
+
+    ranks = data["u8_ranks"]
+    z = zarr.create_array(str(tmp_path / "r.zarr"), shape=ranks.shape, chunks=(37, ranks.shape[1]), dtype=ranks.dtype)
+    z[:] = ranks
+    for k, direction in LEVELS:
+        np.testing.assert_array_equal(pack_keep_bits(z, k, direction), pack_keep_bits(ranks, k, direction))
+    loader = make_loader(data["u8_path"], batch_size=BATCH, order="random", seed=1, ranks=z, k=0.37,
+                         direction="top")
+    assert loader._spec.ranks is z  # not read into memory
+    check_epoch(loader, data["u8"], ranks, 0.37, "top")
+
+
 # ------------------------------------------------------------------------------------------ resident path
 
 @pytest.mark.parametrize("engine", ["numba", "torch"])

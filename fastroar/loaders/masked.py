@@ -123,13 +123,21 @@ def keep_range(k: float, direction: str, d: int) -> tuple[int, int]:
     return (0, n) if direction == "top" else (d - n, d)
 
 
-def pack_keep_bits(ranks: np.ndarray, k: float, direction: str) -> np.ndarray:
-    """(N, d) ranks -> (N, ceil(d/8)) uint8: the top-k / bottom-k keep mask, bit-packed (little bit order)."""
+def pack_keep_bits(ranks: Any, k: float, direction: str) -> np.ndarray:
+    """(N, d) ranks -> (N, ceil(d/8)) uint8: the top-k / bottom-k keep mask, bit-packed (little bit order).
+
+    ranks may be a NumPy array or a chunked on-disk array (Zarr): the latter is read one chunk of rows at
+    a time, so the packed mask (d/8 bytes per image) is all that stays in memory."""
     N, d = ranks.shape
     lo, hi = keep_range(k, direction, d)
     out = np.empty((N, (d + 7) // 8), dtype=np.uint8)
-    if N:
-        _pack_keep(ranks, lo, hi, out)
+    if isinstance(ranks, np.ndarray):
+        if N:
+            _pack_keep(ranks, lo, hi, out)
+        return out
+    step = int(getattr(ranks, "chunks", (4096,))[0]) or 4096
+    for start in range(0, N, step):
+        _pack_keep(np.ascontiguousarray(ranks[start:start + step]), lo, hi, out[start:start + step])
     return out
 
 
@@ -258,8 +266,15 @@ def _check_mask(k: float | None, direction: str | None) -> None:
         raise ValueError(f"k must be a number in (0, 1), got {k!r}")
 
 
-def check_ranks(ranks: Any, n: int, d: int, what: str) -> np.ndarray:
-    """The (N, d) integer rank map as a NumPy array (array-likes such as Zarr arrays are read whole)."""
+def check_ranks(ranks: Any, n: int, d: int, what: str, lazy: bool = False) -> Any:
+    """The (N, d) integer rank map as a NumPy array (array-likes such as Zarr arrays are read whole), or,
+    with lazy=True, a chunked array-like (Zarr) as it is, checked by its shape and dtype only."""
+    if lazy and not isinstance(ranks, np.ndarray) and hasattr(ranks, "shape") and hasattr(ranks, "dtype"):
+        if tuple(ranks.shape) != (n, d):
+            raise ValueError(f"ranks must have shape (N, d) = ({n}, {d}) to match {what}, got {tuple(ranks.shape)}")
+        if not np.issubdtype(np.dtype(ranks.dtype), np.integer):
+            raise ValueError(f"ranks must be integers (uint16 or int32 rank maps), got {ranks.dtype}")
+        return ranks
     arr = ranks if isinstance(ranks, np.ndarray) else np.asarray(ranks[...] if hasattr(ranks, "shape") else ranks)
     if arr.shape != (n, d):
         raise ValueError(f"ranks must have shape (N, d) = ({n}, {d}) to match {what}, got {tuple(arr.shape)}")
@@ -328,7 +343,8 @@ def make_loader(beton_path: str, *, batch_size: int, order: str = "random", seed
     d = int(np.prod(shape))
     spec = MaskSpec()
     if masked:
-        spec.ranks = check_ranks(ranks, n, d, f"the {n} images of shape {shape} in {beton_path}")
+        # lazy: a Zarr rank map stays on disk; set_mask streams it once per level into packed bits
+        spec.ranks = check_ranks(ranks, n, d, f"the {n} images of shape {shape} in {beton_path}", lazy=True)
     device = torch.device(device)
 
     StoredBytes, MaskRanks = ffcv_operations()
