@@ -90,24 +90,30 @@ class SplitArrays:
 
     def read(self, name: str = "ranks") -> np.ndarray:
         """A whole array, after checking every chunk is complete and still matches its completion record."""
+        self.check()
+        return self._decode(lambda: self.group[name][:], name)
+
+    def check(self) -> None:
+        """Raises unless every chunk is written and its bytes match its completion record. Reads one chunk of
+        rows at a time, so memory stays bounded whatever the split's size."""
         missing = self.missing_chunks()
         if missing:
             raise MissingInputError(
                 f"{self.group.path}: {len(missing)} of {self.n_chunks} chunks not computed yet; "
                 "run `fastroar precompute` (it resumes where it stopped)")
-        arrays = {a: self._load(a) for a in ("ranks", "top", "bottom")}
         done = self.group["done"][:]
         for c in range(self.n_chunks):
             start, stop = self.chunk_range(c)
-            if chunk_crc(*(arrays[a][start:stop] for a in ("ranks", "top", "bottom"))) != done[c]:
+            parts = [self._decode(lambda a=a: self.group[a][start:stop], f"{a} chunk {c}")
+                     for a in ("ranks", "top", "bottom")]
+            if chunk_crc(*parts) != done[c]:
                 self._corrupt(f"chunk {c} (images {start}:{stop}) does not match its checksum")
-        return arrays[name]
 
-    def _load(self, name: str) -> np.ndarray:
+    def _decode(self, read, what: str) -> np.ndarray:
         try:
-            return self.group[name][:]
+            return read()
         except Exception as e:  # a damaged chunk file fails in the codec, with codec-specific errors
-            self._corrupt(f"{name} cannot be decoded ({type(e).__name__}: {e})")
+            self._corrupt(f"{what} cannot be decoded ({type(e).__name__}: {e})")
 
     def _corrupt(self, what: str) -> None:
         root = getattr(self.group.store, "root", self.group.store)
