@@ -19,7 +19,7 @@ import torch
 from fastroar.kernels.reference import keep_mask_reference, rank_reference
 from fastroar.loaders.resident import ResidentLoader
 from fastroar.models import build_model
-from fastroar.training.batched import Spec, _masked_batch, keep_bounds, resident_ranks, train_stacked
+from fastroar.training.batched import Spec, _masked_batch, _Split, keep_bounds, resident_ranks, train_stacked
 from fastroar.training.loop import Recipe, evaluate, fast_recipe, lr_factor, train_model
 
 SHAPE = (2, 4, 4)       # d = 32
@@ -122,11 +122,13 @@ def test_masked_batch_equals_reference_masks(d):
              for direction in ("top", "bottom")]
     lo, hi = keep_bounds(specs, d, off, r.dtype)
     idx = torch.tensor([[(i + j) % n for j in range(4)] for i in range(len(specs))])
-    got = _masked_batch(x, r, idx, lo, hi)
+    torch_path = _masked_batch(x, r, idx, lo, hi)                                      # CUDA's way
+    numba_path = _Split((x.numpy(), np.zeros(n, np.int64), ranks), specs, torch.device("cpu")).batch(idx)
     for i, spec in enumerate(specs):
         keep = keep_mask_reference(ranks[idx[i].numpy()], spec.k, spec.direction)
         want = np.where(keep, x[idx[i]].numpy(), 0.0)
-        np.testing.assert_array_equal(got[i].numpy(), want, err_msg=str(spec))
+        np.testing.assert_array_equal(torch_path[i].numpy(), want, err_msg=str(spec))
+        np.testing.assert_array_equal(numba_path[i].numpy(), want, err_msg=str(spec))
 
 
 def test_onecycle_schedule():

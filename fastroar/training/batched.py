@@ -3,24 +3,30 @@
 The jobs of a sweep differ only in their mask (k, direction) and seed. ``train_stacked`` stacks M
 models of one MLP architecture (``torch.func.stack_module_state``) and trains them with batched
 matmuls: each step gathers one batch of base images per model (its own seeded shuffle order), masks
-it by that model's level and direction with one comparison against the resident rank maps, and
-updates all M models with one optimizer step. Each model sees exactly what it would see alone:
+it by that model's level and direction against the resident rank maps (on the CPU one fused Numba
+gather-and-compare pass, on CUDA a gather and one comparison), runs forward and backward for all M
+models as batched GEMMs and updates each layer right after its gradients are computed. Each model
+sees exactly what it would see alone:
 
 - its initialisation: ``torch.manual_seed(seed)`` then ``build_model`` (as ``run_job`` does);
 - its batches: the permutation ``ResidentLoader`` draws for (seed, epoch), same batch size, same tail;
 - its mask: keep rank < n (top) or rank >= d - n (bottom), n = floor(k d + 1/2);
-- its schedule: the recipe's SGD (Nesterov momentum, weight decay, per-step learning rate).
+- its schedule: the recipe's SGD (Nesterov momentum, weight decay, per-step learning rate), label
+  smoothing, and on CUDA the recipe's bf16 matmuls.
 
-The optimizer update is written out with plain element-wise ops (no fused multiply-add), and stacks of
-one model are padded to two (batched matmul of batch 1 takes another kernel): a model's result is then
-bitwise the same whatever else is in its stack, so a resumed sweep that trains the leftover jobs of a
-group reproduces the uninterrupted run exactly (on the CPU; on CUDA within float tolerance).
+The optimizer update is element-wise with one rounding per operation (no fused multiply-add), and
+stacks of one model are padded to two (a batched matmul of batch 1 takes another kernel): a model's
+result is then bitwise the same whatever else is in its stack, so a resumed sweep that trains the
+leftover jobs of a group reproduces the uninterrupted run exactly (on the CPU, checked by
+tests/test_batched.py; on CUDA within float tolerance). Against the single-model path (nn.Module,
+autograd, torch.optim.SGD) results agree within float rounding, not bit for bit.
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -31,6 +37,7 @@ from fastroar.models import build_model
 from fastroar.training.loop import Recipe
 
 BATCHABLE_ARCHS = ("linear", "mlp1", "mlp2")
+PARALLEL_GATHER = 1 << 20     # coordinates per batch from which the CPU gather runs on all cores
 
 
 @dataclass(frozen=True)
@@ -126,8 +133,11 @@ class StackedMLP:
         return h
 
     def backward(self, g: torch.Tensor, acts: list[torch.Tensor], grads: list[torch.Tensor],
-                 compute_dtype: torch.dtype = torch.float32) -> None:
-        """Gradients of the parameters into `grads`, from g = d loss / d logits (M, B, classes)."""
+                 compute_dtype: torch.dtype = torch.float32, on_layer: Callable[[int], None] | None = None) -> None:
+        """Gradients of the parameters into `grads`, from g = d loss / d logits (M, B, classes).
+
+        on_layer(i) runs once layer i's gradients are final and its weights are no longer needed (the
+        optimizer updates the layer there, while its gradients are still in cache)."""
         cd = compute_dtype
         for i in reversed(range(self.layers)):
             h = acts[i]
@@ -139,6 +149,8 @@ class StackedMLP:
             if i:
                 g = torch.bmm(g.to(cd), self.params[2 * i].transpose(1, 2).to(cd)).float()
                 g = torch.ops.aten.threshold_backward(g, h, 0.0)   # ReLU: h is the previous layer's output
+            if on_layer is not None:
+                on_layer(i)
 
     def state_dict(self, i: int) -> dict[str, torch.Tensor]:
         """Model i's parameters under the single model's names (loadable into build_model's module)."""
@@ -164,7 +176,14 @@ def _sgd_step(params: list[torch.Tensor], grads: list[torch.Tensor], bufs: list[
               scratch: list[torch.Tensor], recipe: Recipe, lr: float, first: bool) -> None:
     """torch.optim.SGD's update (weight decay, Nesterov momentum) in place; one rounding per element op, so
     no element's result depends on where it lies in the stacked tensor (vector body or tail)."""
-    for p, g, buf, tmp in zip(params, grads, bufs, scratch):
+    if params[0].device.type == "cpu":
+        sgd = _kernels()[2]
+        f32 = np.float32
+        for p, g, buf in zip(params, grads, bufs):
+            sgd(p.view(-1).numpy(), g.view(-1).numpy(), buf.view(-1).numpy(), f32(lr), f32(recipe.weight_decay),
+                f32(recipe.momentum), first)
+        return
+    for p, g, buf, tmp in zip(params, grads, bufs, scratch):  # CUDA: element-wise ops, one rounding each
         if recipe.weight_decay:
             g.add_(torch.mul(p, recipe.weight_decay, out=tmp))
         if recipe.momentum:
@@ -193,6 +212,76 @@ def _masked_batch(x: torch.Tensor, ranks: torch.Tensor, idx: torch.Tensor, lo: t
     return torch.where(keep, xb, 0.0)
 
 
+@functools.lru_cache(maxsize=1)
+def _kernels():
+    """Numba kernels of the CPU path (compiled on first use): fused gather-and-mask, fused SGD update."""
+    from numba import njit, prange
+
+    def gather_masked(x, ranks, idx, lo, hi, out):  # pragma: no cover - compiled
+        """out[m, i, j] = x[idx[m, i], j] if lo[m] <= ranks[idx[m, i], j] <= hi[m] else 0."""
+        m_count, b_count = idx.shape
+        d = x.shape[1]
+        for t in prange(m_count * b_count):
+            m = t // b_count
+            i = t - m * b_count
+            row = idx[m, i]
+            a = lo[m]
+            b = hi[m]
+            for j in range(d):
+                r = ranks[row, j]
+                out[m, i, j] = x[row, j] if (r >= a and r <= b) else np.float32(0.0)
+
+    gather_parallel = njit(parallel=True, nogil=True, cache=True)(gather_masked)
+    gather_serial = njit(nogil=True, cache=True)(gather_masked)
+
+    @njit(parallel=True, nogil=True, cache=True)
+    def sgd(p, g, buf, lr, wd, mom, first):  # pragma: no cover - compiled
+        """torch.optim.SGD (weight decay, Nesterov momentum) on flat float32 arrays, one pass, no FMA."""
+        for i in prange(p.size):
+            gi = g[i]
+            if wd != 0:
+                gi = gi + wd * p[i]
+            if mom != 0:
+                bi = gi if first else mom * buf[i] + gi
+                buf[i] = bi
+                gi = gi + mom * bi
+            p[i] = p[i] - lr * gi
+
+    return gather_parallel, gather_serial, sgd
+
+
+class _Split:
+    """One split held whole on the device for a stack: images, labels, ranks and each model's keep bounds.
+
+    batch(idx) gives the (M, B, d) masked images of rows idx (M, B): on the CPU one fused Numba pass over
+    the caller's rank map, elsewhere a gather and one comparison per model on the device.
+    """
+
+    def __init__(self, split: tuple[np.ndarray, np.ndarray, np.ndarray], specs: Sequence[Spec],
+                 device: torch.device) -> None:
+        images, labels, ranks = split
+        self.device = device
+        self.x = torch.from_numpy(model_input(images)).to(device)
+        self.y = torch.from_numpy(np.asarray(labels).astype(np.int64)).to(device)
+        self.n, self.d = self.x.shape
+        if device.type == "cpu":
+            self.ranks_np = np.ascontiguousarray(ranks)
+            lo, hi = keep_bounds(specs, self.d, 0, torch.int64)
+            self.lo, self.hi = lo.numpy(), hi.numpy()
+        else:
+            self.ranks, off = resident_ranks(ranks)
+            self.ranks = self.ranks.to(device)
+            self.lo, self.hi = (t.to(device) for t in keep_bounds(specs, self.d, off, self.ranks.dtype))
+
+    def batch(self, idx: torch.Tensor) -> torch.Tensor:
+        if self.device.type != "cpu":
+            return _masked_batch(self.x, self.ranks, idx, self.lo, self.hi)
+        out = torch.empty((*idx.shape, self.d), dtype=torch.float32)
+        kernel = _kernels()[0 if out.numel() >= PARALLEL_GATHER else 1]   # small batches: no thread wake-ups
+        kernel(self.x.numpy(), self.ranks_np, idx.numpy(), self.lo, self.hi, out.numpy())
+        return out
+
+
 def train_stacked(arch: str, arch_params: dict[str, Any], shape: Sequence[int], num_classes: int,
                   train: tuple[np.ndarray, np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray, np.ndarray],
                   specs: Sequence[Spec], recipe: Recipe, device: torch.device | str = "cpu",
@@ -206,20 +295,17 @@ def train_stacked(arch: str, arch_params: dict[str, Any], shape: Sequence[int], 
     device = torch.device(device)
     real = len(specs)
     specs = list(specs) + ([specs[0]] if real == 1 else [])  # a stack of 1 takes another matmul kernel
-    d = int(math.prod(shape))
-    x_train = torch.from_numpy(model_input(train[0])).to(device)
-    y_train = torch.from_numpy(np.asarray(train[1]).astype(np.int64)).to(device)
-    r_train, off = resident_ranks(train[2])
-    r_train = r_train.to(device)
-    lo, hi = (t.to(device) for t in keep_bounds(specs, d, off, r_train.dtype))
-    n = x_train.shape[0]
+    data = _Split(train, specs, device)
+    if data.d != int(math.prod(shape)):
+        raise ValueError(f"images have {data.d} coordinates, the model's shape {tuple(shape)} wants {math.prod(shape)}")
+    n = data.n
     bs = recipe.batch_size
     steps_per_epoch = -(-n // bs)
     stack = StackedMLP.build(arch, arch_params, shape, num_classes, [s.seed for s in specs], device)
     params = stack.params
     grads = [torch.empty_like(p) for p in params]
     bufs = [torch.empty_like(p) for p in params]
-    scratch = [torch.empty_like(p) for p in params]
+    scratch = [torch.empty_like(p) for p in params] if device.type != "cpu" else []
     cd = torch.bfloat16 if recipe.uses_autocast(device) else torch.float32
     step = 0
     loss_sum = torch.zeros(len(specs), device=device)
@@ -230,14 +316,16 @@ def train_stacked(arch: str, arch_params: dict[str, Any], shape: Sequence[int], 
         correct.zero_()
         for start in range(0, n, bs):
             idx = orders[:, start:start + bs]
-            xb = _masked_batch(x_train, r_train, idx, lo, hi)
-            yb = y_train.index_select(0, idx.reshape(-1)).view(idx.shape)
+            xb = data.batch(idx)
+            yb = data.y.index_select(0, idx.reshape(-1)).view(idx.shape)
             acts: list[torch.Tensor] = []
             logits = stack.forward(xb, cd, acts)
             losses, g = _cross_entropy(logits, yb, recipe.label_smoothing)
             correct += (logits.argmax(2) == yb).sum(1)
-            stack.backward(g, acts, grads, cd)
-            _sgd_step(params, grads, bufs, scratch, recipe, recipe.lr_at(step, steps_per_epoch), step == 0)
+            lr, first = recipe.lr_at(step, steps_per_epoch), step == 0
+            stack.backward(g, acts, grads, cd, lambda i: _sgd_step(params[2 * i:2 * i + 2], grads[2 * i:2 * i + 2],
+                                                                    bufs[2 * i:2 * i + 2], scratch[2 * i:2 * i + 2],
+                                                                    recipe, lr, first))
             loss_sum += losses * idx.shape[1]
             step += 1
     train_loss = [v / n for v in loss_sum.tolist()]
@@ -257,16 +345,11 @@ def evaluate_stacked(stack: StackedMLP, test: tuple[np.ndarray, np.ndarray, np.n
                      device: torch.device, batch_size: int = 512,
                      compute_dtype: torch.dtype = torch.float32) -> list[float]:
     """Top-1 accuracy of each stacked model on the test split masked by its own spec (in order)."""
-    x = torch.from_numpy(model_input(test[0])).to(device)
-    y = torch.from_numpy(np.asarray(test[1]).astype(np.int64)).to(device)
-    r, off = resident_ranks(test[2])
-    r = r.to(device)
-    lo, hi = (t.to(device) for t in keep_bounds(specs, x.shape[1], off, r.dtype))
+    data = _Split(test, specs, device)
     m = len(specs)
     correct = torch.zeros(m, dtype=torch.long, device=device)
-    for start in range(0, x.shape[0], batch_size):
-        idx = torch.arange(start, min(start + batch_size, x.shape[0]), device=device).expand(m, -1)
-        xb = _masked_batch(x, r, idx, lo, hi)
-        logits = stack.forward(xb, compute_dtype)
-        correct += (logits.argmax(2) == y[idx[0]]).sum(1)
-    return [int(c) / max(1, x.shape[0]) for c in correct.tolist()]
+    for start in range(0, data.n, batch_size):
+        rows = torch.arange(start, min(start + batch_size, data.n), device=device)
+        logits = stack.forward(data.batch(rows.expand(m, -1).contiguous()), compute_dtype)
+        correct += (logits.argmax(2) == data.y[rows]).sum(1)
+    return [int(c) / max(1, data.n) for c in correct.tolist()]
