@@ -1,10 +1,10 @@
 """Retraining throughput: M MLPs trained as one stack vs the same M trained one after another.
 
-CPU rows: M = 10 jobs of one sweep (5 levels x top/bottom, seeds 0..9) on the same synthetic data, as
-the retrain stage runs them: the single-model path (ResidentLoader + train_model + evaluate, what
-the single-model path, as run_job trains a job it does not stack) one job after another, against fastroar.training.batched's stack.
-Both must agree (the same test accuracy per job) or the row says so. Throughput counts every model's
-training images: M x epochs x N / seconds.
+CPU rows (and one CUDA row when a GPU is present): M = 10 jobs of one sweep (5 levels x top/bottom,
+seeds 0..9) on the same synthetic data, as the retrain stage would run them: the single-model path
+(ResidentLoader + train_model + evaluate, as run_job trains a job it does not stack) one job after
+another, against fastroar.training.batched's stack. Both must agree (the same test accuracy per job)
+or the row says by how much. Throughput counts every model's training images: M x epochs x N / s.
 
 GPU row (when CUDA is present): wall time of a CIFAR-10-shaped DiffROAR curve, ResNet18, 5 levels x 2
 directions x 5 seeds = 50 trainings on synthetic 32x32x3 data (50k train, 10k test images, random rank
@@ -95,39 +95,48 @@ def _sequential(arch, params, shape, classes, train, test, specs, recipe, device
     return accs
 
 
-def _mlp_rows(quick: bool) -> list[Row]:
+def _compare(case, quick: bool, device: str) -> list[Row]:
+    """Rows of one case: M sequential single-model trainings vs one stack of M, interleaved, best of each."""
     from fastroar.training.batched import train_stacked
     from fastroar.training.loop import Recipe
 
-    rows = []
+    name, shape, classes, n, arch, params, batch = case
+    train, test = _data(n, shape, classes, 0), _data(500, shape, classes, 1)
+    recipe = Recipe(epochs=2 if quick else 4, batch_size=batch, lr=0.05, weight_decay=5e-4)
+    specs = _specs()
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    t_seq = t_stk = float("inf")
+    for _ in range(2 if quick else 3):  # interleaved, best of each: this machine's load comes and goes
+        t0 = time.perf_counter()
+        seq = _sequential(arch, params, shape, classes, train, test, specs, recipe, device)
+        sync()
+        t_seq = min(t_seq, time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        stacked = train_stacked(arch, params, shape, classes, train, test, specs, recipe, device)
+        sync()
+        t_stk = min(t_stk, time.perf_counter() - t0)
+    images = M * recipe.epochs * n
+    diff = max(abs(r["accuracy"] - a) for r, a in zip(stacked, seq))
+    where = "" if device == "cpu" else f" ({torch.cuda.get_device_name()})"
+    section = f"retrain {M}x {arch} {name} d={int(np.prod(shape))}{where}"
+    ctx = f"{recipe.epochs} epochs x {n} img, batch {batch}; " + (
+        "accuracies equal" if diff == 0 else f"max |accuracy difference| {diff:.4f}")
+    return [Row(section, f"{M} sequential (single-model path)", images / t_seq, "img/s", f"{M} sequential", 1.0,
+                f"{t_seq:.2f}s"),
+            Row(section, f"{M} stacked, one data pass", images / t_stk, "img/s", f"{M} sequential", t_seq / t_stk,
+                f"{t_stk:.2f}s; {ctx}")]
+
+
+def _mlp_rows(quick: bool) -> list[Row]:
     # (name, shape, classes, n_train, arch, params, batch): the leakage and blockdigits configs' models, and a
     # CIFAR-sized input (d = 3072) where the matmuls (at the cores' FLOP peak), not per-step overhead, dominate.
     cases = [("leakage-shaped", (10,), 2, 2000, "mlp1", {"width": 1000}, 100),
              ("blockdigits-shaped", (1, 16, 8), 10, 1500, "mlp2", {"width": 256}, 64),
              ("cifar-shaped", (3, 32, 32), 10, 2000 if quick else 5000, "mlp2", {"width": 256}, 128)]
     torch.set_num_threads(2)
-    repeats = 2 if quick else 3
-    for name, shape, classes, n, arch, params, batch in cases:
-        train, test = _data(n, shape, classes, 0), _data(500, shape, classes, 1)
-        recipe = Recipe(epochs=2 if quick else 4, batch_size=batch, lr=0.05, weight_decay=5e-4)
-        specs = _specs()
-        t_seq = t_stk = float("inf")
-        for _ in range(repeats):  # interleaved, best of each: this machine's load comes and goes
-            t0 = time.perf_counter()
-            seq = _sequential(arch, params, shape, classes, train, test, specs, recipe, "cpu")
-            t_seq = min(t_seq, time.perf_counter() - t0)
-            t0 = time.perf_counter()
-            stacked = train_stacked(arch, params, shape, classes, train, test, specs, recipe, "cpu")
-            t_stk = min(t_stk, time.perf_counter() - t0)
-        images = M * recipe.epochs * n
-        same = [r["accuracy"] for r in stacked] == seq
-        section = f"retrain {M}x {arch} {name} d={int(np.prod(shape))}"
-        ctx = f"{recipe.epochs} epochs x {n} img, batch {batch}; " + (
-            "accuracies equal" if same else "ACCURACIES DIFFER")
-        rows.append(Row(section, f"{M} sequential (single-model path)", images / t_seq, "img/s", f"{M} sequential",
-                        1.0, f"{t_seq:.2f}s"))
-        rows.append(Row(section, f"{M} stacked, one data pass", images / t_stk, "img/s", f"{M} sequential",
-                        t_seq / t_stk, f"{t_stk:.2f}s; {ctx}"))
+    rows = [row for case in cases for row in _compare(case, quick, "cpu")]
+    if torch.cuda.is_available():
+        rows += _compare(("cifar-shaped", (3, 32, 32), 10, 5000, "mlp2", {"width": 256}, 128), quick, "cuda")
     return rows
 
 
