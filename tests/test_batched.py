@@ -8,6 +8,7 @@ missing jobs. The retrain stage's groups must give the records the one-job-per-t
 """
 from __future__ import annotations
 
+import csv
 import json
 import math
 import shutil
@@ -147,7 +148,7 @@ def test_onecycle_schedule():
 
 def test_retrain_groups_equal_one_job_per_task(run_workdir, tmp_path):
     """The stage's groups (batch_models 16, the fixture's run) vs one job per task: the same records;
-    --recipe fast is recorded in every record."""
+    --recipe fast is recorded in every record, and `report --recipe` shows one recipe's results only."""
     from click.testing import CliRunner
 
     from fastroar.cli import cli
@@ -179,3 +180,15 @@ def test_retrain_groups_equal_one_job_per_task(run_workdir, tmp_path):
     fast = [r for r in lines if r["recipe_name"] == "fast"]
     assert len(fast) == 4 and all(r["recipe"]["schedule"] == "onecycle" and r["recipe"]["epochs"] == 1 for r in fast)
     assert {r["key"] for r in fast}.isdisjoint(got)  # another recipe: other jobs
+
+    # the report shows one recipe's results at a time, never a mix of both
+    shown = {}
+    for recipe, records in (("fast", fast), ("paper", list(got.values()))):
+        result = CliRunner().invoke(cli, ["report", "--workdir", str(wd), "--recipe", recipe, *tiny_args()])
+        assert result.exit_code == 0, result.output
+        rows = list(csv.DictReader(open(wd / "report" / "diffroar.csv")))
+        assert len(rows) == 1 and rows[0]["model"] == "standard" and rows[0]["attribution"] == "random"
+        acc = {d: np.mean([r["accuracy"] for r in records if r["direction"] == d]) for d in ("top", "bottom")}
+        assert float(rows[0]["diffroar"]) == pytest.approx(acc["top"] - acc["bottom"])
+        shown[recipe] = float(rows[0]["diffroar"])
+    assert shown["fast"] != shown["paper"]  # the two recipes' results differ here, so a mix would show

@@ -242,12 +242,13 @@ def retrain(workdir, dataset, config_path, overrides, device, loader, progress, 
 
 @cli.command()
 @common_options
+@RECIPE_OPTION
 @fail_cleanly
-def report(workdir, dataset, config_path, overrides, device, loader, progress) -> None:
+def report(workdir, dataset, config_path, overrides, device, loader, progress, recipe) -> None:
     """Print the DiffROAR table, write it as CSV and plot the curves (PNG)."""
     from fastroar.report import report_stage
 
-    cfg, wd = resolve(workdir, dataset, config_path, overrides, device, loader)
+    cfg, wd = resolve(workdir, dataset, config_path, with_recipe(overrides, recipe), device, loader)
     report_stage(cfg, wd, log=click.echo)
 
 

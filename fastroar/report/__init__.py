@@ -135,10 +135,12 @@ def report_stage(cfg: dict[str, Any], workdir, log=print) -> dict[str, Any]:
     from fastroar.store import RankStore, SplitArrays
 
     prepared = load_prepared(cfg, workdir)
-    records = [r for r in read_results(workdir.results_path).values() if r["dataset_key"] == prepared.meta["key"]]
+    recipe = cfg.get("retrain", {}).get("recipe", "paper")   # paper and fast results are never mixed
+    records = [r for r in read_results(workdir.results_path).values() if r["dataset_key"] == prepared.meta["key"]
+               and r.get("recipe_name", "paper") == recipe]
     if not records:
-        raise MissingInputError(f"no retraining results in {workdir.results_path}; run `fastroar retrain "
-                                f"--workdir {workdir.root}` first")
+        raise MissingInputError(f"no retraining results (recipe {recipe}) in {workdir.results_path}; run "
+                                f"`fastroar retrain --recipe {recipe} --workdir {workdir.root}` first")
     rows = diffroar_rows(records)
     columns = DIFFROAR_COLUMNS
     road = road_estimates(workdir, prepared.meta["key"], records)
