@@ -167,7 +167,9 @@ def run_group(jobs: Sequence[Job], cfg: dict[str, Any], workdir: Workdir,
     recipe = Recipe(**first.recipe)
     store = str(workdir.store_path)
     t0 = time.perf_counter()
-    split = {s: (*prepared.arrays(s), _ranks(store, first.model, first.attribution, s)) for s in ("train", "test")}
+    # the stack holds both splits whole (stackable() checked they fit): read the rank maps once
+    split = {s: (*prepared.arrays(s), np.asarray(_ranks(store, first.model, first.attribution, s)[:]))
+             for s in ("train", "test")}
     results = train_stacked(first.arch, first.arch_params, prepared.shape, prepared.num_classes,
                             split["train"], split["test"], [Spec(j.k, j.direction, j.seed) for j in jobs],
                             recipe, device)
