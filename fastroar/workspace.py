@@ -27,8 +27,9 @@ SPLITS = ("train", "test")
 
 
 class Workdir:
-    def __init__(self, root: str | Path, create: bool = False) -> None:
+    def __init__(self, root: str | Path, create: bool = False, store: str | None = None) -> None:
         self.root = Path(root)
+        self.store = store  # rank store elsewhere: a path or fsspec URL (e.g. s3://bucket/study.zarr)
         if create:
             try:
                 self.root.mkdir(parents=True, exist_ok=True)
@@ -49,8 +50,9 @@ class Workdir:
         return self.root / "models" / name
 
     @property
-    def store_path(self) -> Path:
-        return self.root / "masks.zarr"
+    def store_path(self) -> Path | str:
+        """<workdir>/masks.zarr, or the config's `store` (a path or an fsspec URL a cluster shares)."""
+        return self.store or self.root / "masks.zarr"
 
     @property
     def results_path(self) -> Path:

@@ -71,13 +71,16 @@ def data_options(fn: Callable) -> Callable:
                      help="Let torchvision fetch the dataset into --data-root (needs internet)."),
         click.option("--image-size", type=click.IntRange(min=8), default=None,
                      help="Side of the square images of imagenet10 / folder datasets (e.g. 112 or 224)."),
+        click.option("--store", default=None, metavar="PATH|URL",
+                     help="Rank store location instead of <workdir>/masks.zarr: a path or an fsspec URL "
+                          "(s3://, gs://, file://); saved in the workdir's config."),
     ]
     for option in reversed(options):
         fn = option(fn)
 
     @functools.wraps(fn)
-    def wrapper(*args: Any, data_root=None, download=None, image_size=None, **kwargs: Any) -> Any:
-        extra = []
+    def wrapper(*args: Any, data_root=None, download=None, image_size=None, store=None, **kwargs: Any) -> Any:
+        extra = [f"store={store!r}"] if store is not None else []
         if data_root is not None:
             extra.append(f"dataset.params.root={str(Path(data_root).expanduser().resolve())!r}")
         if download is not None:
@@ -133,7 +136,8 @@ def resolve(workdir: str, dataset: str | None, config_path: str | None, override
     if loader:
         sets.append(f"loader={loader}")
     cfg = load_config(dataset=dataset, path=path, overrides=sets)
-    return cfg, Workdir(workdir, create=create)  # after the config is valid: a bad option creates nothing
+    # after the config is valid: a bad option creates nothing
+    return cfg, Workdir(workdir, create=create, store=cfg.get("store"))
 
 
 def save_config(cfg: dict[str, Any], wd) -> None:

@@ -138,13 +138,15 @@ class RankStore:
 
     def __init__(self, path: str, mode: str = "a") -> None:
         self.path = str(path)
+        # fsspec's local filesystem does not create parent directories unless asked to
+        opts = {"storage_options": {"auto_mkdir": True}} if self.path.startswith(("file://", "local://")) else {}
         if mode == "r":
             try:
-                self.root = zarr.open_group(self.path, mode="r")
+                self.root = zarr.open_group(self.path, mode="r", **opts)
             except (FileNotFoundError, zarr.errors.GroupNotFoundError) as e:
                 raise MissingInputError(f"no rank store at {self.path}; run `fastroar precompute` first") from e
         else:
-            self.root = zarr.open_group(self.path, mode="a")
+            self.root = zarr.open_group(self.path, mode="a", **opts)
 
     def entry_path(self, model: str, attribution: str) -> str:
         return f"{model}/{attribution.replace('/', '_')}"
