@@ -134,6 +134,9 @@ def validate(cfg: dict[str, Any]) -> dict[str, Any]:
     cfg.setdefault("precompute", {}).setdefault("batch_size", 256)
     if cfg.setdefault("loader", "auto") not in LOADERS:
         raise ConfigError(f"loader must be one of {LOADERS}, got {cfg['loader']!r}")
+    fill = rt.setdefault("fill", "zero")
+    if fill not in ("zero", "mean") and (isinstance(fill, bool) or not isinstance(fill, (int, float))):
+        raise ConfigError(f"retrain.fill must be zero, mean or a number, got {fill!r}")
     if cfg.get("store") is not None and not (isinstance(cfg["store"], str) and cfg["store"].strip()):
         raise ConfigError(f"store must be a path or an fsspec URL, got {cfg['store']!r}")
     if cfg.setdefault("device", "auto") not in ("auto", "cpu", "cuda"):

@@ -119,15 +119,19 @@ def test_masked_batch_equals_reference_masks(d):
     ranks = rank_reference(rng.random((n, d)).astype(np.float32))
     x = torch.from_numpy(rng.random((n, d)).astype(np.float32) + 0.5)
     r, off = resident_ranks(ranks)
-    specs = [Spec(k, direction, 0) for k in (0.2 / d, 1.0 / d, 0.3, 0.5, 1 - 0.6 / d, 1 - 0.1 / d)
-             for direction in ("top", "bottom")]
+    # every other model fills removed coordinates with its own value (retrain.fill), the rest with 0
+    specs = [Spec(k, direction, 0, fill=(0.0 if i % 2 else 0.25 + i / 64))
+             for i, (k, direction) in enumerate((k, direction)
+                                                for k in (0.2 / d, 1.0 / d, 0.3, 0.5, 1 - 0.6 / d, 1 - 0.1 / d)
+                                                for direction in ("top", "bottom"))]
     lo, hi = keep_bounds(specs, d, off, r.dtype)
     idx = torch.tensor([[(i + j) % n for j in range(4)] for i in range(len(specs))])
-    torch_path = _masked_batch(x, r, idx, lo, hi)                                      # CUDA's way
+    fills = torch.tensor([s.fill for s in specs], dtype=torch.float32)
+    torch_path = _masked_batch(x, r, idx, lo, hi, fills)                                # CUDA's way
     numba_path = _Split((x.numpy(), np.zeros(n, np.int64), ranks), specs, torch.device("cpu")).batch(idx)
     for i, spec in enumerate(specs):
         keep = keep_mask_reference(ranks[idx[i].numpy()], spec.k, spec.direction)
-        want = np.where(keep, x[idx[i]].numpy(), 0.0)
+        want = np.where(keep, x[idx[i]].numpy(), np.float32(spec.fill))
         np.testing.assert_array_equal(torch_path[i].numpy(), want, err_msg=str(spec))
         np.testing.assert_array_equal(numba_path[i].numpy(), want, err_msg=str(spec))
 

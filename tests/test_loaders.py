@@ -31,17 +31,18 @@ def tied_ranks(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
     return rank_reference(scores)
 
 
-def reference_batch(images: np.ndarray, ranks: np.ndarray | None, ids: np.ndarray, k, direction) -> np.ndarray:
-    """What the loaders must return for samples `ids`: model input (x/255 for uint8) zeroed outside the mask."""
+def reference_batch(images: np.ndarray, ranks: np.ndarray | None, ids: np.ndarray, k, direction,
+                    fill: float = 0.0) -> np.ndarray:
+    """What the loaders must return for samples `ids`: model input (x/255 for uint8), `fill` outside the mask."""
     x = images[ids]
     x = (x / 255).astype(np.float32) if x.dtype == np.uint8 else x.astype(np.float32)
     if ranks is None:
         return x
     keep = keep_mask_reference(ranks[ids], k, direction).reshape(x.shape)
-    return np.where(keep, x, np.float32(0))
+    return np.where(keep, x, np.float32(fill))
 
 
-def check_epoch(loader, images, ranks, k, direction, *, drop_last=False, batch=BATCH) -> np.ndarray:
+def check_epoch(loader, images, ranks, k, direction, *, drop_last=False, batch=BATCH, fill=0.0) -> np.ndarray:
     """Iterates one epoch, checks every batch exactly and that each sample comes once; returns the id order."""
     n = len(images)
     seen = np.zeros(n, dtype=np.int64)
@@ -52,7 +53,7 @@ def check_epoch(loader, images, ranks, k, direction, *, drop_last=False, batch=B
         assert tuple(x.shape[1:]) == images.shape[1:] and y.shape == (x.shape[0],)
         ids = y.cpu().numpy()
         got = x.cpu().numpy()
-        want = reference_batch(images, ranks, ids, k, direction)
+        want = reference_batch(images, ranks, ids, k, direction, fill)
         assert np.array_equal(got, want), f"batch {batches} differs from the reference ({k}, {direction})"
         seen[ids] += 1
         order.append(ids)
@@ -276,6 +277,25 @@ def test_ffcv_streams_a_zarr_rank_map(data, tmp_path):
                          direction="top")
     assert loader._spec.ranks is z  # not read into memory
     check_epoch(loader, data["u8"], ranks, 0.37, "top")
+
+
+FILL = 0.4137  # retrain.fill: mean (any value; exactly representable or not)
+
+
+def test_every_path_fills_removed_coordinates(data):
+    """--fill mean: removed coordinates take the fill value, on the FFCV path and both resident engines."""
+    from fastroar.loaders.masked import make_loader
+    from fastroar.loaders.resident import ResidentLoader
+
+    u8, ranks = data["u8"], data["u8_ranks"]
+    loaders = [make_loader(data["u8_path"], batch_size=BATCH, order="random", seed=2, ranks=ranks, k=0.3,
+                           direction="top", fill=FILL)]
+    loaders += [ResidentLoader(u8, np.arange(N_U8), batch_size=BATCH, seed=2, ranks=ranks, k=0.3, direction="top",
+                               engine=engine, fill=FILL) for engine in ("numba", "torch")]
+    for loader in loaders:
+        for k, direction in ((0.3, "top"), (0.6, "bottom")):
+            loader.set_mask(k, direction)
+            check_epoch(loader, u8, ranks, k, direction, fill=np.float32(FILL))
 
 
 # ------------------------------------------------------------------------------------------ resident path

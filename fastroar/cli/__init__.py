@@ -211,6 +211,22 @@ def with_recipe(overrides: tuple[str, ...], recipe: str | None) -> tuple[str, ..
     return tuple(overrides) + ((f"retrain.recipe={recipe}",) if recipe else ())
 
 
+def fill_option(fn: Callable) -> Callable:
+    """--fill: what removed coordinates become; folded into the config as retrain.fill."""
+    fn = click.option("--fill", default=None, type=click.Choice(["zero", "mean"]),
+                      help="Value of removed coordinates: zero (the paper's definition; config default) or mean "
+                           "(the train split's mean, as the reference code's early version). Config key "
+                           "retrain.fill (which also takes a number).")(fn)
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, fill=None, **kwargs: Any) -> Any:
+        if fill is not None:
+            kwargs["overrides"] = tuple(kwargs.get("overrides", ())) + (f"retrain.fill={fill}",)
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
 def parse_levels(ctx, param, values) -> list[float] | None:
     from fastroar.config import check_level
 
@@ -229,6 +245,7 @@ def parse_levels(ctx, param, values) -> list[float] | None:
 @click.option("--seeds", type=click.IntRange(min=1), default=None, help="Runs per (level, direction).")
 @click.option("--model", "models", multiple=True, help="Only this base model (repeatable).")
 @click.option("--attribution", "attributions", multiple=True, help="Only this attribution (repeatable).")
+@fill_option
 @RECIPE_OPTION
 @executor_options
 @fail_cleanly
@@ -246,6 +263,7 @@ def retrain(workdir, dataset, config_path, overrides, device, loader, progress, 
 
 @cli.command()
 @common_options
+@fill_option
 @RECIPE_OPTION
 @fail_cleanly
 def report(workdir, dataset, config_path, overrides, device, loader, progress, recipe) -> None:
@@ -301,6 +319,7 @@ def replicate(workdir, dataset, config_path, overrides, device, loader, progress
 
 @cli.command()
 @common_options
+@fill_option
 @RECIPE_OPTION
 @fail_cleanly
 def run(workdir, dataset, config_path, overrides, device, loader, progress, recipe) -> None:

@@ -70,8 +70,8 @@ def _pack_keep(ranks, lo, hi, out):  # pragma: no cover - compiled
 
 
 @njit(parallel=True, nogil=True, cache=True)
-def _apply_bits(src, indices, bits, scale, out):  # pragma: no cover - compiled
-    """out[b, j] = src[b, j] / scale where bit j of bits[indices[b]] is set, else 0 (float32)."""
+def _apply_bits(src, indices, bits, scale, fill, out):  # pragma: no cover - compiled
+    """out[b, j] = src[b, j] / scale where bit j of bits[indices[b]] is set, else fill (float32)."""
     d = src.shape[1]
     full = d >> 3
     for b in prange(src.shape[0]):
@@ -83,10 +83,10 @@ def _apply_bits(src, indices, bits, scale, out):  # pragma: no cover - compiled
             for t in range(8):
                 j = q * 8 + t
                 x = np.float32(s[j]) / scale
-                o[j] = x if (w >> t) & 1 else np.float32(0.0)
+                o[j] = x if (w >> t) & 1 else fill
         for j in range(full * 8, d):
             x = np.float32(s[j]) / scale
-            o[j] = x if (m[full] >> (j - full * 8)) & 1 else np.float32(0.0)
+            o[j] = x if (m[full] >> (j - full * 8)) & 1 else fill
 
 
 @njit(parallel=True, nogil=True, cache=True)
@@ -99,8 +99,8 @@ def _scale(src, scale, out):  # pragma: no cover - compiled
 
 
 @njit(parallel=True, nogil=True, cache=True)
-def _gather_bits(x, indices, bits, out):  # pragma: no cover - compiled
-    """out[b, j] = x[indices[b], j] where bit j of bits[indices[b]] is set, else 0 (float32 rows)."""
+def _gather_bits(x, indices, bits, fill, out):  # pragma: no cover - compiled
+    """out[b, j] = x[indices[b], j] where bit j of bits[indices[b]] is set, else fill (float32 rows)."""
     d = x.shape[1]
     full = d >> 3
     for b in prange(indices.shape[0]):
@@ -112,9 +112,9 @@ def _gather_bits(x, indices, bits, out):  # pragma: no cover - compiled
             w = m[q]
             for t in range(8):
                 j = q * 8 + t
-                o[j] = s[j] if (w >> t) & 1 else np.float32(0.0)
+                o[j] = s[j] if (w >> t) & 1 else fill
         for j in range(full * 8, d):
-            o[j] = s[j] if (m[full] >> (j - full * 8)) & 1 else np.float32(0.0)
+            o[j] = s[j] if (m[full] >> (j - full * 8)) & 1 else fill
 
 
 def keep_range(k: float, direction: str, d: int) -> tuple[int, int]:
@@ -141,14 +141,15 @@ def pack_keep_bits(ranks: Any, k: float, direction: str) -> np.ndarray:
     return out
 
 
-def to_model_input(src: np.ndarray, indices: np.ndarray, bits: np.ndarray | None, out: np.ndarray) -> np.ndarray:
-    """(B, d) stored values -> (B, d) float32 model input in `out` (x/255 for uint8, x for float32), zero
-    where the bit of row bits[indices[b]] is clear; no mask when bits is None."""
+def to_model_input(src: np.ndarray, indices: np.ndarray, bits: np.ndarray | None, out: np.ndarray,
+                   fill: float = 0.0) -> np.ndarray:
+    """(B, d) stored values -> (B, d) float32 model input in `out` (x/255 for uint8, x for float32), `fill`
+    (0 by default) where the bit of row bits[indices[b]] is clear; no mask when bits is None."""
     scale = np.float32(255.0 if src.dtype == np.uint8 else 1.0)
     if bits is None:
         _scale(src, scale, out)
     else:
-        _apply_bits(src, indices, bits, scale, out)
+        _apply_bits(src, indices, bits, scale, np.float32(fill), out)
     return out
 
 
@@ -160,6 +161,7 @@ class MaskSpec:
 
     ranks: np.ndarray | None = None   # (N, d) rank map of the beton's samples
     bits: np.ndarray | None = None    # (N, ceil(d/8)) packed keep mask for the current (k, direction)
+    fill: float = 0.0                 # value of removed coordinates (model-input units)
 
 
 @functools.lru_cache(maxsize=None)
@@ -217,7 +219,7 @@ def ffcv_operations() -> tuple[type, type]:
             def mask_ranks(stored, dst, indices):
                 B = stored.shape[0]
                 out = dst[:B]
-                to_model_input(stored.view(dtype), indices, spec.bits, out.reshape(B, -1))
+                to_model_input(stored.view(dtype), indices, spec.bits, out.reshape(B, -1), spec.fill)
                 return out
 
             mask_ranks.with_indices = True
@@ -325,9 +327,10 @@ def beton_layout(path: str) -> tuple[int, tuple[int, ...], np.dtype]:
 def make_loader(beton_path: str, *, batch_size: int, order: str = "random", seed: int = 0,
                 ranks: np.ndarray | None = None, k: float | None = None, direction: str | None = None,
                 os_cache: bool = True, drop_last: bool = False, device: str | torch.device = "cpu",
-                num_workers: int = 2, batches_ahead: int = 3) -> MaskedLoader:
+                num_workers: int = 2, batches_ahead: int = 3, fill: float = 0.0) -> MaskedLoader:
     """An FFCV loader over a base .beton yielding (x, y): x float32 (B, C, H, W) model input with the
-    top-k / bottom-k mask of `ranks` (N, d) applied (no mask when ranks is None), y int64 (B,).
+    top-k / bottom-k mask of `ranks` (N, d) applied (no mask when ranks is None; removed coordinates set
+    to `fill`), y int64 (B,).
     """
     from ffcv.fields.basics import IntDecoder
     from ffcv.loader import Loader, OrderOption
@@ -341,7 +344,7 @@ def make_loader(beton_path: str, *, batch_size: int, order: str = "random", seed
     beton_path = os.fspath(beton_path)
     n, shape, dtype = beton_layout(beton_path)
     d = int(np.prod(shape))
-    spec = MaskSpec()
+    spec = MaskSpec(fill=float(np.float32(fill)))
     if masked:
         # lazy: a Zarr rank map stays on disk; set_mask streams it once per level into packed bits
         spec.ranks = check_ranks(ranks, n, d, f"the {n} images of shape {shape} in {beton_path}", lazy=True)

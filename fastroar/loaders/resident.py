@@ -53,7 +53,7 @@ class ResidentLoader:
     def __init__(self, images: np.ndarray, labels: np.ndarray, *, batch_size: int, seed: int = 0,
                  ranks: np.ndarray | None = None, k: float | None = None, direction: str | None = None,
                  device: str | torch.device = "cpu", shuffle: bool = True, drop_last: bool = False,
-                 engine: str | None = None) -> None:
+                 engine: str | None = None, fill: float = 0.0) -> None:
         images = np.asarray(images)
         labels = np.asarray(labels)
         if images.ndim < 2 or images.dtype not in (np.uint8, np.float32):
@@ -74,6 +74,7 @@ class ResidentLoader:
         self.shuffle = bool(shuffle)
         self.drop_last = bool(drop_last)
         self.epoch = 0
+        self.fill = float(np.float32(fill))  # value of removed coordinates (model-input units)
         self.n = int(images.shape[0])
         self.shape = tuple(int(s) for s in images.shape[1:])
         self.d = int(math.prod(self.shape))
@@ -136,7 +137,7 @@ class ResidentLoader:
                     xb = self.x.index_select(0, idx)
                 else:
                     out = np.empty((len(idx), self.d), dtype=np.float32)
-                    _gather_bits(flat, idx.numpy(), self._bits, out)
+                    _gather_bits(flat, idx.numpy(), self._bits, np.float32(self.fill), out)
                     xb = torch.from_numpy(out).view(len(idx), *self.shape)
                 yield xb, self.y.index_select(0, idx)
             return
@@ -148,7 +149,7 @@ class ResidentLoader:
                 r = self.ranks.index_select(0, idx)
                 op, t = self._drop
                 drop = r >= t if op == "ge" else r < t  # the one comparison
-                xb.view(xb.shape[0], -1).masked_fill_(drop, 0.0)
+                xb.view(xb.shape[0], -1).masked_fill_(drop, self.fill)
             yield xb, self.y.index_select(0, idx)
 
 
@@ -195,7 +196,7 @@ def _beton_shape(path: str) -> tuple[int, tuple[int, ...]]:
 def choose_loader(beton_path: str, *, batch_size: int, seed: int = 0, ranks: np.ndarray | None = None,
                   k: float | None = None, direction: str | None = None, device: str | torch.device = "cpu",
                   shuffle: bool = True, drop_last: bool = False, max_resident_bytes: int | None = None,
-                  os_cache: bool = True, num_workers: int = 2) -> tuple[Any, str]:
+                  os_cache: bool = True, num_workers: int = 2, fill: float = 0.0) -> tuple[Any, str]:
     """(loader, "resident" | "ffcv"): the resident path when the split's images and ranks fit
     `max_resident_bytes` (default: default_budget(device)), else FFCV streaming (random order when
     shuffle, else sequential). Both yield the same (x, y) batches.
@@ -213,9 +214,10 @@ def choose_loader(beton_path: str, *, batch_size: int, seed: int = 0, ranks: np.
         st = os.stat(beton_path)
         images, labels = _read_cached(os.path.abspath(beton_path), st.st_mtime_ns, st.st_size)
         loader = ResidentLoader(images, labels, batch_size=batch_size, seed=seed, ranks=ranks, k=k,
-                                direction=direction, device=device, shuffle=shuffle, drop_last=drop_last)
+                                direction=direction, device=device, shuffle=shuffle, drop_last=drop_last,
+                                fill=fill)
         return loader, "resident"
     loader = make_loader(beton_path, batch_size=batch_size, order="random" if shuffle else "sequential",
                          seed=seed, ranks=ranks, k=k, direction=direction, os_cache=os_cache,
-                         drop_last=drop_last, device=device, num_workers=num_workers)
+                         drop_last=drop_last, device=device, num_workers=num_workers, fill=fill)
     return loader, "ffcv"

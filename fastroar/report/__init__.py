@@ -135,12 +135,16 @@ def report_stage(cfg: dict[str, Any], workdir, log=print) -> dict[str, Any]:
     from fastroar.store import RankStore, SplitArrays
 
     prepared = load_prepared(cfg, workdir)
+    from fastroar.roar.retrain import fill_value
+
     recipe = cfg.get("retrain", {}).get("recipe", "paper")   # paper and fast results are never mixed
+    fill = fill_value(cfg, prepared)                          # nor zero-filled and mean-filled ones
     records = [r for r in read_results(workdir.results_path).values() if r["dataset_key"] == prepared.meta["key"]
-               and r.get("recipe_name", "paper") == recipe]
+               and r.get("recipe_name", "paper") == recipe and r.get("fill", 0.0) == fill]
     if not records:
-        raise MissingInputError(f"no retraining results (recipe {recipe}) in {workdir.results_path}; run "
-                                f"`fastroar retrain --recipe {recipe} --workdir {workdir.root}` first")
+        raise MissingInputError(f"no retraining results (recipe {recipe}, fill {fill:g}) in {workdir.results_path}; "
+                                f"run `fastroar retrain --recipe {recipe} --workdir {workdir.root}` (with the same "
+                                "--fill) first")
     rows = diffroar_rows(records)
     columns = DIFFROAR_COLUMNS
     road = road_estimates(workdir, prepared.meta["key"], records)

@@ -20,10 +20,14 @@ class Job:
     arch: str
     arch_params: dict
     recipe: dict
+    fill: float = 0.0       # value of removed coordinates (model-input units): 0 = zero fill
 
     @property
     def key(self) -> str:
-        return digest(asdict(self), 16)
+        fields = asdict(self)
+        if fields["fill"] == 0.0:  # the default keeps the keys that records were written under before fill
+            del fields["fill"]
+        return digest(fields, 16)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self) | {"key": self.key}
@@ -31,11 +35,11 @@ class Job:
 
 def sweep(cfg: dict[str, Any], model_hashes: dict[str, str], dataset_key: str, recipe: dict[str, Any],
           models: Sequence[str], attributions: Sequence[str], levels: Sequence[float],
-          directions: Sequence[str], seeds: Sequence[int]) -> list[Job]:
+          directions: Sequence[str], seeds: Sequence[int], fill: float = 0.0) -> list[Job]:
     """The cartesian product of the sweep, in a stable order."""
     return [
         Job(model=m, attribution=a, k=float(k), direction=d, seed=int(s), model_hash=model_hashes[m],
             dataset_key=dataset_key, arch=cfg["model"]["arch"], arch_params=dict(cfg["model"]["params"]),
-            recipe=dict(recipe))
+            recipe=dict(recipe), fill=float(fill))
         for m, a, k, d, s in product(models, attributions, levels, directions, seeds)
     ]

@@ -71,7 +71,26 @@ def plan(cfg: dict[str, Any], workdir: Workdir, *, models: Sequence[str] | None 
     recipe = retrain_recipe(cfg, prepared.size("train")).to_dict()
     return sweep(cfg, hashes, prepared.meta["key"], recipe, models, attributions,
                  levels or cfg["levels"], directions or cfg["retrain"]["directions"],
-                 range(n_seeds or cfg["retrain"]["seeds"]))
+                 range(n_seeds or cfg["retrain"]["seeds"]), fill=fill_value(cfg, prepared))
+
+
+def fill_value(cfg: dict[str, Any], prepared: Prepared) -> float:
+    """The value removed coordinates take, in model-input units (x/255 for uint8 images): retrain.fill is
+    `zero` (the paper's definition, default), `mean` (the scalar mean of the train split's model input,
+    what the reference code's early version filled with), or a number."""
+    fill = cfg["retrain"].get("fill", "zero")
+    if fill == "zero":
+        return 0.0
+    if fill == "mean":
+        images, _ = prepared.arrays("train")
+        total, count, step = 0.0, 0, 4096
+        for start in range(0, len(images), step):  # in blocks: memory-mapped splits never load whole
+            block = np.asarray(images[start:start + step], dtype=np.float64)
+            total += float(block.sum())
+            count += block.size
+        mean = total / max(count, 1)
+        return float(np.float32(mean / 255.0 if np.dtype(prepared.meta["dtype"]) == np.uint8 else mean))
+    return float(np.float32(fill))
 
 
 _CHECKED: set[tuple] = set()
@@ -98,7 +117,7 @@ def run_job(job: Job, cfg: dict[str, Any], workdir: Workdir, prepared: Prepared 
         return run_group([job], cfg, workdir, prepared)[0]
     recipe = Recipe(**job.recipe)
     t0 = time.perf_counter()
-    mask = dict(k=job.k, direction=job.direction)
+    mask = dict(k=job.k, direction=job.direction, fill=job.fill)
     store = str(workdir.store_path)
     train_loader, path_name = split_loader(
         prepared, "train", cfg, batch_size=recipe.batch_size, seed=job.seed, train=True, device=device,
@@ -145,8 +164,8 @@ def groups(jobs: Sequence[Job], cfg: dict[str, Any], prepared: Prepared, device:
         if size <= 1 or not stackable(job, cfg, prepared, device):
             out.append([job])
             continue
-        key = json.dumps([job.model, job.attribution, job.model_hash, job.arch, job.arch_params, job.recipe],
-                         sort_keys=True)
+        key = json.dumps([job.model, job.attribution, job.model_hash, job.arch, job.arch_params, job.recipe,
+                          job.fill], sort_keys=True)
         group = open_groups.get(key)
         if group is None or len(group) >= size:
             group = open_groups[key] = []
@@ -171,7 +190,7 @@ def run_group(jobs: Sequence[Job], cfg: dict[str, Any], workdir: Workdir,
     split = {s: (*prepared.arrays(s), np.asarray(_ranks(store, first.model, first.attribution, s)[:]))
              for s in ("train", "test")}
     results = train_stacked(first.arch, first.arch_params, prepared.shape, prepared.num_classes,
-                            split["train"], split["test"], [Spec(j.k, j.direction, j.seed) for j in jobs],
+                            split["train"], split["test"], [Spec(j.k, j.direction, j.seed, j.fill) for j in jobs],
                             recipe, device)
     seconds = (time.perf_counter() - t0) / len(jobs)
     return [_record(j, recipe, r["accuracy"], r, seconds, "resident", device, len(jobs))

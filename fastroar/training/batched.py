@@ -47,6 +47,7 @@ class Spec:
     k: float
     direction: str
     seed: int
+    fill: float = 0.0  # value of its removed coordinates (model-input units)
 
 
 def batchable(arch: str) -> bool:
@@ -202,14 +203,17 @@ def _order(n: int, seed: int, epoch: int) -> torch.Tensor:
 
 
 def _masked_batch(x: torch.Tensor, ranks: torch.Tensor, idx: torch.Tensor, lo: torch.Tensor,
-                  hi: torch.Tensor) -> torch.Tensor:
-    """Images idx (M, B) of x (N, d), each row masked by its model's rank bounds: (M, B, d)."""
+                  hi: torch.Tensor, fill: torch.Tensor | float = 0.0) -> torch.Tensor:
+    """Images idx (M, B) of x (N, d), each row masked by its model's rank bounds: (M, B, d). Removed
+    coordinates take `fill`: a scalar, or one value per model (M,)."""
     m, b = idx.shape
     flat = idx.reshape(-1)
     xb = x.index_select(0, flat).view(m, b, -1)
     r = ranks.index_select(0, flat).view(m, b, -1)
     keep = (r >= lo.view(m, 1, 1)) & (r <= hi.view(m, 1, 1))  # the comparison, M ways
-    return torch.where(keep, xb, 0.0)
+    if isinstance(fill, torch.Tensor):
+        fill = fill.view(m, 1, 1)
+    return torch.where(keep, xb, fill)
 
 
 @functools.lru_cache(maxsize=1)
@@ -217,8 +221,8 @@ def _kernels():
     """Numba kernels of the CPU path (compiled on first use): fused gather-and-mask, fused SGD update."""
     from numba import njit, prange
 
-    def gather_masked(x, ranks, idx, lo, hi, out):  # pragma: no cover - compiled
-        """out[m, i, j] = x[idx[m, i], j] if lo[m] <= ranks[idx[m, i], j] <= hi[m] else 0."""
+    def gather_masked(x, ranks, idx, lo, hi, fill, out):  # pragma: no cover - compiled
+        """out[m, i, j] = x[idx[m, i], j] if lo[m] <= ranks[idx[m, i], j] <= hi[m] else fill[m]."""
         m_count, b_count = idx.shape
         d = x.shape[1]
         for t in prange(m_count * b_count):
@@ -227,9 +231,10 @@ def _kernels():
             row = idx[m, i]
             a = lo[m]
             b = hi[m]
+            f = fill[m]
             for j in range(d):
                 r = ranks[row, j]
-                out[m, i, j] = x[row, j] if (r >= a and r <= b) else np.float32(0.0)
+                out[m, i, j] = x[row, j] if (r >= a and r <= b) else f
 
     gather_parallel = njit(parallel=True, nogil=True, cache=True)(gather_masked)
     gather_serial = njit(nogil=True, cache=True)(gather_masked)
@@ -264,6 +269,7 @@ class _Split:
         self.x = torch.from_numpy(model_input(images)).to(device)
         self.y = torch.from_numpy(np.asarray(labels).astype(np.int64)).to(device)
         self.n, self.d = self.x.shape
+        self.fill = torch.tensor([s.fill for s in specs], dtype=torch.float32).to(device)
         if device.type == "cpu":
             self.ranks_np = np.ascontiguousarray(ranks)
             lo, hi = keep_bounds(specs, self.d, 0, torch.int64)
@@ -275,10 +281,10 @@ class _Split:
 
     def batch(self, idx: torch.Tensor) -> torch.Tensor:
         if self.device.type != "cpu":
-            return _masked_batch(self.x, self.ranks, idx, self.lo, self.hi)
+            return _masked_batch(self.x, self.ranks, idx, self.lo, self.hi, self.fill)
         out = torch.empty((*idx.shape, self.d), dtype=torch.float32)
         kernel = _kernels()[0 if out.numel() >= PARALLEL_GATHER else 1]   # small batches: no thread wake-ups
-        kernel(self.x.numpy(), self.ranks_np, idx.numpy(), self.lo, self.hi, out.numpy())
+        kernel(self.x.numpy(), self.ranks_np, idx.numpy(), self.lo, self.hi, self.fill.numpy(), out.numpy())
         return out
 
 
