@@ -29,6 +29,7 @@ from fastroar.kernels.reference import rank_dtype
 
 DONE_FLAG = np.uint64(1 << 32)
 CHUNK_BYTES = 32 << 20  # rank rows per chunk: about 32 MiB of ranks (>= 1 row)
+CHUNK_ARRAYS = ("ranks", "top", "bottom")  # what a chunk's CRC covers, in order
 IDENTITY_KEYS = ("model_hash", "dataset_key", "attribution", "attribution_params", "levels", "shape")
 
 
@@ -85,29 +86,47 @@ class SplitArrays:
         self.group["top"][start:stop] = top
         self.group["bottom"][start:stop] = bottom
         fault_point("store.before_record")
-        self.group["done"][c] = chunk_crc(ranks, top, bottom)
+        self.group["done"][c] = chunk_crc(ranks, top, bottom)  # the order of CHUNK_ARRAYS
         fault_point("store.after_record")
 
     def read(self, name: str = "ranks") -> np.ndarray:
-        """A whole array, after checking every chunk is complete and still matches its completion record."""
-        self.check()
-        return self._decode(lambda: self.group[name][:], name)
+        """A whole array, after checking every chunk is complete and still matches its completion record
+        (each array is read once: the check runs on the arrays in memory)."""
+        self._require_complete()
+        whole = {a: self._decode(lambda a=a: self.group[a][:], a) for a in CHUNK_ARRAYS}
+        self._raise_if_bad(self.verify(whole))
+        return whole[name]
 
     def check(self) -> None:
         """Raises unless every chunk is written and its bytes match its completion record. Reads one chunk of
         rows at a time, so memory stays bounded whatever the split's size."""
+        self._require_complete()
+        self._raise_if_bad(self.verify())
+
+    def verify(self, whole: dict[str, np.ndarray] | None = None) -> list[int]:
+        """Indices of done chunks whose bytes no longer match their recorded CRC: read chunk by chunk, or
+        sliced from `whole` (the arrays already in memory)."""
+        done = self.group["done"][:]
+        bad = []
+        for c in map(int, np.flatnonzero(done)):
+            start, stop = self.chunk_range(c)
+            parts = ([whole[a][start:stop] for a in CHUNK_ARRAYS] if whole is not None else
+                     [self._decode(lambda a=a: self.group[a][start:stop], f"{a} chunk {c}") for a in CHUNK_ARRAYS])
+            if chunk_crc(*parts) != done[c]:
+                bad.append(c)
+        return bad
+
+    def _require_complete(self) -> None:
         missing = self.missing_chunks()
         if missing:
             raise MissingInputError(
                 f"{self.group.path}: {len(missing)} of {self.n_chunks} chunks not computed yet; "
                 "run `fastroar precompute` (it resumes where it stopped)")
-        done = self.group["done"][:]
-        for c in range(self.n_chunks):
-            start, stop = self.chunk_range(c)
-            parts = [self._decode(lambda a=a: self.group[a][start:stop], f"{a} chunk {c}")
-                     for a in ("ranks", "top", "bottom")]
-            if chunk_crc(*parts) != done[c]:
-                self._corrupt(f"chunk {c} (images {start}:{stop}) does not match its checksum")
+
+    def _raise_if_bad(self, bad: list[int]) -> None:
+        if bad:
+            start, stop = self.chunk_range(bad[0])
+            self._corrupt(f"chunk {bad[0]} (images {start}:{stop}) does not match its checksum")
 
     def _decode(self, read, what: str) -> np.ndarray:
         try:
@@ -120,17 +139,6 @@ class SplitArrays:
         entry = self.group.path.rsplit("/", 1)[0]
         raise StoreCorruptError(f"rank store {root}: {self.group.path}: {what} (damaged after it was written); "
                                 f"delete {root}/{entry} and rerun `fastroar precompute` to recompute it")
-
-    def verify(self) -> list[int]:
-        """Indices of done chunks whose bytes no longer match their recorded CRC."""
-        bad = []
-        done = self.group["done"][:]
-        for c in np.flatnonzero(done):
-            start, stop = self.chunk_range(int(c))
-            arrays = (self.group[name][start:stop] for name in ("ranks", "top", "bottom"))
-            if chunk_crc(*arrays) != done[c]:
-                bad.append(int(c))
-        return bad
 
 
 class RankStore:
