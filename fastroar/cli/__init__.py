@@ -57,40 +57,47 @@ def common_options(fn: Callable) -> Callable:
                      help="Data path: FFCV streaming, device-resident, or auto (resident when it fits)."),
         click.option("--progress/--no-progress", default=True, help="Show progress bars."),
     ]
-    for option in reversed(options):
+    for option in reversed(options + DATA_OPTIONS):
         fn = option(fn)
-    return data_options(fn)
+    return fn
 
 
-def data_options(fn: Callable) -> Callable:
-    """Where a dataset read from disk lives; folded into the config as dataset.params overrides."""
-    options = [
-        click.option("--data-root", default=None, type=click.Path(),
-                     help="Directory of a dataset read from disk (torchvision layout, or train/ and val/ folders)."),
-        click.option("--download/--no-download", default=None,
-                     help="Let torchvision fetch the dataset into --data-root (needs internet)."),
-        click.option("--image-size", type=click.IntRange(min=8), default=None,
-                     help="Side of the square images of imagenet10 / folder datasets (e.g. 112 or 224)."),
-        click.option("--store", default=None, metavar="PATH|URL",
-                     help="Rank store location instead of <workdir>/masks.zarr: a path or an fsspec URL "
-                          "(s3://, gs://, file://); saved in the workdir's config."),
-    ]
-    for option in reversed(options):
-        fn = option(fn)
+def config_option(*decls: str, key: str, to_yaml: Callable[[Any], str] = str, **click_kwargs: Any) -> Callable:
+    """A click option that is a shorthand for `--set key=value`: when given, its value (written as YAML by
+    `to_yaml`) is appended to the command's overrides; the command function never sees the option."""
 
-    @functools.wraps(fn)
-    def wrapper(*args: Any, data_root=None, download=None, image_size=None, store=None, **kwargs: Any) -> Any:
-        extra = [f"store={store!r}"] if store is not None else []
-        if data_root is not None:
-            extra.append(f"dataset.params.root={str(Path(data_root).expanduser().resolve())!r}")
-        if download is not None:
-            extra.append(f"dataset.params.download={str(download).lower()}")
-        if image_size is not None:
-            extra.append(f"dataset.params.image_size={image_size}")
-        kwargs["overrides"] = tuple(kwargs.get("overrides", ())) + tuple(extra)
-        return fn(*args, **kwargs)
+    def decorate(fn: Callable) -> Callable:
+        fn = click.option(*decls, default=None, **click_kwargs)(fn)
+        name = fn.__click_params__[-1].name
 
-    return wrapper
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            value = kwargs.pop(name)
+            if value is not None:
+                kwargs["overrides"] = tuple(kwargs.get("overrides", ())) + (f"{key}={to_yaml(value)}",)
+            return fn(*args, **kwargs)
+
+        return wrapper
+
+    return decorate
+
+
+def _quoted(value: Any) -> str:
+    return repr(str(value))  # a YAML single-quoted string: paths and URLs stay strings
+
+
+DATA_OPTIONS = [  # where a dataset read from disk lives, and where the rank store goes
+    config_option("--data-root", key="dataset.params.root", type=click.Path(),
+                  to_yaml=lambda p: _quoted(Path(p).expanduser().resolve()),
+                  help="Directory of a dataset read from disk (torchvision layout, or train/ and val/ folders)."),
+    config_option("--download/--no-download", key="dataset.params.download", to_yaml=lambda b: str(b).lower(),
+                  help="Let torchvision fetch the dataset into --data-root (needs internet)."),
+    config_option("--image-size", key="dataset.params.image_size", type=click.IntRange(min=8),
+                  help="Side of the square images of imagenet10 / folder datasets (e.g. 112 or 224)."),
+    config_option("--store", key="store", metavar="PATH|URL", to_yaml=_quoted,
+                  help="Rank store location instead of <workdir>/masks.zarr: a path or an fsspec URL "
+                       "(s3://, gs://, file://); saved in the workdir's config."),
+]
 
 
 def executor_options(fn: Callable) -> Callable:
@@ -201,30 +208,16 @@ def precompute(workdir, dataset, config_path, overrides, device, loader, progres
     click.echo(f"[precompute] {n} chunks computed in {time.perf_counter() - t0:.1f}s")
 
 
-RECIPE_OPTION = click.option(
-    "--recipe", type=click.Choice(["paper", "fast"]), default=None,
+RECIPE_OPTION = config_option(
+    "--recipe", key="retrain.recipe", type=click.Choice(["paper", "fast"]),
     help="Retraining schedule: paper (the config's) or fast (short one-cycle, label smoothing, bf16 on GPU); "
          "config key retrain.recipe, recorded in every result.")
 
-
-def with_recipe(overrides: tuple[str, ...], recipe: str | None) -> tuple[str, ...]:
-    return tuple(overrides) + ((f"retrain.recipe={recipe}",) if recipe else ())
-
-
-def fill_option(fn: Callable) -> Callable:
-    """--fill: what removed coordinates become; folded into the config as retrain.fill."""
-    fn = click.option("--fill", default=None, type=click.Choice(["zero", "mean"]),
-                      help="Value of removed coordinates: zero (the paper's definition; config default) or mean "
-                           "(the train split's mean, as the reference code's early version). Config key "
-                           "retrain.fill (which also takes a number).")(fn)
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, fill=None, **kwargs: Any) -> Any:
-        if fill is not None:
-            kwargs["overrides"] = tuple(kwargs.get("overrides", ())) + (f"retrain.fill={fill}",)
-        return fn(*args, **kwargs)
-
-    return wrapper
+FILL_OPTION = config_option(
+    "--fill", key="retrain.fill", type=click.Choice(["zero", "mean"]),
+    help="Value of removed coordinates: zero (the paper's definition; config default) or mean (the train "
+         "split's mean, as the reference code's early version). Config key retrain.fill (which also takes a "
+         "number).")
 
 
 def parse_levels(ctx, param, values) -> list[float] | None:
@@ -245,16 +238,16 @@ def parse_levels(ctx, param, values) -> list[float] | None:
 @click.option("--seeds", type=click.IntRange(min=1), default=None, help="Runs per (level, direction).")
 @click.option("--model", "models", multiple=True, help="Only this base model (repeatable).")
 @click.option("--attribution", "attributions", multiple=True, help="Only this attribution (repeatable).")
-@fill_option
+@FILL_OPTION
 @RECIPE_OPTION
 @executor_options
 @fail_cleanly
 def retrain(workdir, dataset, config_path, overrides, device, loader, progress, levels, direction, seeds,
-            models, attributions, recipe, executor, address, gpus_per_task, cpus_per_task, workers) -> None:
+            models, attributions, executor, address, gpus_per_task, cpus_per_task, workers) -> None:
     """Retrain fresh models on top-k / bottom-k unmasked data; one result record per job."""
     from fastroar.roar.retrain import retrain_stage
 
-    cfg, wd = resolve(workdir, dataset, config_path, with_recipe(overrides, recipe), device, loader)
+    cfg, wd = resolve(workdir, dataset, config_path, overrides, device, loader)
     directions = ["top", "bottom"] if direction == "both" else [direction]
     retrain_stage(cfg, wd, progress=progress, log=click.echo,
                   executor=make_executor(executor, address, gpus_per_task, cpus_per_task, workers), models=models or None,
@@ -263,14 +256,14 @@ def retrain(workdir, dataset, config_path, overrides, device, loader, progress, 
 
 @cli.command()
 @common_options
-@fill_option
+@FILL_OPTION
 @RECIPE_OPTION
 @fail_cleanly
-def report(workdir, dataset, config_path, overrides, device, loader, progress, recipe) -> None:
+def report(workdir, dataset, config_path, overrides, device, loader, progress) -> None:
     """Print the DiffROAR table, write it as CSV and plot the curves (PNG)."""
     from fastroar.report import report_stage
 
-    cfg, wd = resolve(workdir, dataset, config_path, with_recipe(overrides, recipe), device, loader)
+    cfg, wd = resolve(workdir, dataset, config_path, overrides, device, loader)
     report_stage(cfg, wd, log=click.echo)
 
 
@@ -319,10 +312,10 @@ def replicate(workdir, dataset, config_path, overrides, device, loader, progress
 
 @cli.command()
 @common_options
-@fill_option
+@FILL_OPTION
 @RECIPE_OPTION
 @fail_cleanly
-def run(workdir, dataset, config_path, overrides, device, loader, progress, recipe) -> None:
+def run(workdir, dataset, config_path, overrides, device, loader, progress) -> None:
     """prepare -> train -> precompute -> retrain -> report for one config (finished stages are skipped)."""
     from fastroar.attribution.precompute import precompute_stage
     from fastroar.datasets.prepare import prepare as prepare_data
@@ -331,7 +324,7 @@ def run(workdir, dataset, config_path, overrides, device, loader, progress, reci
     from fastroar.training.stage import train_stage
 
     t0 = time.perf_counter()
-    cfg, wd = resolve(workdir, dataset, config_path, with_recipe(overrides, recipe), device, loader, create=True)
+    cfg, wd = resolve(workdir, dataset, config_path, overrides, device, loader, create=True)
     prepared, did = prepare_data(cfg, wd, progress=progress)
     save_config(cfg, wd)
     click.echo(f"[prepare] {prepared.meta['name']} {'written to' if did else 'already in'} {prepared.dir}")
