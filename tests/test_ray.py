@@ -3,14 +3,13 @@ from __future__ import annotations
 
 import shutil
 
-import numpy as np
 import pytest
 from click.testing import CliRunner
 
 from fastroar.cli import cli
-from fastroar.roar.results import read_results
 from tests.conftest import tiny_args
-from tests.test_resume import fresh_copy, store_arrays
+from tests.test_executors import invoke, runs_like_in_process
+from tests.test_resume import fresh_copy
 
 ray = pytest.importorskip("ray")
 
@@ -23,30 +22,13 @@ def ray_cluster():
     ray.shutdown()
 
 
-def invoke(*args):
-    return CliRunner().invoke(cli, [*args, "--no-progress", *tiny_args()])
-
-
 def test_precompute_and_retrain_on_ray_equal_local(run_workdir, tmp_path, ray_cluster):
     ref, _ = run_workdir
     wd = fresh_copy(ref, tmp_path / "w")
-    subset = ["--model", "robust", "--attribution", "gradient"]
-    result = invoke("precompute", "--workdir", str(wd), "--executor", "ray", *subset)
-    assert result.exit_code == 0, result.output
-    assert "4 chunks to compute in 4 tasks (ray executor)" in result.output
-    got, want = store_arrays(wd, "robust/gradient"), store_arrays(ref, "robust/gradient")
-    for name in want:
-        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
-
-    result = invoke("retrain", "--workdir", str(wd), "--executor", "ray", "--k", "0.25", *subset)
-    assert result.exit_code == 0, result.output
-    records = read_results(wd / "results" / "results.jsonl")
-    reference = read_results(ref / "results" / "results.jsonl")
-    assert len(records) == 4  # k=0.25 x 2 directions x 2 seeds
-    for key, rec in records.items():
-        assert rec["accuracy"] == reference[key]["accuracy"]  # same job key, same result as local
-
-    again = invoke("retrain", "--workdir", str(wd), "--executor", "ray", "--k", "0.25", *subset)
+    pre, _ = runs_like_in_process(ref, wd, ["--executor", "ray"], "robust", "gradient", "0.25")
+    assert "4 chunks to compute in 4 tasks (ray executor)" in pre
+    again = invoke("retrain", "--workdir", str(wd), "--executor", "ray", "--k", "0.25", "--model", "robust",
+                   "--attribution", "gradient")
     assert "0 to run" in again.output  # idempotent: finished jobs are not submitted again
 
 
