@@ -59,8 +59,6 @@ def test_run_again_skips_every_stage(run_workdir):
 
 def test_store_ranks_match_reference_of_recomputed_gradients(run_workdir):
     """The stored rank maps are the reference ranking of |d logit_yhat / dx| of the saved model."""
-    import torch
-
     from fastroar.attribution import input_gradient
     from fastroar.config import load_config
     from fastroar.datasets.base import to_model_input

@@ -147,7 +147,7 @@ def rows(quick: bool) -> list[Row]:
         out += _section_rows(s_big, x_big, "numpy argsort", repeat)
         if torch.cuda.is_available():
             out += _cuda_rows(s_small + " cuda", x_small, repeat)
-            out += _cuda_rows(f"rank+mask d=150528 B=256 cuda", _scores(256, 150528) if quick else x_big, repeat)
+            out += _cuda_rows("rank+mask d=150528 B=256 cuda", _scores(256, 150528) if quick else x_big, repeat)
     finally:
         torch.set_num_threads(torch_threads)
         if numba_threads is not None:

@@ -12,7 +12,6 @@ import hashlib
 import json
 from typing import Any, Callable
 
-import torch
 from torch import nn
 
 from fastroar.errors import ConfigError
