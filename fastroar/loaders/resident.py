@@ -31,8 +31,9 @@ CPU_RESIDENT_BYTES = 2 << 30
 CUDA_FREE_FRACTION = 0.5
 
 
-def _resident_ranks(ranks: np.ndarray, device: torch.device) -> tuple[torch.Tensor, int]:
-    """(N, d) ranks -> (device tensor, offset): uint16 as int16 of (rank - 32768), the rest as int32."""
+def resident_ranks(ranks: np.ndarray, device: torch.device | str = "cpu") -> tuple[torch.Tensor, int]:
+    """(N, d) ranks -> (device tensor, offset): uint16 as int16 of (rank - 32768), so order is kept and the
+    comparison needs no widening; the rest as int32. Shared by the resident loader and the stacked trainer."""
     if ranks.dtype == np.uint16:
         shifted = (ranks ^ np.uint16(0x8000)).view(np.int16)  # u - 32768, exactly, as int16
         return torch.from_numpy(shifted).to(device), 32768
@@ -92,7 +93,7 @@ class ResidentLoader:
             if engine == "numba":
                 self._ranks_np = arr
             else:
-                self.ranks, self._offset = _resident_ranks(arr, self.device)
+                self.ranks, self._offset = resident_ranks(arr, self.device)
             self.set_mask(float(k), direction)  # type: ignore[arg-type]
 
     @property

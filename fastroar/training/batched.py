@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fastroar.loaders.resident import resident_ranks
 from fastroar.kernels.reference import n_kept
 from fastroar.models import build_model
 from fastroar.training.loop import Recipe
@@ -61,14 +62,6 @@ def model_input(images: np.ndarray) -> np.ndarray:
     if images.dtype == np.uint8:
         return np.divide(images, np.float32(255.0), dtype=np.float32).reshape(n, -1)
     return np.array(images, dtype=np.float32, copy=True).reshape(n, -1)
-
-
-def resident_ranks(ranks: np.ndarray) -> tuple[torch.Tensor, int]:
-    """(N, d) ranks -> (tensor, offset): uint16 as int16 of rank - 32768 (order kept), others as int32."""
-    ranks = np.asarray(ranks)
-    if ranks.dtype == np.uint16:
-        return torch.from_numpy((ranks ^ np.uint16(0x8000)).view(np.int16)), 32768
-    return torch.from_numpy(ranks.astype(np.int32, copy=False)), 0
 
 
 def keep_bounds(specs: Sequence[Spec], d: int, offset: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -275,8 +268,7 @@ class _Split:
             lo, hi = keep_bounds(specs, self.d, 0, torch.int64)
             self.lo, self.hi = lo.numpy(), hi.numpy()
         else:
-            self.ranks, off = resident_ranks(ranks)
-            self.ranks = self.ranks.to(device)
+            self.ranks, off = resident_ranks(np.asarray(ranks), device)
             self.lo, self.hi = (t.to(device) for t in keep_bounds(specs, self.d, off, self.ranks.dtype))
 
     def batch(self, idx: torch.Tensor) -> torch.Tensor:
