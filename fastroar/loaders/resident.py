@@ -31,6 +31,12 @@ CPU_RESIDENT_BYTES = 2 << 30
 CUDA_FREE_FRACTION = 0.5
 
 
+def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The shuffle of epoch `epoch` for a job seeded `seed` (also what the stacked trainer draws per model)."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g)
+
+
 def resident_ranks(ranks: np.ndarray, device: torch.device | str = "cpu") -> tuple[torch.Tensor, int]:
     """(N, d) ranks -> (device tensor, offset): uint16 as int16 of (rank - 32768), so order is kept and the
     comparison needs no widening; the rest as int32. Shared by the resident loader and the stacked trainer."""
@@ -121,10 +127,7 @@ class ResidentLoader:
         return self.n // self.batch_size if self.drop_last else -(-self.n // self.batch_size)
 
     def _order(self) -> torch.Tensor:
-        if not self.shuffle:
-            return torch.arange(self.n)
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return torch.randperm(self.n, generator=g)
+        return epoch_order(self.n, self.seed, self.epoch) if self.shuffle else torch.arange(self.n)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = self._order()

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fastroar.loaders.resident import resident_ranks
+from fastroar.loaders.resident import epoch_order, resident_ranks
 from fastroar.kernels.reference import n_kept
 from fastroar.models import build_model
 from fastroar.training.loop import Recipe
@@ -189,12 +189,6 @@ def _sgd_step(params: list[torch.Tensor], grads: list[torch.Tensor], bufs: list[
         p.sub_(torch.mul(g, lr, out=tmp))
 
 
-def _order(n: int, seed: int, epoch: int) -> torch.Tensor:
-    """The permutation ResidentLoader draws for (seed, epoch)."""
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(n, generator=g)
-
-
 def _masked_batch(x: torch.Tensor, ranks: torch.Tensor, idx: torch.Tensor, lo: torch.Tensor,
                   hi: torch.Tensor, fill: torch.Tensor | float = 0.0) -> torch.Tensor:
     """Images idx (M, B) of x (N, d), each row masked by its model's rank bounds: (M, B, d). Removed
@@ -309,7 +303,7 @@ def train_stacked(arch: str, arch_params: dict[str, Any], shape: Sequence[int], 
     loss_sum = torch.zeros(len(specs), device=device)
     correct = torch.zeros(len(specs), dtype=torch.long, device=device)
     for epoch in range(recipe.epochs):
-        orders = torch.stack([_order(n, s.seed, epoch) for s in specs]).to(device)
+        orders = torch.stack([epoch_order(n, s.seed, epoch) for s in specs]).to(device)
         loss_sum.zero_()
         correct.zero_()
         for start in range(0, n, bs):
