@@ -159,7 +159,15 @@ setup(
     package_data={"fastroar": package_data()},
     include_package_data=True,
     python_requires=">=3.10",
-    install_requires=[],
+    # What `import fastroar` and every stage need at run time. torch comes first and is not listed: pick
+    # the build for your machine (tools/install.sh pins the tested one). ffcv compiles against OpenCV and
+    # TurboJPEG and imports torch while it builds: install it with --no-build-isolation (tools/install.sh).
+    install_requires=[
+        "numpy>=2", "numba>=0.60", "zarr>=3", "click>=8.1", "PyYAML>=6", "tqdm>=4.66", "matplotlib>=3.8",
+        "scikit-learn>=1.4", "scipy>=1.11", "pillow>=10", "captum>=0.7", "kornia>=0.7", "torchvision",
+        "ffcv>=1.0.2",
+    ],
+    extras_require={"ray": ["ray>=2.40"], "test": ["pytest>=8"]},
     entry_points={"console_scripts": ["fastroar=fastroar.cli:main"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,

@@ -1,6 +1,6 @@
 """fastroar: do the pixels an attribution ranks highest really carry the label? (DiffROAR at scale).
 
-Public API (DESIGN.md): ``fastroar.rank``, ``fastroar.rank_and_mask``, ``fastroar.unmask``,
+Public API: ``fastroar.rank``, ``fastroar.rank_and_mask``, ``fastroar.unmask``,
 ``fastroar.attribute``. They are imported lazily so that ``import fastroar`` stays cheap for the CLI.
 """
 from __future__ import annotations
@@ -11,9 +11,9 @@ from typing import Any
 __version__ = "0.1.0"
 
 _PUBLIC = {
-    "rank": "fastroar.kernels",
-    "rank_and_mask": "fastroar.kernels",
-    "unmask": "fastroar.kernels",
+    "rank": "fastroar.engine.kernels",
+    "rank_and_mask": "fastroar.engine.kernels",
+    "unmask": "fastroar.engine.kernels",
     "attribute": "fastroar.attribution",
 }
 

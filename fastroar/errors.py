@@ -24,3 +24,7 @@ class StoreCorruptError(FastroarError):
 
 class BusyError(FastroarError):
     """Another process is running the same stage on the same workdir."""
+
+
+class BetonError(FastroarError, ValueError):
+    """A .beton file is missing its sidecar, truncated or corrupted."""

@@ -79,7 +79,7 @@ def test_silently_changed_zarr_chunk_fails_its_crc(copy):
 
 
 def test_second_precompute_on_the_same_workdir_is_refused(copy, run_workdir):
-    from fastroar.workspace import Workdir, stage_lock
+    from fastroar.engine.workspace import Workdir, stage_lock
 
     shutil.rmtree(copy / "masks.zarr" / "robust")  # there is work to do
     with stage_lock(Workdir(copy), "precompute"):  # as if another process were running it
@@ -94,7 +94,7 @@ def test_second_precompute_on_the_same_workdir_is_refused(copy, run_workdir):
 
 
 def test_second_retrain_on_the_same_workdir_is_refused(copy):
-    from fastroar.workspace import Workdir, stage_lock
+    from fastroar.engine.workspace import Workdir, stage_lock
 
     with stage_lock(Workdir(copy), "retrain"):
         fails_cleanly(["retrain", *tiny_args("retrain.seeds=3")], copy, "another `fastroar retrain` is running")

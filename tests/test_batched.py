@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 import torch
 
-from fastroar.kernels.reference import keep_mask_reference, rank_reference
-from fastroar.loaders.resident import ResidentLoader
+from fastroar.engine.kernels.reference import keep_mask_reference, rank_reference
+from fastroar.engine.loaders.resident import ResidentLoader
 from fastroar.models import build_model
 from fastroar.training.batched import Spec, _masked_batch, _Split, keep_bounds, resident_ranks, train_stacked
 from fastroar.training.loop import Recipe, evaluate, fast_recipe, lr_factor, train_model
@@ -156,7 +156,7 @@ def test_retrain_groups_equal_one_job_per_task(run_workdir, tmp_path):
     from click.testing import CliRunner
 
     from fastroar.cli import cli
-    from fastroar.roar.results import read_results
+    from fastroar.engine.results import read_results
     from tests.conftest import tiny_args
 
     ref, _ = run_workdir

@@ -40,7 +40,7 @@ def test_run_end_to_end_prints_table_and_writes_plot(run_workdir):
     csv_rows = (wd / "report" / "diffroar.csv").read_text().splitlines()
     assert len(csv_rows) == 1 + 2 * 2 * 2
     # the printed DiffROAR of each row is mean(top) - mean(bottom) of the recorded accuracies
-    from fastroar.report import diffroar_rows
+    from fastroar.stages.report import diffroar_rows
 
     for row in diffroar_rows(records):
         accs = {d: [r["accuracy"] for r in records if r["direction"] == d and r["model"] == row["model"]
@@ -61,12 +61,12 @@ def test_store_ranks_match_reference_of_recomputed_gradients(run_workdir):
     """The stored rank maps are the reference ranking of |d logit_yhat / dx| of the saved model."""
     from fastroar.attribution import input_gradient
     from fastroar.config import load_config
-    from fastroar.datasets.base import to_model_input
-    from fastroar.datasets.prepare import load_prepared
-    from fastroar.kernels.reference import rank_reference, packed_masks_reference
-    from fastroar.store import RankStore
-    from fastroar.training.stage import load_model
-    from fastroar.workspace import Workdir
+    from fastroar.method import to_model_input
+    from fastroar.stages.artifacts import load_prepared
+    from fastroar.engine.kernels.reference import rank_reference, packed_masks_reference
+    from fastroar.engine.store import RankStore
+    from fastroar.stages.artifacts import load_model
+    from fastroar.engine.workspace import Workdir
 
     wd, _ = run_workdir
     cfg = load_config(path=wd / "config.yaml")

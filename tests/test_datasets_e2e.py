@@ -54,7 +54,7 @@ def run_stages(wd: Path, dataset: str, root: Path, *extra: str, overrides=TINY) 
 
 
 def prepared_split(wd: Path, split: str) -> tuple[np.ndarray, np.ndarray, Path]:
-    from fastroar.loaders import read_beton
+    from fastroar.engine.beton import read_beton
 
     (data,) = (wd / "data").iterdir()
     images, labels = read_beton(str(data / f"{split}.beton"))
@@ -113,9 +113,9 @@ def test_imagenet10_through_every_stage(imagenet_tree, tmp_path, monkeypatch):
     """Prepared pixels are the fixture images after resize 27 + center crop 24 (image_size 24), labels the
     superclass of each wnid folder; then every stage runs on the large-data paths: FFCV streaming loaders,
     and splits memory-mapped rather than read whole (as ImageNet-scale data)."""
-    import fastroar.datasets.prepare
+    import fastroar.stages.artifacts
 
-    monkeypatch.setattr(fastroar.datasets.prepare, "IN_MEMORY_BYTES", 0)
+    monkeypatch.setattr(fastroar.stages.artifacts, "IN_MEMORY_BYTES", 0)
     root, files = imagenet_tree
     wd = tmp_path / "wd"
     out = run_stages(wd, "imagenet10", root, "--image-size", "24",
@@ -144,18 +144,19 @@ def test_memory_mapped_split_equals_the_full_read(imagenet_tree, tmp_path, monke
     labels as read_beton, by int, slice and index array, pickled too."""
     import pickle
 
-    import fastroar.datasets.prepare
+    import fastroar.stages.artifacts
     from fastroar.config import load_config
-    from fastroar.datasets.prepare import prepare
-    from fastroar.loaders import read_beton
-    from fastroar.loaders.beton import MappedImages
-    from fastroar.workspace import Workdir
+    from fastroar.stages.contract import Context
+    from fastroar.stages.prepare import prepare
+    from fastroar.engine.beton import read_beton
+    from fastroar.engine.beton import MappedImages
+    from fastroar.engine.workspace import Workdir
 
     root, _ = imagenet_tree
     cfg = load_config("imagenet10", overrides=[f"dataset.params.root={root}", "dataset.params.image_size=16"])
-    prepared, _ = prepare(cfg, Workdir(tmp_path / "wd", create=True), progress=False)
+    prepared, _ = prepare(Context(cfg, Workdir(tmp_path / "wd", create=True), progress=False))
     full, full_labels = read_beton(str(prepared.beton("train")))
-    monkeypatch.setattr(fastroar.datasets.prepare, "IN_MEMORY_BYTES", full.nbytes - 1)
+    monkeypatch.setattr(fastroar.stages.artifacts, "IN_MEMORY_BYTES", full.nbytes - 1)
     images, labels = prepared.arrays("train")
     assert isinstance(images, MappedImages) and images.shape == full.shape and images.dtype == np.uint8
     np.testing.assert_array_equal(labels, full_labels)
@@ -163,7 +164,7 @@ def test_memory_mapped_split_equals_the_full_read(imagenet_tree, tmp_path, monke
     np.testing.assert_array_equal(images[5:23], full[5:23])
     np.testing.assert_array_equal(images[[59, 0, 31]], full[[59, 0, 31]])
     np.testing.assert_array_equal(np.asarray(pickle.loads(pickle.dumps(images))), full)
-    monkeypatch.setattr(fastroar.datasets.prepare, "IN_MEMORY_BYTES", full.nbytes)
+    monkeypatch.setattr(fastroar.stages.artifacts, "IN_MEMORY_BYTES", full.nbytes)
     assert isinstance(prepared.arrays("train")[0], np.ndarray)
 
 
@@ -187,14 +188,15 @@ def test_user_folder_through_every_stage(tmp_path):
 
 def test_folder_prepares_at_224(tmp_path):
     """--image-size 224: resize 256 + center crop 224 (images smaller than that are upscaled)."""
-    from fastroar.datasets.prepare import prepare
+    from fastroar.stages.contract import Context
+    from fastroar.stages.prepare import prepare
     from fastroar.config import load_config
-    from fastroar.workspace import Workdir
+    from fastroar.engine.workspace import Workdir
 
     root = tmp_path / "photos"
     files = write_class_tree(root, ["a", "b"], {"train": 1, "val": 1}, seed=3, sizes=[(300, 260), (90, 120)])
     cfg = load_config("folder", overrides=[f"dataset.params.root={root}", "dataset.params.image_size=224"])
-    prepared, did = prepare(cfg, Workdir(tmp_path / "wd", create=True), progress=False)
+    prepared, did = prepare(Context(cfg, Workdir(tmp_path / "wd", create=True), progress=False))
     assert did and prepared.shape == (3, 224, 224)
     images, labels, _ = prepared_split(tmp_path / "wd", "train")
     np.testing.assert_array_equal(images, np.stack([reference_image(p, 224, 256) for p in sorted(files["train"])]))

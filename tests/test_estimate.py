@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from fastroar.estimate.road import impute, impute_ranked, road_levels
-from fastroar.kernels.reference import keep_mask_reference, rank_reference
+from fastroar.metrics.road import impute, impute_ranked, road_levels
+from fastroar.engine.kernels.reference import keep_mask_reference, rank_reference
 
 
 def dense_reference(plane: np.ndarray, keep: np.ndarray) -> np.ndarray:
@@ -137,12 +137,12 @@ def test_estimate_cli_on_a_run(run_workdir, tmp_path):
     from click.testing import CliRunner
 
     from fastroar.cli import cli
-    from fastroar.datasets.base import to_model_input
-    from fastroar.datasets.prepare import load_prepared
+    from fastroar.method import to_model_input
+    from fastroar.stages.artifacts import load_prepared
     from fastroar.config import load_config
-    from fastroar.store import RankStore, SplitArrays
-    from fastroar.training.stage import load_model
-    from fastroar.workspace import Workdir
+    from fastroar.engine.store import RankStore, SplitArrays
+    from fastroar.stages.artifacts import load_model
+    from fastroar.engine.workspace import Workdir
 
     src, result = run_workdir
     assert result.exit_code == 0, result.output

@@ -8,7 +8,7 @@ import numpy as np
 from click.testing import CliRunner
 
 from fastroar.cli import cli
-from fastroar.roar.results import read_results
+from fastroar.engine.results import read_results
 from tests.conftest import tiny_args
 
 
@@ -30,7 +30,7 @@ def test_mean_fill_jobs_records_and_report(run_workdir, tmp_path):
 
     # the fill is the mean pixel of the train split in model-input units, computed here independently
     (train,) = (wd / "data").glob("*/train.beton")
-    from fastroar.loaders import read_beton
+    from fastroar.engine.beton import read_beton
 
     images, _ = read_beton(str(train))
     want = float(np.float32(images.astype(np.float64).mean() / 255.0))

@@ -1,7 +1,7 @@
 """Rank-and-mask kernels: every fast path equals the NumPy reference bit for bit, ties included.
 
 Paths: the compiled extension (torch.ops.fastroar, CPU; CUDA when a GPU is present), the Numba
-fallback, and the dispatch layer (fastroar.kernels) with torch and NumPy inputs under each backend.
+fallback, and the dispatch layer (fastroar.engine.kernels) with torch and NumPy inputs under each backend.
 """
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-import fastroar.kernels as K
+import fastroar.engine.kernels.dispatch as K
 
 # signalling-NaN payloads in the inputs make NumPy's float32 -> float64 casts warn; that is expected here
 pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered in cast:RuntimeWarning")
-from fastroar.kernels import numba_rank
-from fastroar.kernels.reference import (keep_mask_reference, n_kept, packed_masks_reference, rank_dtype,
+from fastroar.engine.kernels import numba_rank
+from fastroar.engine.kernels.reference import (keep_mask_reference, n_kept, packed_masks_reference, rank_dtype,
                                         rank_reference)
 
 LEVELS = [0.1, 0.2, 0.25, 0.5, 0.75, 0.9]

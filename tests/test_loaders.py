@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from fastroar.kernels.reference import keep_mask_reference, n_kept, rank_reference
-from fastroar.loaders.beton import BetonError, read_beton, verify_beton, write_beton
+from fastroar.engine.kernels.reference import keep_mask_reference, n_kept, rank_reference
+from fastroar.engine.beton import BetonError, read_beton, verify_beton, write_beton
 
 U8_SHAPE = (3, 7, 5)     # d = 105: not a multiple of 8 (exercises the packed-mask tail)
 F32_SHAPE = (1, 16, 8)
@@ -177,7 +177,7 @@ def test_write_rejects_bad_input(tmp_path):
 @pytest.mark.parametrize("d", [1, 8, 105, 43_200, 70_000])
 def test_packed_mask_kernel_edges(d):
     """Packed keep bits and the fused apply kernel against the reference, at n = 0, n = d and ranks >= 2^15."""
-    from fastroar.loaders.masked import pack_keep_bits, to_model_input
+    from fastroar.engine.loaders.masked import masked_model_input, pack_keep_bits
 
     rng = np.random.default_rng(d)
     n = 4
@@ -191,7 +191,7 @@ def test_packed_mask_kernel_edges(d):
             want_bits = np.packbits(keep_mask_reference(ranks, k, direction), axis=-1, bitorder="little")
             assert np.array_equal(bits, want_bits)
             out = np.full((n, d), np.nan, np.float32)
-            to_model_input(src, idx, bits, out)
+            masked_model_input(src, idx, bits, out)
             keep = keep_mask_reference(ranks[idx.astype(np.int64)], k, direction)
             assert np.array_equal(out, np.where(keep, src / 255, 0).astype(np.float32))
 
@@ -203,7 +203,7 @@ FFCV_CONFIGS = [("random", True), ("random", False), ("quasi_random", True), ("q
 
 @pytest.fixture(scope="module")
 def ffcv_loaders(data):
-    from fastroar.loaders.masked import make_loader
+    from fastroar.engine.loaders.masked import make_loader
 
     k0, dir0 = LEVELS[0]
     return {(order, cache): make_loader(data["u8_path"], batch_size=BATCH, order=order, seed=3,
@@ -224,7 +224,7 @@ def test_ffcv_masked_equals_reference(data, ffcv_loaders, order, os_cache):
 
 
 def test_ffcv_unmasked_sequential_and_float32(data):
-    from fastroar.loaders.masked import make_loader
+    from fastroar.engine.loaders.masked import make_loader
 
     plain = make_loader(data["u8_path"], batch_size=BATCH, order="sequential")
     ids = check_epoch(plain, data["u8"], None, None, None)
@@ -239,7 +239,7 @@ def test_ffcv_unmasked_sequential_and_float32(data):
 
 
 def test_ffcv_validation(data):
-    from fastroar.loaders.masked import make_loader
+    from fastroar.engine.loaders.masked import make_loader
 
     path, ranks = data["u8_path"], data["u8_ranks"]
     bad = [
@@ -266,7 +266,7 @@ def test_ffcv_streams_a_zarr_rank_map(data, tmp_path):
     """Rank maps can stay on disk (Zarr, chunked): packed masks equal the in-memory ones, batches the reference."""
     import zarr
 
-    from fastroar.loaders.masked import make_loader, pack_keep_bits
+    from fastroar.engine.loaders.masked import make_loader, pack_keep_bits
 
     ranks = data["u8_ranks"]
     z = zarr.create_array(str(tmp_path / "r.zarr"), shape=ranks.shape, chunks=(37, ranks.shape[1]), dtype=ranks.dtype)
@@ -284,8 +284,8 @@ FILL = 0.4137  # retrain.fill: mean (any value; exactly representable or not)
 
 def test_every_path_fills_removed_coordinates(data):
     """--fill mean: removed coordinates take the fill value, on the FFCV path and both resident engines."""
-    from fastroar.loaders.masked import make_loader
-    from fastroar.loaders.resident import ResidentLoader
+    from fastroar.engine.loaders.masked import make_loader
+    from fastroar.engine.loaders.resident import ResidentLoader
 
     u8, ranks = data["u8"], data["u8_ranks"]
     loaders = [make_loader(data["u8_path"], batch_size=BATCH, order="random", seed=2, ranks=ranks, k=0.3,
@@ -302,7 +302,7 @@ def test_every_path_fills_removed_coordinates(data):
 
 @pytest.mark.parametrize("engine", ["numba", "torch"])
 def test_resident_equals_reference(data, engine):
-    from fastroar.loaders.resident import ResidentLoader
+    from fastroar.engine.loaders.resident import ResidentLoader
 
     loader = ResidentLoader(data["u8"], np.arange(N_U8), batch_size=BATCH, seed=5, ranks=data["u8_ranks"],
                             k=LEVELS[0][0], direction=LEVELS[0][1], engine=engine)
@@ -323,7 +323,7 @@ def test_resident_equals_reference(data, engine):
 @pytest.mark.parametrize("engine", ["numba", "torch"])
 def test_resident_uint16_high_ranks(engine):
     """d > 2^15: uint16 ranks above 32767 (stored offset as int16 by the torch engine), n = 0 and n = d."""
-    from fastroar.loaders.resident import ResidentLoader
+    from fastroar.engine.loaders.resident import ResidentLoader
 
     rng = np.random.default_rng(7)
     shape = (3, 120, 120)
@@ -341,7 +341,7 @@ def test_resident_uint16_high_ranks(engine):
 
 
 def test_resident_validation(data):
-    from fastroar.loaders.resident import ResidentLoader
+    from fastroar.engine.loaders.resident import ResidentLoader
 
     with pytest.raises(ValueError, match="k must"):
         ResidentLoader(data["u8"], np.arange(N_U8), batch_size=8, ranks=data["u8_ranks"], k=1.5, direction="top")
@@ -355,8 +355,8 @@ def test_resident_validation(data):
 
 
 def test_choose_loader_follows_budget(data):
-    from fastroar.loaders.masked import MaskedLoader
-    from fastroar.loaders.resident import ResidentLoader, choose_loader, resident_bytes
+    from fastroar.engine.loaders.masked import MaskedLoader
+    from fastroar.engine.loaders.plan import ResidentLoader, open_loader as choose_loader, resident_bytes
 
     path, ranks = data["u8_path"], data["u8_ranks"]
     need = resident_bytes(N_U8, U8_SHAPE, 2)
@@ -384,7 +384,7 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA d
 @pytest.mark.parametrize("order,os_cache", FFCV_CONFIGS)
 def test_ffcv_masked_to_cuda_equals_reference(data, order, os_cache):
     """The FFCV path with ToDevice('cuda'): batches arrive on the GPU, bit-identical to the reference."""
-    from fastroar.loaders.masked import make_loader
+    from fastroar.engine.loaders.masked import make_loader
 
     loader = make_loader(data["u8_path"], batch_size=BATCH, order=order, seed=3, ranks=data["u8_ranks"],
                          k=LEVELS[0][0], direction=LEVELS[0][1], os_cache=os_cache, device="cuda")
@@ -400,7 +400,7 @@ def test_ffcv_masked_to_cuda_equals_reference(data, order, os_cache):
 def test_resident_on_cuda_equals_reference():
     """The device-resident path on the GPU (torch engine, one comparison per batch). Self-contained (no
     .beton), so it also runs where FFCV is not installed."""
-    from fastroar.loaders.resident import ResidentLoader
+    from fastroar.engine.loaders.resident import ResidentLoader
 
     rng = np.random.default_rng(11)
     for shape, dtype in ((U8_SHAPE, np.uint8), ((3, 120, 120), np.uint8), (F32_SHAPE, np.float32)):

@@ -44,15 +44,15 @@ def replicated(run_workdir, tmp_path_factory):
 
 
 def _prepared(data_root: Path):
-    from fastroar.datasets.prepare import Prepared
+    from fastroar.stages.artifacts import Prepared
 
     (d,) = [p for p in (data_root / "data").iterdir() if (p / "meta.json").exists()]
     return Prepared(d, json.loads((d / "meta.json").read_text()))
 
 
 def test_leakage_shares_equal_an_independent_computation(replicated):
-    from fastroar.training.stage import load_model
-    from fastroar.workspace import Workdir
+    from fastroar.stages.artifacts import load_model
+    from fastroar.engine.workspace import Workdir
 
     wd, summary = replicated
     lwd = Workdir(summary["leakage"]["workdir"])
@@ -81,8 +81,8 @@ def test_leakage_shares_equal_an_independent_computation(replicated):
     assert lin["zero_gradient_instances"] == 0
 
     # the leakage DiffROAR rows are those of the sub-workdir's retraining records
-    from fastroar.report import diffroar_rows
-    from fastroar.roar.results import read_results
+    from fastroar.stages.report import diffroar_rows
+    from fastroar.engine.results import read_results
 
     rows = diffroar_rows(read_results(lwd.results_path).values())
     assert {r["model"] for r in rows} == {"standard", "robust"}
@@ -91,8 +91,8 @@ def test_leakage_shares_equal_an_independent_computation(replicated):
 
 
 def test_blockdigits_shares_and_localization_equal_an_independent_computation(replicated):
-    from fastroar.training.stage import load_model
-    from fastroar.workspace import Workdir
+    from fastroar.stages.artifacts import load_model
+    from fastroar.engine.workspace import Workdir
 
     wd, summary = replicated
     prepared = _prepared(wd)
@@ -114,8 +114,8 @@ def test_blockdigits_shares_and_localization_equal_an_independent_computation(re
 
 
 def test_diffroar_comparison_and_files(replicated):
-    from fastroar.report import diffroar_rows
-    from fastroar.roar.results import read_results
+    from fastroar.stages.report import diffroar_rows
+    from fastroar.engine.results import read_results
 
     wd, summary = replicated
     df = summary["diffroar"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fastroar.report import diffroar_rows, localization
+from fastroar.stages.report import diffroar_rows, localization
 
 
 def rec(direction, seed, acc, k=0.2, model="standard", attribution="gradient"):

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import zarr
 
-from fastroar.roar.results import append_result, read_results
+from fastroar.engine.results import append_result, read_results
 from tests.conftest import tiny_args
 
 SUBSET = ["--model", "standard", "--attribution", "gradient"]

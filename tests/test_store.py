@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from fastroar.errors import MissingInputError, StoreMismatchError
-from fastroar.kernels.reference import packed_masks_reference, rank_reference
-from fastroar.store import RankStore
+from fastroar.engine.kernels.reference import packed_masks_reference, rank_reference
+from fastroar.engine.store import RankStore
 
 IDENTITY = {"model_hash": "abc", "dataset_key": "ds-1", "attribution": "gradient", "attribution_params": {},
             "levels": [0.25, 0.5], "shape": [1, 3, 5]}

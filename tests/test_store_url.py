@@ -8,7 +8,7 @@ import zarr
 from click.testing import CliRunner
 
 from fastroar.cli import cli
-from fastroar.roar.results import read_results
+from fastroar.engine.results import read_results
 from tests.conftest import tiny_args
 from tests.test_resume import fresh_copy, store_arrays
 

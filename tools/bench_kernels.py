@@ -25,7 +25,7 @@ def _scores(B: int, d: int) -> np.ndarray:
 
 
 def _numpy_argsort(x: np.ndarray, levels: list[float]):
-    from fastroar.kernels.reference import n_kept, rank_dtype
+    from fastroar.engine.kernels.reference import n_kept, rank_dtype
 
     B, d = x.shape
     ranks = np.empty((B, d), rank_dtype(d))
@@ -39,7 +39,7 @@ def _numpy_argsort(x: np.ndarray, levels: list[float]):
 
 
 def _torch_argsort(x: torch.Tensor, levels: list[float]):
-    from fastroar.kernels.reference import n_kept
+    from fastroar.engine.kernels.reference import n_kept
 
     B, d = x.shape
     order = torch.argsort(x, dim=1, descending=True, stable=True)
@@ -65,8 +65,8 @@ def _check(got, want, what: str) -> None:
 
 
 def _section_rows(section: str, x: np.ndarray, primary: str, repeat: int) -> list[Row]:
-    from fastroar.kernels import _load_ext
-    from fastroar.kernels import numba_rank
+    from fastroar.engine.kernels.dispatch import _load_ext
+    from fastroar.engine.kernels import numba_rank
 
     B, d = x.shape
     gb = x.nbytes / 1e9
@@ -97,7 +97,7 @@ def _section_rows(section: str, x: np.ndarray, primary: str, repeat: int) -> lis
 
 
 def _cuda_rows(section: str, x: np.ndarray, repeat: int) -> list[Row]:
-    from fastroar.kernels import _load_ext
+    from fastroar.engine.kernels.dispatch import _load_ext
 
     ok, has_cuda, _ = _load_ext()
     B, d = x.shape

@@ -3,12 +3,12 @@
 Each measured call is one full epoch (random order, batch 256, last partial batch kept) producing float32
 model input (B, C, H, W) on the CPU: pixels / 255, zeroed outside the top-30% mask of a rank map.
 
-- ffcv unmasked: fastroar.loaders.make_loader without ranks (the same pipeline minus the mask);
+- ffcv unmasked: fastroar.engine.loaders.make_loader without ranks (the same pipeline minus the mask);
 - ffcv masked: make_loader with the (N, d) rank maps as a side array (set_mask packs the level's keep bits;
   its one-off cost per level is given as context);
 - torch DataLoader (2 workers, persistent): a Dataset over NumPy memmaps of the images and ranks, each
   sample converted and masked in torch (ranks widened from uint16), default collate;
-- resident (numba, cpu): fastroar.loaders.ResidentLoader, the whole split in memory as float32.
+- resident (numba, cpu): fastroar.engine.loaders.ResidentLoader, the whole split in memory as float32.
 
 Every path's first batch is checked against the NumPy reference before it is timed. Datasets are random
 uint8 images with random-permutation rank maps, written to a temporary directory that is removed after.
@@ -59,7 +59,7 @@ def _epoch(loader) -> int:
 
 def _check(loader, images: np.ndarray, ranks: np.ndarray | None, what: str) -> None:
     """The first batch must equal the reference, or the comparison is void."""
-    from fastroar.kernels.reference import keep_mask_reference
+    from fastroar.engine.kernels.reference import keep_mask_reference
 
     x, y = next(iter(loader))
     ids = y.numpy()
@@ -73,7 +73,7 @@ def _check(loader, images: np.ndarray, ranks: np.ndarray | None, what: str) -> N
 
 
 def _data(n: int, shape: tuple[int, ...], seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    from fastroar.kernels.reference import rank_dtype
+    from fastroar.engine.kernels.reference import rank_dtype
 
     rng = np.random.default_rng(seed)
     d = int(np.prod(shape))
@@ -83,8 +83,9 @@ def _data(n: int, shape: tuple[int, ...], seed: int = 0) -> tuple[np.ndarray, np
 
 
 def _section(section: str, n: int, shape: tuple[int, ...], tmp: str, repeat: int) -> list[Row]:
-    from fastroar.loaders import ResidentLoader, make_loader, write_beton
-    from fastroar.kernels.reference import n_kept
+    from fastroar.engine.beton import write_beton
+    from fastroar.engine.loaders import ResidentLoader, make_loader
+    from fastroar.engine.kernels.reference import n_kept
 
     images, ranks = _data(n, shape)
     d = int(np.prod(shape))

@@ -28,7 +28,7 @@ LEVELS = [0.05, 0.1, 0.2, 0.3, 0.5]
 
 
 def _data(n: int, shape: tuple[int, ...], classes: int, seed: int):
-    from fastroar.kernels.reference import rank_reference
+    from fastroar.engine.kernels.reference import rank_reference
 
     rng = np.random.default_rng(seed)
     d = int(np.prod(shape))
@@ -49,7 +49,7 @@ class _TorchLoader:
 
     def __init__(self, images, labels, *, batch_size, seed=0, ranks=None, k=None, direction=None,
                  device="cpu", shuffle=True):
-        from fastroar.kernels.reference import n_kept
+        from fastroar.engine.kernels.reference import n_kept
 
         self.x = torch.from_numpy(images).to(device).float().div_(255.0).contiguous()
         self.y = torch.from_numpy(labels).to(device)
@@ -76,7 +76,7 @@ class _TorchLoader:
 
 def _sequential(arch, params, shape, classes, train, test, specs, recipe, device):
     try:
-        from fastroar.loaders.resident import ResidentLoader
+        from fastroar.engine.loaders.resident import ResidentLoader
     except ImportError:  # numba missing (a bare GPU image): the same batches from a torch-only loader
         ResidentLoader = _TorchLoader
     from fastroar.models import build_model

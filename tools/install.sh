@@ -38,4 +38,4 @@ if ! $VPY -c "import ffcv" 2>/dev/null; then
 fi
 echo "[install] fastroar (builds fastroar._C)"
 $VPY -m pip install -q --no-build-isolation -e .
-echo "[install] done: $($VPY -c 'import fastroar, fastroar.kernels; print("fastroar", fastroar.__version__, "extension:", fastroar.kernels.backend())')"
+echo "[install] done: $($VPY -c 'import fastroar, fastroar.engine.kernels; print("fastroar", fastroar.__version__, "extension:", fastroar.engine.kernels.backend())')"

@@ -1,46 +1,5 @@
-"""Dataset registry: ``build_dataset(name, **params)`` returns a seeded :class:`Dataset`."""
-from __future__ import annotations
-
-import re
-from typing import Any, Callable
-
-from fastroar.datasets import blockdigits, folder, leakage, torchvision_sets
+"""Datasets: ``build_dataset(name, **params)`` returns a seeded Dataset (registry.py); each dataset is one module."""
 from fastroar.datasets.base import Dataset, Split
-from fastroar.errors import ConfigError, FastroarError
-
-REGISTRY: dict[str, Callable[..., Dataset]] = {
-    "blockdigits": blockdigits.build,
-    "blockdigits-top": lambda **kw: blockdigits.build(signal_position="top", **kw),
-    "leakage": leakage.build,
-    "mnist": torchvision_sets.builder("mnist"),
-    "fashion-mnist": torchvision_sets.builder("fashion-mnist"),
-    "cifar10": torchvision_sets.builder("cifar10"),
-    "svhn": torchvision_sets.builder("svhn"),
-    "blockmnist": torchvision_sets.build_blockmnist,
-    "blockmnist-top": lambda **kw: torchvision_sets.build_blockmnist(signal_position="top", **kw),
-    "imagenet10": folder.build_imagenet10,
-    "folder": folder.build_folder,
-}
-
-
-def build_dataset(name: str, **params: Any) -> Dataset:
-    """Build dataset `name` with `params` (its seed, sizes, ...)."""
-    if name not in REGISTRY:
-        raise ConfigError(f"unknown dataset {name!r}; choose one of: {', '.join(sorted(REGISTRY))}")
-    try:
-        ds = REGISTRY[name](**params)
-    except FastroarError:
-        raise
-    except (TypeError, ValueError) as e:
-        unknown = re.search(r"unexpected keyword argument '(\w+)'", str(e))
-        if unknown:
-            hint = {"image_size": " (--image-size applies to imagenet10 and folder; the others have a fixed size)",
-                    "root": " (it is built in: drop --data-root)", "download": " (it is built in: drop --download)"}
-            raise ConfigError(f"dataset {name!r} takes no parameter {unknown[1]!r}"
-                              f"{hint.get(unknown[1], '')}") from e
-        raise ConfigError(f"bad parameters for dataset {name!r}: {e}") from e
-    ds.name = name
-    return ds
-
+from fastroar.datasets.registry import REGISTRY, build_dataset
 
 __all__ = ["Dataset", "Split", "REGISTRY", "build_dataset"]

@@ -56,13 +56,3 @@ def split_indices(n: int, test_fraction: float, seed: int) -> tuple[np.ndarray, 
     n_test = max(1, int(round(n * test_fraction)))
     return np.sort(perm[n_test:]), np.sort(perm[:n_test])
 
-
-def to_model_input(images):
-    """Stored images -> float32 model input: uint8 pixels scaled to [0, 1], float features as they are."""
-    import torch
-
-    if isinstance(images, torch.Tensor):
-        return images.float().div_(255.0) if images.dtype == torch.uint8 else images.float()
-    scale = 1.0 / 255.0 if images.dtype == np.uint8 else 1.0
-    # A fresh float32 copy: inputs may be read-only views of cached arrays.
-    return torch.from_numpy(np.multiply(images, scale, dtype=np.float32))

@@ -32,8 +32,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from fastroar.loaders.resident import epoch_order, resident_ranks
-from fastroar.kernels.reference import n_kept
+from fastroar.engine.loaders.resident import epoch_order, resident_ranks
+from fastroar.method import keep_range, model_input_array
 from fastroar.models import build_model
 from fastroar.training.loop import Recipe
 
@@ -56,12 +56,9 @@ def batchable(arch: str) -> bool:
 
 
 def model_input(images: np.ndarray) -> np.ndarray:
-    """(N, ...) uint8 or float32 images -> (N, d) float32 model input (x / 255 for uint8, as the loaders do)."""
+    """(N, ...) uint8 or float32 images -> (N, d) float32 model input (fastroar.method's conversion)."""
     images = np.asarray(images)
-    n = images.shape[0]
-    if images.dtype == np.uint8:
-        return np.divide(images, np.float32(255.0), dtype=np.float32).reshape(n, -1)
-    return np.array(images, dtype=np.float32, copy=True).reshape(n, -1)
+    return model_input_array(images).reshape(images.shape[0], -1)
 
 
 def keep_bounds(specs: Sequence[Spec], d: int, offset: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -69,9 +66,8 @@ def keep_bounds(specs: Sequence[Spec], d: int, offset: int, dtype: torch.dtype) 
     info = torch.iinfo(dtype)
     lo, hi = [], []
     for s in specs:
-        n = n_kept(s.k, d)
-        a, b = (0, n - 1) if s.direction == "top" else (d - n, d - 1)
-        a, b = (info.max, info.min) if n == 0 else (a - offset, b - offset)   # n = 0: an empty range
+        start, stop = keep_range(s.k, s.direction, d)
+        a, b = (info.max, info.min) if stop == start else (start - offset, stop - 1 - offset)  # n = 0: empty
         lo.append(min(max(a, info.min), info.max))
         hi.append(min(max(b, info.min), info.max))
     return torch.tensor(lo, dtype=dtype), torch.tensor(hi, dtype=dtype)

@@ -11,11 +11,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from fastroar.errors import ConfigError
+from fastroar.method import RECIPES
 from fastroar.training.pgd import Adversary, pgd_attack
 
 
 SCHEDULES = ("cosine", "onecycle")
-RECIPES = ("paper", "fast")
+
 
 
 @dataclass(frozen=True)

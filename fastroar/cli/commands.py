@@ -1,0 +1,159 @@
+"""The `fastroar` command line: each command parses options, calls one stage, and reports. Stages and
+their heavy imports (torch, FFCV, Ray) are loaded inside the command that needs them."""
+from __future__ import annotations
+
+import time
+
+import click
+
+from fastroar.cli.options import (FILL_OPTION, RECIPE_OPTION, common_options, context, executor_options,
+                                  fail_cleanly, make_executor, parse_levels)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="fastroar", message="%(prog)s %(version)s")
+def cli() -> None:
+    """fastroar: DiffROAR evaluation of feature attributions (Shah, Jain & Netrapalli, NeurIPS 2021).
+
+    Stages: prepare -> train -> precompute -> retrain -> report; `run` does them all.
+    Everything goes to --workdir; each stage skips work that is already complete.
+    """
+
+
+@cli.command()
+@common_options
+@fail_cleanly
+def prepare(workdir, dataset, config_path, overrides, device, loader, progress) -> None:
+    """Build the dataset and write its splits as FFCV .beton files."""
+    from fastroar.stages.prepare import prepare as prepare_stage
+
+    prepare_stage(context(workdir, dataset, config_path, overrides, device, loader, progress, create=True))
+
+
+@cli.command()
+@common_options
+@fail_cleanly
+def train(workdir, dataset, config_path, overrides, device, loader, progress) -> None:
+    """Train the config's base models (standard and PGD-robust)."""
+    from fastroar.stages.train import train as train_stage
+
+    train_stage(context(workdir, dataset, config_path, overrides, device, loader, progress))
+
+
+@cli.command()
+@common_options
+@click.option("--model", "models", multiple=True, help="Only this base model (repeatable).")
+@click.option("--attribution", "attributions", multiple=True, help="Only this attribution (repeatable).")
+@executor_options
+@fail_cleanly
+def precompute(workdir, dataset, config_path, overrides, device, loader, progress, models, attributions,
+               executor, address, gpus_per_task, cpus_per_task, workers) -> None:
+    """Attribute every image, rank its coordinates and store rank maps and masks (Zarr)."""
+    from fastroar.stages.precompute import precompute as precompute_stage
+
+    ctx = context(workdir, dataset, config_path, overrides, device, loader, progress)
+    t0 = time.perf_counter()
+    n = precompute_stage(ctx, models=models or None, attributions=attributions or None,
+                         executor=make_executor(executor, address, gpus_per_task, cpus_per_task, workers))
+    click.echo(f"[precompute] {n} chunks computed in {time.perf_counter() - t0:.1f}s")
+
+
+@cli.command()
+@common_options
+@click.option("--k", "levels", multiple=True, callback=parse_levels,
+              help="Level(s) k in (0, 1): fraction of coordinates kept (repeatable or comma-separated).")
+@click.option("--direction", type=click.Choice(["top", "bottom", "both"]), default="both", show_default=True)
+@click.option("--seeds", type=click.IntRange(min=1), default=None, help="Runs per (level, direction).")
+@click.option("--model", "models", multiple=True, help="Only this base model (repeatable).")
+@click.option("--attribution", "attributions", multiple=True, help="Only this attribution (repeatable).")
+@FILL_OPTION
+@RECIPE_OPTION
+@executor_options
+@fail_cleanly
+def retrain(workdir, dataset, config_path, overrides, device, loader, progress, levels, direction, seeds,
+            models, attributions, executor, address, gpus_per_task, cpus_per_task, workers) -> None:
+    """Retrain fresh models on top-k / bottom-k unmasked data; one result record per job."""
+    from fastroar.stages.retrain import retrain as retrain_stage
+
+    ctx = context(workdir, dataset, config_path, overrides, device, loader, progress)
+    directions = ["top", "bottom"] if direction == "both" else [direction]
+    retrain_stage(ctx, executor=make_executor(executor, address, gpus_per_task, cpus_per_task, workers),
+                  models=models or None, attributions=attributions or None, levels=levels, directions=directions,
+                  n_seeds=seeds)
+
+
+@cli.command()
+@common_options
+@FILL_OPTION
+@RECIPE_OPTION
+@fail_cleanly
+def report(workdir, dataset, config_path, overrides, device, loader, progress) -> None:
+    """Print the DiffROAR table, write it as CSV and plot the curves (PNG)."""
+    from fastroar.stages.report import report as report_stage
+
+    report_stage(context(workdir, dataset, config_path, overrides, device, loader, progress))
+
+
+@cli.command()
+@common_options
+@click.option("--k", "levels", multiple=True, callback=parse_levels,
+              help="Level(s) k in (0, 1) (repeatable or comma-separated). Default: the config's levels.")
+@click.option("--model", "models", multiple=True, help="Only this base model (repeatable).")
+@click.option("--attribution", "attributions", multiple=True, help="Only this attribution (repeatable).")
+@click.option("--noise", type=click.FloatRange(min=0), default=0.01, show_default=True,
+              help="Std of the noise added to imputed pixels, as a fraction of the inputs' value range.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the imputation noise.")
+@fail_cleanly
+def estimate(workdir, dataset, config_path, overrides, device, loader, progress, levels, models, attributions,
+             noise, seed) -> None:
+    """ROAD estimate without retraining: impute removed pixels (noisy linear), evaluate the base model."""
+    from fastroar.stages.estimate import estimate as estimate_stage
+    from fastroar.stages.report import format_table
+
+    ctx = context(workdir, dataset, config_path, overrides, device, loader, progress)
+    t0 = time.perf_counter()
+    records = estimate_stage(ctx, models=models or None, attributions=attributions or None, levels=levels,
+                             noise=noise, seed=seed)
+
+    click.echo("ROAD (acc(top-k kept, rest imputed) - acc(bottom-k kept, rest imputed); original model)")
+    click.echo(format_table(records, ("model", "attribution", "k", "acc_top", "acc_bottom", "road")))
+    click.echo(f"[estimate] done in {time.perf_counter() - t0:.1f}s")
+
+
+@cli.command()
+@common_options
+@click.option("--quick", is_flag=True, help="Tiny settings (seconds; for tests), not for conclusions.")
+@click.option("--instances", type=click.IntRange(min=1), default=20, show_default=True,
+              help="Rows (test instances) in the leakage gradient figure.")
+@fail_cleanly
+def replicate(workdir, dataset, config_path, overrides, device, loader, progress, quick, instances) -> None:
+    """Reproduce the paper's findings (Fig. 5 / Theorem 1, BlockMNIST-style, DiffROAR) into <workdir>/replicate/."""
+    from fastroar.stages.replicate import replicate as replicate_stage
+
+    t0 = time.perf_counter()
+    ctx = context(workdir, dataset, config_path, overrides, device, loader, progress, create=True)
+    summary = replicate_stage(ctx, quick=quick, instances=instances)
+    click.echo(f"[replicate] done in {time.perf_counter() - t0:.1f}s; see {summary['out_dir']}/summary.md")
+
+
+@cli.command()
+@common_options
+@FILL_OPTION
+@RECIPE_OPTION
+@fail_cleanly
+def run(workdir, dataset, config_path, overrides, device, loader, progress) -> None:
+    """prepare -> train -> precompute -> retrain -> report for one config (finished stages are skipped)."""
+    from fastroar.stages.run import run as run_stage
+
+    t0 = time.perf_counter()
+    ctx = context(workdir, dataset, config_path, overrides, device, loader, progress, create=True)
+    run_stage(ctx)
+    click.echo(f"[run] done in {time.perf_counter() - t0:.1f}s; everything is in {ctx.wd.root}")
+
+
+def main() -> None:
+    cli(prog_name="fastroar")
+
+
+if __name__ == "__main__":
+    main()

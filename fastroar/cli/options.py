@@ -1,0 +1,163 @@
+"""Options and parsing shared by the `fastroar` commands; the commands themselves are in commands.py.
+
+Errors a user can cause end in one message naming the fix and exit code 2, without a traceback.
+"""
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from fastroar.errors import FastroarError
+
+DEFAULT_WORKDIR = "fastroar-work"
+
+
+def fail_cleanly(fn: Callable) -> Callable:
+    """Turns user-caused errors and Ctrl-C into one line on stderr and a non-zero exit."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except FastroarError as e:
+            click.echo(f"Error: {e}", err=True)
+            sys.exit(2)
+        except OSError as e:  # the machine refused (permissions, disk full, ...): say what and where
+            where = f" ({e.filename})" if e.filename else ""
+            click.echo(f"Error: {e.strerror or e}{where}; check that the path is writable and has space, "
+                       "then rerun the same command (finished work is kept)", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("\nInterrupted: finished work is kept; rerun the same command to resume.", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+def common_options(fn: Callable) -> Callable:
+    """Options every stage takes: where to work and which config, with overrides."""
+    options = [
+        click.option("--workdir", "-w", default=DEFAULT_WORKDIR, show_default=True, type=click.Path(),
+                     help="Directory where every stage reads and writes."),
+        click.option("--dataset", "-d", default=None,
+                     help="Dataset (selects configs/<dataset>.yaml). Default: the workdir's config, else blockdigits."),
+        click.option("--config", "config_path", default=None, type=click.Path(),
+                     help="A YAML config file instead of configs/<dataset>.yaml."),
+        click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                     help="Override a config value, e.g. --set train.epochs=5 (repeatable)."),
+        click.option("--device", default=None, type=click.Choice(["auto", "cpu", "cuda"]),
+                     help="Where models train and attributions run (config default: auto)."),
+        click.option("--loader", default=None, type=click.Choice(["auto", "ffcv", "resident"]),
+                     help="Data path: FFCV streaming, device-resident, or auto (resident when it fits)."),
+        click.option("--progress/--no-progress", default=True, help="Show progress bars."),
+    ]
+    for option in reversed(options + DATA_OPTIONS):
+        fn = option(fn)
+    return fn
+
+
+def config_option(*decls: str, key: str, to_yaml: Callable[[Any], str] = str, **click_kwargs: Any) -> Callable:
+    """A click option that is a shorthand for `--set key=value`: when given, its value (written as YAML by
+    `to_yaml`) is appended to the command's overrides; the command function never sees the option."""
+
+    def decorate(fn: Callable) -> Callable:
+        fn = click.option(*decls, default=None, **click_kwargs)(fn)
+        name = fn.__click_params__[-1].name
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            value = kwargs.pop(name)
+            if value is not None:
+                kwargs["overrides"] = tuple(kwargs.get("overrides", ())) + (f"{key}={to_yaml(value)}",)
+            return fn(*args, **kwargs)
+
+        return wrapper
+
+    return decorate
+
+
+def _quoted(value: Any) -> str:
+    return repr(str(value))  # a YAML single-quoted string: paths and URLs stay strings
+
+
+DATA_OPTIONS = [  # where a dataset read from disk lives, and where the rank store goes
+    config_option("--data-root", key="dataset.params.root", type=click.Path(),
+                  to_yaml=lambda p: _quoted(Path(p).expanduser().resolve()),
+                  help="Directory of a dataset read from disk (torchvision layout, or train/ and val/ folders)."),
+    config_option("--download/--no-download", key="dataset.params.download", to_yaml=lambda b: str(b).lower(),
+                  help="Let torchvision fetch the dataset into --data-root (needs internet)."),
+    config_option("--image-size", key="dataset.params.image_size", type=click.IntRange(min=8),
+                  help="Side of the square images of imagenet10 / folder datasets (e.g. 112 or 224)."),
+    config_option("--store", key="store", metavar="PATH|URL", to_yaml=_quoted,
+                  help="Rank store location instead of <workdir>/masks.zarr: a path or an fsspec URL "
+                       "(s3://, gs://, file://); saved in the workdir's config."),
+]
+
+
+def executor_options(fn: Callable) -> Callable:
+    """Where independent tasks run: here, or on a Ray cluster."""
+    options = [
+        click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+                     help="local: in this process; ray: one Ray task per job group / chunk range."),
+        click.option("--address", default=None, help="Address of a running Ray cluster (default: start one here)."),
+        click.option("--gpus-per-task", type=click.FloatRange(min=0), default=0.0, show_default=True,
+                     help="GPUs Ray reserves per task (fractional packs small models on one GPU)."),
+        click.option("--cpus-per-task", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+                     help="CPUs Ray reserves per task."),
+        click.option("--workers", type=click.IntRange(min=1), default=None,
+                     help="local executor: worker processes (default: one per GPU when there are several, "
+                          "else this process)."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def make_executor(executor: str, address: str | None, gpus_per_task: float, cpus_per_task: float,
+                  workers: int | None = None):
+    from fastroar.engine.executors import get_executor
+
+    if workers is not None and executor != "local":
+        raise click.UsageError("--workers applies to --executor local (Ray places tasks itself)")
+    return get_executor(executor, address=address, num_gpus=gpus_per_task, num_cpus=cpus_per_task,
+                        workers=workers)
+
+
+def context(workdir: str, dataset: str | None, config_path: str | None, overrides: tuple[str, ...],
+            device: str | None, loader: str | None, progress: bool, create: bool = False):
+    """The stage Context of a command: its config resolved (--device / --loader are --set shorthands)."""
+    from fastroar.stages.contract import open_context
+
+    sets = list(overrides)
+    if device:
+        sets.append(f"device={device}")
+    if loader:
+        sets.append(f"loader={loader}")
+    return open_context(workdir, dataset=dataset, config_path=config_path, overrides=sets, create=create,
+                        log=click.echo, progress=progress)
+
+
+RECIPE_OPTION = config_option(
+    "--recipe", key="retrain.recipe", type=click.Choice(["paper", "fast"]),
+    help="Retraining schedule: paper (the config's) or fast (short one-cycle, label smoothing, bf16 on GPU); "
+         "config key retrain.recipe, recorded in every result.")
+
+FILL_OPTION = config_option(
+    "--fill", key="retrain.fill", type=click.Choice(["zero", "mean"]),
+    help="Value of removed coordinates: zero (the paper's definition; config default) or mean (the train "
+         "split's mean, as the reference code's early version). Config key retrain.fill (which also takes a "
+         "number).")
+
+
+def parse_levels(ctx, param, values) -> list[float] | None:
+    from fastroar.method import check_level
+
+    levels = [v for item in values for v in str(item).split(",") if v.strip()]
+    try:
+        return [check_level(v) for v in levels] or None
+    except FastroarError as e:
+        raise click.BadParameter(str(e)) from None

@@ -1,0 +1,6 @@
+"""Run configuration: one YAML per dataset under configs/, dotted --set overrides, validation."""
+from fastroar.config.load import DEFAULT_DATASET, available_configs, config_dir, load_config, set_dotted, validate
+from fastroar.method import check_level
+
+__all__ = ["DEFAULT_DATASET", "available_configs", "config_dir", "load_config", "set_dotted", "validate",
+           "check_level"]

@@ -1,0 +1,120 @@
+"""Run configuration: a YAML file per dataset under configs/, plus dotted overrides from the CLI.
+
+A config is a plain dict (it is written whole into the workdir and into every record, so a run is
+reproducible from it). ``validate`` turns every value a user can get wrong into a ConfigError that
+names the key and the fix.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+from fastroar.errors import ConfigError
+from fastroar.method import DIRECTIONS, RECIPES, check_level
+
+DEFAULT_DATASET = "blockdigits"
+LOADERS = ("auto", "ffcv", "resident")
+
+
+def config_dir() -> Path:
+    """Where the shipped YAML configs are (the repository's configs/, or the installed copy)."""
+    repo = Path(__file__).resolve().parents[2] / "configs"
+    # An installed package's parent is site-packages: only a configs/ with fastroar's default is ours.
+    return repo if (repo / f"{DEFAULT_DATASET}.yaml").is_file() else Path(__file__).resolve().parents[1] / "configs"
+
+
+def available_configs() -> list[str]:
+    return sorted(p.stem for p in config_dir().glob("*.yaml"))
+
+
+def load_config(dataset: str | None = None, path: str | Path | None = None,
+                overrides: Iterable[str] = ()) -> dict[str, Any]:
+    """The config from `path`, else configs/<dataset>.yaml, with `key.sub=value` overrides applied."""
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist")
+    else:
+        name = dataset or DEFAULT_DATASET
+        p = config_dir() / f"{name}.yaml"
+        if not p.is_file():
+            raise ConfigError(f"unknown dataset {name!r}; choose one of: {', '.join(available_configs())} "
+                              "(or pass --config FILE)")
+    try:
+        cfg = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p} is not valid YAML: {e}") from e
+    for item in overrides:
+        set_dotted(cfg, item)
+    return validate(cfg)
+
+
+def set_dotted(cfg: dict[str, Any], item: str) -> None:
+    """Applies one `a.b.c=value` override (value parsed as YAML: numbers, lists, booleans)."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like key.sub=value")
+    key, raw = item.split("=", 1)
+    parts = key.strip().split(".")
+    node = cfg
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {item!r}: {part!r} is not a section")
+    try:
+        node[parts[-1]] = yaml.safe_load(raw)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {item!r}: value is not valid YAML ({e})") from e
+
+
+def validate(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Checks and normalises a config's structure and values (returns a new dict). What needs the
+    science registries (dataset, architecture, attribution names; recipes; adversaries) is checked by
+    fastroar.stages.checks."""
+    cfg = copy.deepcopy(cfg)
+    ds = cfg.setdefault("dataset", {})
+    ds.setdefault("params", {})
+    model = cfg.setdefault("model", {})
+    model.setdefault("params", {})
+    cfg.setdefault("train", {})
+    names = set()
+    for m in cfg.setdefault("models", [{"name": "standard"}]):
+        if not isinstance(m, dict) or not m.get("name"):
+            raise ConfigError(f"each entry of models needs a name, got {m!r}")
+        if m["name"] in names:
+            raise ConfigError(f"model name {m['name']!r} appears twice in models")
+        names.add(m["name"])
+    cfg.setdefault("attributions", ["gradient"])
+    if not isinstance(cfg.setdefault("attribution_params", {}), dict):
+        raise ConfigError("attribution_params must map attribution names to keyword arguments")
+    levels = cfg.setdefault("levels", [0.1, 0.2, 0.3, 0.5])
+    if not isinstance(levels, list) or not levels:
+        raise ConfigError("levels must be a non-empty list of k values in (0, 1)")
+    cfg["levels"] = sorted({check_level(k) for k in levels})
+    rt = cfg.setdefault("retrain", {})
+    dirs = rt.setdefault("directions", list(DIRECTIONS))
+    for d in dirs:
+        if d not in DIRECTIONS:
+            raise ConfigError(f"direction must be one of top, bottom (or both), got {d!r}")
+    seeds = rt.setdefault("seeds", 1)
+    if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
+        raise ConfigError(f"seeds (the number of runs per level and direction) must be an integer >= 1, got {seeds!r}")
+    if rt.setdefault("recipe", "paper") not in RECIPES:
+        raise ConfigError(f"retrain.recipe must be paper or fast, got {rt['recipe']!r}")
+    for key, default in (("batch_models", 16), ("fast_epochs", None)):
+        value = rt.setdefault(key, default)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise ConfigError(f"retrain.{key} must be an integer >= 1, got {value!r}")
+    cfg.setdefault("precompute", {}).setdefault("batch_size", 256)
+    if cfg.setdefault("loader", "auto") not in LOADERS:
+        raise ConfigError(f"loader must be one of {LOADERS}, got {cfg['loader']!r}")
+    fill = rt.setdefault("fill", "zero")
+    if fill not in ("zero", "mean") and (isinstance(fill, bool) or not isinstance(fill, (int, float))):
+        raise ConfigError(f"retrain.fill must be zero, mean or a number, got {fill!r}")
+    if cfg.get("store") is not None and not (isinstance(cfg["store"], str) and cfg["store"].strip()):
+        raise ConfigError(f"store must be a path or an fsspec URL, got {cfg['store']!r}")
+    if cfg.setdefault("device", "auto") not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"device must be auto, cpu or cuda, got {cfg['device']!r}")
+    return cfg

@@ -1,0 +1,121 @@
+"""Where each stage reads and writes inside --workdir, and the small file helpers they share.
+
+    <workdir>/config.yaml                     the resolved config of the last run
+    <workdir>/data/<dataset-key>/             {train,test}.beton (+ .json sidecars), signal_<split>.npy, meta.json
+    <workdir>/models/<name>/                  model.pt (weights, config, hash), model.json (summary)
+    <workdir>/masks.zarr                      rank maps and masks (fastroar.engine.store)
+    <workdir>/results/results.jsonl           one record per retraining job
+    <workdir>/results/road.jsonl              one record per ROAD estimate
+    <workdir>/report/                         diffroar.csv, localization.csv, diffroar.png
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, BinaryIO, Callable
+
+from fastroar.errors import BusyError, FastroarError, MissingInputError
+
+SPLITS = ("train", "test")
+
+
+class Workdir:
+    def __init__(self, root: str | Path, create: bool = False, store: str | None = None) -> None:
+        self.root = Path(root)
+        self.store = store  # rank store elsewhere: a path or fsspec URL (e.g. s3://bucket/study.zarr)
+        if create:
+            try:
+                self.root.mkdir(parents=True, exist_ok=True)
+                probe = self.root / ".write-test"
+                probe.write_text("")
+                probe.unlink()
+            except OSError as e:
+                raise FastroarError(f"cannot write to workdir {self.root}: {e.strerror}; "
+                                    "choose a writable --workdir") from e
+        elif not self.root.is_dir():
+            raise MissingInputError(f"workdir {self.root} does not exist; run `fastroar prepare --workdir "
+                                    f"{self.root}` (or `fastroar run`) first")
+
+    def data_dir(self, dataset_key: str) -> Path:
+        return self.root / "data" / dataset_key
+
+    def model_dir(self, name: str) -> Path:
+        return self.root / "models" / name
+
+    @property
+    def store_path(self) -> Path | str:
+        """<workdir>/masks.zarr, or the config's `store` (a path or an fsspec URL a cluster shares)."""
+        return self.store or self.root / "masks.zarr"
+
+    @property
+    def results_path(self) -> Path:
+        return self.root / "results" / "results.jsonl"
+
+    @property
+    def road_path(self) -> Path:
+        return self.root / "results" / "road.jsonl"
+
+    @property
+    def report_dir(self) -> Path:
+        return self.root / "report"
+
+
+@contextlib.contextmanager
+def stage_lock(workdir: Workdir, stage: str):
+    """Holds an exclusive lock on <workdir>/.<stage>.lock while the stage runs.
+
+    Two processes running the same stage on one workdir would both start the same missing chunks or
+    jobs, or write the same files; the second is refused instead. The OS drops the lock when its holder
+    dies (even by SIGKILL), so a killed run never leaves a stale lock behind. The file stays empty, so it
+    never changes.
+    """
+    path = str(workdir.root / f".{stage}.lock")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise BusyError(f"another `fastroar {stage}` is running on {workdir.root} (it holds {path}); wait "
+                        "for it to finish, then rerun this command: it picks up whatever is left") from None
+    try:
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Writes a file through `write(f)` into a temporary file unique to this call, then renames it into
+    place: readers (and concurrent writers) see the old content or the new one, never a part."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def atomic_save(obj: Any, path: Path, saver: Callable[[Any, BinaryIO], None] | None = None) -> None:
+    """torch.save (or `saver(obj, file)`) through a temporary file and a rename."""
+    if saver is None:
+        import torch
+
+        saver = torch.save
+    atomic_write(path, lambda f: saver(obj, f))
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text())

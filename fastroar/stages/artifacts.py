@@ -1,0 +1,225 @@
+"""What stages hand each other: the prepared data, the base models, the rank store's identity of an
+attribution, the retrain recipe and the fill value. Each is derived from the config and the workdir in
+one place, so that every stage keys, finds and checks them the same way.
+"""
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from fastroar.engine.beton import map_beton, read_beton_cached, verify_beton
+from fastroar.engine.loaders import open_loader
+from fastroar.engine.workspace import SPLITS, Workdir
+from fastroar.errors import FastroarError, MissingInputError, StoreMismatchError
+from fastroar.keys import digest
+from fastroar.method import pixel_scale
+from fastroar.models import build_model, state_hash
+from fastroar.training.loop import Recipe, fast_recipe
+
+
+# ---------------------------------------------------------------- data
+
+# Parameters that say how to obtain data, not what the data are: they do not enter the key.
+NON_IDENTITY_PARAMS = ("download",)
+
+
+def dataset_key(cfg: dict[str, Any]) -> str:
+    """Names the prepared data by content: dataset name + hash of its parameters."""
+    ds = cfg["dataset"]
+    params = {k: v for k, v in ds.get("params", {}).items() if k not in NON_IDENTITY_PARAMS}
+    return f"{ds['name']}-{digest({'name': ds['name'], 'params': params})}"
+
+
+def resolve_device(name: str) -> torch.device:
+    """The config's device: auto = CUDA when torch sees one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise FastroarError("device 'cuda' asked for, but torch sees no CUDA device; use --device cpu")
+    return torch.device(name)
+
+
+IN_MEMORY_BYTES = 1 << 30  # Prepared.arrays: larger splits are memory-mapped, not read into memory
+
+
+@dataclass
+class Prepared:
+    """A prepared dataset on disk: paths and the metadata the later stages need."""
+
+    dir: Path
+    meta: dict[str, Any]
+
+    def beton(self, split: str) -> Path:
+        return self.dir / f"{split}.beton"
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.meta["shape"])
+
+    @property
+    def d(self) -> int:
+        return int(np.prod(self.shape))
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.meta["num_classes"])
+
+    @property
+    def bounds(self) -> tuple[float, float] | None:
+        b = self.meta["bounds"]
+        return None if b is None else (float(b[0]), float(b[1]))
+
+    def size(self, split: str) -> int:
+        return int(self.meta["sizes"][split])
+
+    def signal(self, split: str) -> np.ndarray | None:
+        """(N, d) bool signal-block masks, or None when the dataset has none."""
+        path = self.dir / f"signal_{split}.npy"
+        return np.load(path) if path.exists() else None
+
+    def arrays(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """All (images, labels) of a split, read back through FFCV (cached per process).
+
+        A split whose images exceed IN_MEMORY_BYTES (ImageNet-scale) comes as a memory-mapped view
+        (fastroar.engine.beton.MappedImages: slicing reads just those samples) instead of a copy in memory.
+        """
+        path = str(self.beton(split))
+        if self.size(split) * self.d * np.dtype(self.meta.get("dtype", "uint8")).itemsize > IN_MEMORY_BYTES:
+            return map_beton(path)
+        return read_beton_cached(path)
+
+    def loader(self, split: str, *, mode: str, batch_size: int, seed: int, train: bool, device: torch.device,
+               ranks: Any = None, k: float | None = None, direction: str | None = None, fill: float = 0.0):
+        """(loader, path_name) over one split, on the path the engine's plan picks for `mode` (the config's
+        `loader`); train=True shuffles (seeded); removed coordinates are set to `fill`."""
+        return open_loader(self.beton(split), mode=mode, batch_size=batch_size, seed=seed, shuffle=train,
+                           ranks=ranks, k=k, direction=direction, device=device, fill=fill)
+
+
+def load_prepared(cfg: dict[str, Any], workdir: Workdir) -> Prepared:
+    """The prepared data of the config's dataset; a clear error when `prepare` has not run."""
+    out = workdir.data_dir(dataset_key(cfg))
+    if not (out / "meta.json").exists():
+        raise MissingInputError(f"dataset {cfg['dataset']['name']!r} is not prepared in {workdir.root}; "
+                                f"run `fastroar prepare --workdir {workdir.root}` first")
+    prepared = Prepared(out, json.loads((out / "meta.json").read_text()))
+    for split in SPLITS:
+        path = prepared.beton(split)
+        stat = path.stat() if path.exists() else None
+        _verified(str(path), stat and stat.st_size, stat and stat.st_mtime_ns)
+    return prepared
+
+
+@functools.lru_cache(maxsize=16)
+def _verified(path: str, size: int | None, mtime_ns: int | None) -> None:
+    """Size and SHA-256 of a .beton against its sidecar, once per (path, size, mtime) in a process:
+    every stage refuses data that was truncated or damaged after `prepare` wrote it."""
+    verify_beton(path)
+
+
+# ---------------------------------------------------------------- base models
+
+def model_config(cfg: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
+    """Everything a base model depends on (its checkpoint is reused only when this matches)."""
+    return {
+        "name": spec["name"], "arch": cfg["model"]["arch"], "params": cfg["model"]["params"],
+        "dataset_key": dataset_key(cfg), "recipe": Recipe(**cfg["train"]).to_dict(),
+        "adversary": spec.get("adversary"), "seed": int(spec.get("seed", 0)),
+    }
+
+
+def checkpoint_path(workdir: Workdir, name: str) -> Path:
+    return workdir.model_dir(name) / "model.pt"
+
+
+def load_model(workdir: Workdir, name: str, prepared: Prepared) -> tuple[nn.Module, dict[str, Any]]:
+    """A trained base model (eval mode, CPU) and its checkpoint dict."""
+    path = checkpoint_path(workdir, name)
+    if not path.exists():
+        raise MissingInputError(f"no trained model {name!r} in {workdir.root}; run `fastroar train "
+                                f"--workdir {workdir.root}` first")
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    mcfg = ckpt["config"]
+    model = build_model(mcfg["arch"], prepared.shape, prepared.num_classes, **mcfg["params"])
+    model.load_state_dict(ckpt["state_dict"])
+    if state_hash(model, mcfg) != ckpt["hash"]:
+        raise StoreMismatchError(f"{path} is corrupted (its weights do not match their recorded hash); "
+                                 f"delete {path.parent} and rerun `fastroar train`")
+    return model.eval(), ckpt
+
+
+def config_diff(old: dict[str, Any], new: dict[str, Any]) -> str:
+    keys = [k for k in sorted(set(old) | set(new)) if json.dumps(old.get(k), sort_keys=True, default=str)
+            != json.dumps(new.get(k), sort_keys=True, default=str)]
+    return ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys) or "unknown difference"
+
+
+# ---------------------------------------------------------------- rank store entries
+
+def attribution_params(cfg: dict[str, Any], attribution: str) -> dict[str, Any]:
+    """Parameters an attribution's scores depend on (recorded in the store's identity)."""
+    params = dict(cfg.get("attribution_params", {}).get(attribution, {}))
+    if attribution == "random":
+        params.setdefault("seed", 0)
+    return params
+
+
+def identity(cfg: dict[str, Any], prepared: Prepared, model_hash: str, attribution: str) -> dict[str, Any]:
+    return {
+        "model_hash": model_hash, "dataset_key": prepared.meta["key"], "attribution": attribution,
+        "attribution_params": attribution_params(cfg, attribution), "levels": list(cfg["levels"]),
+        "shape": list(prepared.shape),
+    }
+
+
+# ---------------------------------------------------------------- retraining
+
+def retrain_recipe(cfg: dict[str, Any], n_train: int | None = None) -> Recipe:
+    """The retrain recipe: `paper` is the base models' recipe with the retrain section's overrides
+    (epochs, lr, ...); `fast` turns that into a short one-cycle schedule (fastroar.training.fast_recipe;
+    its batch size follows the train split's size `n_train`)."""
+    rt = cfg["retrain"]
+    over = {k: v for k, v in rt.items() if k in Recipe.__dataclass_fields__}
+    recipe = Recipe(**{**cfg["train"], **over})
+    if rt.get("recipe", "paper") == "fast":
+        recipe = fast_recipe(recipe, epochs=rt.get("fast_epochs"), n_train=n_train)
+    return recipe
+
+
+def fill_value(cfg: dict[str, Any], prepared: Prepared) -> float:
+    """The value removed coordinates take, in model-input units (x/255 for uint8 images): retrain.fill is
+    `zero` (the paper's definition, default), `mean` (the scalar mean of the train split's model input,
+    what the reference code's early version filled with), or a number."""
+    fill = cfg["retrain"].get("fill", "zero")
+    if fill == "zero":
+        return 0.0
+    if fill == "mean":
+        beton = prepared.beton("train")
+        st = beton.stat()
+        state = (str(beton), st.st_mtime_ns, st.st_size)
+        if state not in _TRAIN_MEANS:  # once per process and file state: plan and report both ask
+            _TRAIN_MEANS[state] = _train_mean(prepared)
+        return _TRAIN_MEANS[state]
+    return float(np.float32(fill))
+
+
+_TRAIN_MEANS: dict[tuple, float] = {}
+
+
+def _train_mean(prepared: Prepared) -> float:
+    """Mean model input of the train split."""
+    images, _ = prepared.arrays("train")
+    total, count, step = 0.0, 0, 4096
+    for start in range(0, len(images), step):  # in blocks: memory-mapped splits never load whole
+        block = np.asarray(images[start:start + step], dtype=np.float64)
+        total += float(block.sum())
+        count += block.size
+    mean = total / max(count, 1)
+    return float(np.float32(mean / pixel_scale(prepared.meta["dtype"])))

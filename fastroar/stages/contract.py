@@ -1,0 +1,84 @@
+"""The stage contract: every stage is ``fn(ctx, **options)`` under one decorator.
+
+``Context`` carries what every stage needs: the resolved config, the workdir, where to log and whether
+to draw progress bars. ``open_context`` resolves the config the same way for every caller (the CLI,
+``run``, ``replicate``, the Python API): ``--config`` FILE, else ``--dataset``'s shipped YAML, else the
+workdir's saved config.yaml, else the default dataset; then ``--set`` overrides.
+
+``@stage(name)`` gives each stage the same lifecycle:
+
+- it holds the workdir's lock for that stage (a second process running the same stage on the same
+  workdir is refused; the OS drops the lock when its holder dies, even by SIGKILL);
+- it times the stage (``ctx.timings[name]``);
+- with ``saves_config=True`` it writes the config to <workdir>/config.yaml only once the stage has
+  succeeded, so a stage that fails leaves the saved config as it was.
+"""
+from __future__ import annotations
+
+import functools
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import yaml
+
+from fastroar.config import load_config
+from fastroar.engine.workspace import Workdir, atomic_write_text, stage_lock
+from fastroar.stages.checks import check_config
+
+
+@dataclass
+class Context:
+    """What a stage runs with: the config (a validated dict), the workdir, a log function and progress."""
+
+    cfg: dict[str, Any]
+    wd: Workdir
+    log: Callable[[str], None] = print
+    progress: bool = True
+    timings: dict[str, float] = field(default_factory=dict)
+    save_config: bool = True  # False inside `run`, which saves the config once, when all its stages succeeded
+
+
+def resolve_config(workdir: str | Path | None = None, *, dataset: str | None = None,
+                   config_path: str | None = None, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """The validated config of a call: --config FILE, else --dataset's shipped YAML, else the workdir's
+    saved config.yaml, else the default dataset's; then the --set overrides."""
+    saved = Path(workdir) / "config.yaml" if workdir is not None else None
+    use_saved = not (config_path or dataset) and saved is not None and saved.exists()
+    return check_config(load_config(dataset=dataset, path=saved if use_saved else config_path,
+                                    overrides=list(overrides)))
+
+
+def open_context(workdir: str | Path, *, dataset: str | None = None, config_path: str | None = None,
+                 overrides: Sequence[str] = (), create: bool = False, log: Callable[[str], None] = print,
+                 progress: bool = True) -> Context:
+    """The Context of a stage call: the config resolved and validated before anything is created, so a bad
+    option creates no workdir; create=True makes the workdir (stages that start a study: prepare, run)."""
+    cfg = resolve_config(workdir, dataset=dataset, config_path=config_path, overrides=overrides)
+    return Context(cfg, Workdir(workdir, create=create, store=cfg.get("store")), log, progress)
+
+
+def save_config(ctx: Context) -> None:
+    """<workdir>/config.yaml := the context's config (atomically)."""
+    atomic_write_text(ctx.wd.root / "config.yaml", yaml.safe_dump(ctx.cfg, sort_keys=False))
+
+
+def stage(name: str, *, saves_config: bool = False) -> Callable:
+    """Decorator of a stage function ``fn(ctx, **options)``: lock, timing and the saved config (module doc)."""
+
+    def decorate(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def wrapper(ctx: Context, **options: Any) -> Any:
+            with stage_lock(ctx.wd, name):
+                t0 = time.perf_counter()
+                result = fn(ctx, **options)
+                if saves_config and ctx.save_config:
+                    save_config(ctx)
+                ctx.timings[name] = ctx.timings.get(name, 0.0) + time.perf_counter() - t0
+                return result
+
+        wrapper.stage_name = name  # type: ignore[attr-defined]
+        return wrapper
+
+    return decorate

@@ -1,0 +1,116 @@
+"""The precompute stage: attribution scores on the device, ranked there, rank maps and masks to Zarr.
+
+Scores are ranked by ``fastroar.rank_and_mask`` on the device they were computed on, right after the
+backward pass, so only ranks and mask bits cross to the host. The first batch of each task is also
+ranked by the NumPy reference and must agree exactly (a cheap guard on the fast path).
+
+Work is planned as chunk tasks (model, attribution, split, chunk ids): the local executor runs them in
+turn, the Ray executor one task per chunk-aligned range, each writing disjoint Zarr chunks.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from fastroar.attribution import attribute, check_attribution
+from fastroar.engine.executors import LocalExecutor
+from fastroar.engine.kernels import rank_and_mask
+from fastroar.engine.kernels.reference import rank_reference
+from fastroar.engine.store import RankStore
+from fastroar.engine.workspace import SPLITS, Workdir
+from fastroar.method import to_model_input
+from fastroar.stages.artifacts import identity, load_model, load_prepared, resolve_device
+from fastroar.stages.contract import Context, stage
+
+
+@dataclass(frozen=True)
+class ChunkTask:
+    model: str
+    attribution: str
+    split: str
+    chunks: tuple[int, ...]
+
+
+def rank_batch(model: torch.nn.Module, x: torch.Tensor, attribution: str, params: dict[str, Any],
+               indices: Sequence[int], levels: Sequence[float]):
+    """One batch attributed and ranked on its device: host (ranks, top, bottom) and the device scores."""
+    scores = attribute(model, x, attribution, indices=indices, **params).reshape(len(x), -1)
+    ranks, top, bottom = rank_and_mask(scores, list(levels))
+    return ranks.cpu().numpy(), top.cpu().numpy(), bottom.cpu().numpy(), scores
+
+
+def compute_chunks(task: ChunkTask, cfg: dict[str, Any], workdir: Workdir) -> int:
+    """An executor task: computes and writes the task's chunks (skipping any done meanwhile)."""
+    prepared = load_prepared(cfg, workdir)
+    device = resolve_device(cfg["device"])
+    model, ckpt = load_model(workdir, task.model, prepared)
+    model.to(device)
+    ident = identity(cfg, prepared, ckpt["hash"], task.attribution)
+    arrays = RankStore(str(workdir.store_path)).open_entry(task.model, task.attribution, ident).split(task.split)
+    images, _ = prepared.arrays(task.split)
+    batch_size = int(cfg["precompute"]["batch_size"])
+    done = arrays.done_chunks()
+    checked = False
+    written = 0
+    for c in task.chunks:
+        if done[c]:
+            continue
+        start, stop = arrays.chunk_range(c)
+        parts = []
+        for b0 in range(start, stop, batch_size):
+            b1 = min(stop, b0 + batch_size)
+            x = to_model_input(images[b0:b1]).to(device)
+            *out, scores = rank_batch(model, x, task.attribution, ident["attribution_params"], range(b0, b1),
+                                      ident["levels"])
+            if not checked:
+                if not np.array_equal(out[0], rank_reference(scores.float().cpu().numpy())):
+                    raise RuntimeError("the rank kernel disagrees with the NumPy reference; set "
+                                       "FASTROAR_BACKEND=numpy to work around it, and report this bug")
+                checked = True
+            parts.append(out)
+        arrays.write_chunk(c, *(np.concatenate(p) for p in zip(*parts)))
+        written += 1
+    return written
+
+
+def plan_precompute(cfg: dict[str, Any], workdir: Workdir, models: Sequence[str] | None = None,
+                    attributions: Sequence[str] | None = None, chunks_per_task: int | None = None) -> list[ChunkTask]:
+    """Creates (or checks) each entry and returns tasks covering its missing chunks.
+
+    chunks_per_task=None gives one task per (entry, split); an integer cuts them into ranges that size.
+    """
+    for a in attributions or ():
+        check_attribution(a)
+    prepared = load_prepared(cfg, workdir)
+    models = list(models or [m["name"] for m in cfg["models"]])
+    loaded = {name: load_model(workdir, name, prepared)[1]["hash"] for name in models}  # all exist, or fail first
+    store = RankStore(str(workdir.store_path))
+    tasks = []
+    for name, model_hash in loaded.items():
+        for attribution in attributions or cfg["attributions"]:
+            entry = store.open_entry(name, attribution, identity(cfg, prepared, model_hash, attribution),
+                                     {s: prepared.size(s) for s in SPLITS},
+                                     chunk_size=cfg["precompute"].get("chunk_size"))
+            for split in SPLITS:
+                missing = entry.split(split).missing_chunks()
+                step = chunks_per_task or max(1, len(missing))
+                tasks += [ChunkTask(name, attribution, split, tuple(missing[i:i + step]))
+                          for i in range(0, len(missing), step)]
+    return tasks
+
+
+@stage("precompute")
+def precompute(ctx: Context, *, models: Sequence[str] | None = None, attributions: Sequence[str] | None = None,
+               executor=None) -> int:
+    """Fills every missing chunk of every (model, attribution) entry; returns the chunks computed."""
+    cfg, workdir, progress, log = ctx.cfg, ctx.wd, ctx.progress, ctx.log
+    executor = executor or LocalExecutor()
+    per_task = 1 if executor.name == "ray" else None
+    tasks = plan_precompute(cfg, workdir, models, attributions, chunks_per_task=per_task)
+    n_chunks = sum(len(t.chunks) for t in tasks)
+    log(f"[precompute] {n_chunks} chunks to compute in {len(tasks)} tasks ({executor.name} executor)")
+    computed = sum(executor.map(compute_chunks, [(t, cfg, workdir) for t in tasks], progress, "precompute"))
+    return computed

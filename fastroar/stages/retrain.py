@@ -1,0 +1,199 @@
+"""The retrain stage: for each job, a fresh model trained and tested on data unmasked by the job's scheme.
+
+Train and test splits are both unmasked by the same scheme (top-k or bottom-k of the base model's
+attribution ranks); coordinates outside the kept set are zero. Finished jobs are found by key in the
+results log and not run again, so an interrupted sweep resumes where it stopped.
+
+MLP jobs (linear, mlp1, mlp2) on device-resident data are trained together: the todo jobs of one
+(base model, attribution, architecture, recipe) go in groups of up to ``retrain.batch_models`` to one
+executor task, which trains the group as one stack of models (fastroar.training.batched) and returns
+one record per job. A model's result does not depend on its group, so a killed group reruns only its
+missing jobs and gets the records the uninterrupted run would have. Other jobs (resnet18, or data
+streamed through FFCV) run one model per task.
+"""
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from fastroar import __version__
+from fastroar.engine.executors import LocalExecutor
+from fastroar.engine.faults import fault_point
+from fastroar.engine.loaders import choose_path
+from fastroar.engine.results import append_result, read_results
+from fastroar.engine.store import RankStore, SplitArrays
+from fastroar.engine.workspace import SPLITS, Workdir
+from fastroar.errors import MissingInputError
+from fastroar.method import rank_dtype
+from fastroar.models import build_model
+from fastroar.stages.artifacts import (Prepared, fill_value, identity, load_model, load_prepared, resolve_device,
+                                       retrain_recipe)
+from fastroar.stages.contract import Context, stage
+from fastroar.training.batched import Spec, batchable, train_stacked
+from fastroar.training.jobs import Job, sweep
+from fastroar.training.loop import Recipe, evaluate, train_model
+
+
+DEFAULT_BATCH_MODELS = 16
+
+
+def plan(cfg: dict[str, Any], workdir: Workdir, *, models: Sequence[str] | None = None,
+         attributions: Sequence[str] | None = None, levels: Sequence[float] | None = None,
+         directions: Sequence[str] | None = None, n_seeds: int | None = None) -> list[Job]:
+    """The sweep's jobs, after checking each (model, attribution) has complete ranks from that model."""
+    prepared = load_prepared(cfg, workdir)
+    store = RankStore(str(workdir.store_path), mode="r")
+    models = list(models or [m["name"] for m in cfg["models"]])
+    attributions = list(attributions or cfg["attributions"])
+    hashes = {}
+    for name in models:
+        _, ckpt = load_model(workdir, name, prepared)
+        hashes[name] = ckpt["hash"]
+        for a in attributions:
+            entry = store.open_entry(name, a, identity(cfg, prepared, ckpt["hash"], a))
+            if not entry.is_complete():
+                raise MissingInputError(f"ranks of {name}/{a} are incomplete in {store.path}; "
+                                        f"run `fastroar precompute --workdir {workdir.root}` (it resumes)")
+    recipe = retrain_recipe(cfg, prepared.size("train")).to_dict()
+    return sweep(cfg, hashes, prepared.meta["key"], recipe, models, attributions,
+                 levels or cfg["levels"], directions or cfg["retrain"]["directions"],
+                 range(n_seeds or cfg["retrain"]["seeds"]), fill=fill_value(cfg, prepared))
+
+
+_CHECKED: set[tuple] = set()
+
+
+def _ranks(store_path: str, model: str, attribution: str, split: str):
+    """The split's rank map as a (lazy) Zarr array, every chunk checked against its checksum once per process
+    and store state. The FFCV path streams it chunk by chunk; the resident paths read it whole."""
+    store = RankStore(store_path, mode="r")
+    arrays = SplitArrays(store.root[store.entry_path(model, attribution)][split])
+    state = (store_path, model, attribution, split, arrays.group["done"][:].tobytes())
+    if state not in _CHECKED:
+        arrays.check()
+        _CHECKED.add(state)
+    return arrays.ranks
+
+
+def run_job(job: Job, cfg: dict[str, Any], workdir: Workdir, prepared: Prepared | None = None,
+            progress: bool = False) -> dict[str, Any]:
+    """Trains and evaluates one job's model; returns its result record (not yet logged)."""
+    prepared = prepared or load_prepared(cfg, workdir)
+    device = resolve_device(cfg["device"])
+    if stackable(job, cfg, prepared, device):
+        return run_group([job], cfg, workdir, prepared)[0]
+    recipe = Recipe(**job.recipe)
+    t0 = time.perf_counter()
+    mask = dict(k=job.k, direction=job.direction, fill=job.fill)
+    store = str(workdir.store_path)
+    train_loader, path_name = prepared.loader(
+        "train", mode=cfg["loader"], batch_size=recipe.batch_size, seed=job.seed, train=True, device=device,
+        ranks=_ranks(store, job.model, job.attribution, "train"), **mask)
+    test_loader, _ = prepared.loader(
+        "test", mode=cfg["loader"], batch_size=512, seed=0, train=False, device=device,
+        ranks=_ranks(store, job.model, job.attribution, "test"), **mask)
+    torch.manual_seed(job.seed)
+    model = build_model(job.arch, prepared.shape, prepared.num_classes, **job.arch_params).to(device)
+    stats = train_model(model, train_loader, recipe, desc=f"retrain {job.direction}-{job.k}", progress=progress)
+    accuracy = evaluate(model, test_loader, recipe)
+    return _record(job, recipe, accuracy, stats, time.perf_counter() - t0, path_name, device, 1)
+
+
+def _record(job: Job, recipe: Recipe, accuracy: float, stats: dict[str, Any], seconds: float, loader: str,
+            device: torch.device, group_size: int) -> dict[str, Any]:
+    return job.to_dict() | {
+        "accuracy": accuracy, "train_acc": stats["train_acc"], "loss": stats["loss"],
+        "recipe_name": recipe.name, "seconds": round(seconds, 3), "loader": loader, "group_size": group_size,
+        "device": str(device), "fastroar_version": __version__, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+
+
+def stackable(job: Job, cfg: dict[str, Any], prepared: Prepared, device: torch.device) -> bool:
+    """Whether the job trains in a stack: an MLP whose train and test splits (with their rank maps) take
+    the resident path (the engine's one rule, fastroar.engine.loaders.choose_path)."""
+    if not batchable(job.arch):
+        return False
+    n = sum(prepared.size(s) for s in SPLITS)
+    return choose_path(cfg["loader"], n, prepared.shape, rank_dtype(prepared.d).itemsize, device) == "resident"
+
+
+def groups(jobs: Sequence[Job], cfg: dict[str, Any], prepared: Prepared, device: torch.device) -> list[list[Job]]:
+    """Executor tasks: stackable jobs of one (model, attribution, arch, recipe) in groups of up to
+    retrain.batch_models (in sweep order), every other job alone."""
+    size = int(cfg["retrain"].get("batch_models", DEFAULT_BATCH_MODELS))
+    out: list[list[Job]] = []
+    open_groups: dict[str, list[Job]] = {}
+    for job in jobs:
+        if size <= 1 or not stackable(job, cfg, prepared, device):
+            out.append([job])
+            continue
+        key = json.dumps([job.model, job.attribution, job.model_hash, job.arch, job.arch_params, job.recipe,
+                          job.fill], sort_keys=True)
+        group = open_groups.get(key)
+        if group is None or len(group) >= size:
+            group = open_groups[key] = []
+            out.append(group)
+        group.append(job)
+    return out
+
+
+def run_group(jobs: Sequence[Job], cfg: dict[str, Any], workdir: Workdir,
+              prepared: Prepared | None = None) -> list[dict[str, Any]]:
+    """Trains the jobs of one group (same model, attribution, arch, recipe) as one stack; their records."""
+    prepared = prepared or load_prepared(cfg, workdir)
+    device = resolve_device(cfg["device"])
+    first = jobs[0]
+    if any((j.model, j.attribution, j.arch, j.arch_params, j.recipe)
+           != (first.model, first.attribution, first.arch, first.arch_params, first.recipe) for j in jobs):
+        raise ValueError("a group's jobs must share model, attribution, arch and recipe")
+    recipe = Recipe(**first.recipe)
+    store = str(workdir.store_path)
+    t0 = time.perf_counter()
+    # the stack holds both splits whole (stackable() checked they fit): read the rank maps once
+    split = {s: (*prepared.arrays(s), np.asarray(_ranks(store, first.model, first.attribution, s)[:]))
+             for s in ("train", "test")}
+    results = train_stacked(first.arch, first.arch_params, prepared.shape, prepared.num_classes,
+                            split["train"], split["test"], [Spec(j.k, j.direction, j.seed, j.fill) for j in jobs],
+                            recipe, device)
+    seconds = (time.perf_counter() - t0) / len(jobs)
+    return [_record(j, recipe, r["accuracy"], r, seconds, "resident", device, len(jobs))
+            for j, r in zip(jobs, results)]
+
+
+def run_job_task(job: Job, cfg: dict[str, Any], workdir: Workdir) -> dict[str, Any]:
+    """An executor task: one job, everything loaded from the (shared) workdir."""
+    return run_job(job, cfg, workdir)
+
+
+def run_group_task(jobs: list[Job], cfg: dict[str, Any], workdir: Workdir) -> list[dict[str, Any]]:
+    """An executor task: a group of jobs (one stack, or one job alone); their records."""
+    if len(jobs) == 1:
+        return [run_job(jobs[0], cfg, workdir)]
+    return run_group(jobs, cfg, workdir)
+
+
+@stage("retrain")
+def retrain(ctx: Context, *, executor=None, **selection: Any) -> list[dict[str, Any]]:
+    """Runs every job of the sweep that has no record yet; returns the sweep's records."""
+    cfg, workdir, progress, log = ctx.cfg, ctx.wd, ctx.progress, ctx.log
+    executor = executor or LocalExecutor()
+    jobs = plan(cfg, workdir, **selection)
+    results_path = workdir.results_path
+    done = read_results(results_path)
+    todo = [j for j in jobs if j.key not in done]
+    tasks = groups(todo, cfg, load_prepared(cfg, workdir), resolve_device(cfg["device"])) if todo else []
+    log(f"[retrain] {len(jobs)} jobs: {len(jobs) - len(todo)} already done, {len(todo)} to run "
+        f"in {len(tasks)} tasks ({executor.name} executor, recipe {retrain_recipe(cfg).name})")
+    for records in executor.map(run_group_task, [(group, cfg, workdir) for group in tasks], progress, "retrain"):
+        for record in records:
+            append_result(results_path, record)
+            fault_point("retrain.after_append")
+    done = read_results(results_path)
+    paths = sorted({done[j.key]["loader"] for j in jobs if j.key in done})
+    log(f"[retrain] {sum(j.key in done for j in jobs)}/{len(jobs)} jobs recorded in {results_path} "
+        f"(data path: {', '.join(paths)})")
+    return [done[j.key] for j in jobs if j.key in done]

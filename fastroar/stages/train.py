@@ -1,0 +1,70 @@
+"""The train stage: the config's base models (standard and PGD-robust), checkpointed with a content hash."""
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import torch
+
+from fastroar.engine.workspace import Workdir, atomic_save, atomic_write_text
+from fastroar.errors import StoreMismatchError
+from fastroar.models import build_model, state_hash
+from fastroar.stages.artifacts import (Prepared, checkpoint_path, config_diff, load_prepared, model_config,
+                                       resolve_device)
+from fastroar.stages.contract import Context, stage
+from fastroar.training.loop import Recipe, evaluate, robust_accuracy, train_model
+from fastroar.training.pgd import Adversary
+
+
+@stage("train")
+def train(ctx: Context) -> list[dict[str, Any]]:
+    """Trains each model of cfg['models'] that has no checkpoint yet; returns their summaries."""
+    cfg, workdir, progress, log = ctx.cfg, ctx.wd, ctx.progress, ctx.log
+    prepared = load_prepared(cfg, workdir)
+    device = resolve_device(cfg["device"])
+    summaries = []
+    for spec in cfg["models"]:
+        mcfg = model_config(cfg, spec)
+        path = checkpoint_path(workdir, spec["name"])
+        if path.exists():
+            ckpt = torch.load(path, map_location="cpu", weights_only=False)
+            if ckpt["config"] != json.loads(json.dumps(mcfg)):
+                raise StoreMismatchError(
+                    f"{path} was trained with another config ({config_diff(ckpt['config'], mcfg)}); delete "
+                    f"{path.parent} to retrain it, or use another --workdir")
+            log(f"[train] {spec['name']}: checkpoint exists ({ckpt['hash'][:12]}), skipped")
+            summaries.append(ckpt["summary"])
+            continue
+        summaries.append(train_one(mcfg, prepared, cfg, workdir, device, progress, log))
+    return summaries
+
+
+def train_one(mcfg: dict[str, Any], prepared: Prepared, cfg: dict[str, Any], workdir: Workdir,
+              device: torch.device, progress: bool, log) -> dict[str, Any]:
+    recipe = Recipe(**mcfg["recipe"])
+    adversary = Adversary(**mcfg["adversary"]) if mcfg["adversary"] else None
+    torch.manual_seed(mcfg["seed"])
+    model = build_model(mcfg["arch"], prepared.shape, prepared.num_classes, **mcfg["params"]).to(device)
+    t0 = time.perf_counter()
+    train_loader, path_name = prepared.loader("train", mode=cfg["loader"], batch_size=recipe.batch_size,
+                                              seed=mcfg["seed"], train=True, device=device)
+    test_loader, _ = prepared.loader("test", mode=cfg["loader"], batch_size=512, seed=0, train=False,
+                                     device=device)
+    stats = train_model(model, train_loader, recipe, adversary=adversary, bounds=prepared.bounds,
+                        desc=f"train {mcfg['name']}", progress=progress)
+    summary = {"name": mcfg["name"], "test_acc": evaluate(model, test_loader), **stats,
+               "seconds": round(time.perf_counter() - t0, 2), "loader": path_name}
+    if adversary is not None:
+        summary["robust_test_acc"] = robust_accuracy(model, test_loader, adversary, prepared.bounds)
+    model_hash = state_hash(model, mcfg)
+    summary["hash"] = model_hash
+    model.cpu()
+    out = checkpoint_path(workdir, mcfg["name"])
+    atomic_save({"state_dict": model.state_dict(), "config": mcfg, "hash": model_hash, "summary": summary}, out)
+    atomic_write_text(out.parent / "model.json", json.dumps(summary | {"config": mcfg}, indent=2))
+    extra = f", robust acc {summary['robust_test_acc']:.3f}" if "robust_test_acc" in summary else ""
+    log(f"[train] {mcfg['name']}: test acc {summary['test_acc']:.3f}{extra} "
+        f"in {summary['seconds']:.1f}s ({path_name} loader)")
+    return summary
+

@@ -1,0 +1,41 @@
+"""A workdir written by fastroar 0.1.0 (before the package was restructured into layers) resumes under
+this version without recomputing: same dataset key, model hashes, store identity and job keys.
+
+tests/data/workdir-0.1.0.tar.gz is `fastroar run` of 0.1.0 on the tiny blockdigits settings of
+tests/conftest.py (TINY), packed as it was left.
+"""
+from __future__ import annotations
+
+import hashlib
+import tarfile
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from fastroar.cli import cli
+from tests.conftest import tiny_args
+
+ARCHIVE = Path(__file__).parent / "data" / "workdir-0.1.0.tar.gz"
+
+
+def digest_tree(root: Path, parts: tuple[str, ...]) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for part in parts for p in sorted((root / part).rglob("*")) if p.is_file()}
+
+
+def test_workdir_of_0_1_0_resumes_without_recomputing(tmp_path):
+    with tarfile.open(ARCHIVE) as tar:
+        tar.extractall(tmp_path, filter="data")
+    wd = tmp_path / "oldwd"
+    kept = ("data", "models", "masks.zarr", "results")
+    before = digest_tree(wd, kept)
+    old_csv = (wd / "report" / "diffroar.csv").read_text()
+    result = CliRunner().invoke(cli, ["run", "--workdir", str(wd), "--no-progress", *tiny_args()])
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "already in" in out
+    assert "standard: checkpoint exists" in out and "robust: checkpoint exists" in out
+    assert "0 chunks to compute" in out
+    assert "32 jobs: 32 already done, 0 to run" in out
+    assert digest_tree(wd, kept) == before   # nothing rewritten
+    assert (wd / "report" / "diffroar.csv").read_text() == old_csv
