@@ -27,7 +27,7 @@ from fastroar.training.loop import Recipe, fast_recipe
 # ---------------------------------------------------------------- data
 
 # Parameters that say how to obtain data, not what the data are: they do not enter the key.
-NON_IDENTITY_PARAMS = ("download",)
+NON_IDENTITY_PARAMS = ("download", "verify_checksums")
 
 
 def dataset_key(cfg: dict[str, Any]) -> str:
