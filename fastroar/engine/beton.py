@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import replace
 import functools
+import glob
 import hashlib
 import json
 import os
@@ -109,6 +110,26 @@ def _writer_progress(enabled: bool) -> Iterator[None]:
         ffcv.writer.tqdm = original
 
 
+def _orphans(path: str) -> list[str]:
+    """Temporary files a killed writer of `path` left behind (its process no longer exists)."""
+    out = []
+    for f in glob.glob(glob.escape(path) + ".*.*"):
+        pid = f[len(path) + 1:].split(".", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            out.append(f)
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _page_size(sample_bytes: int, n: int) -> int:
     """FFCV's default page for real datasets, smaller ones for tiny files; always room for 2 samples."""
     page = _MIN_PAGE
@@ -149,11 +170,11 @@ def write_beton(path: str, images: np.ndarray, labels: np.ndarray, *, progress: 
     shape = tuple(int(s) for s in images.shape[1:])
     sample_bytes = int(np.prod(shape)) * np.dtype(images.dtype).itemsize
 
-    tmp = path + ".tmp"
-    errors = path + ".errors"
-    for stale in (tmp, path + ".json.tmp", *_failures(errors)):
-        if os.path.exists(stale):
-            os.remove(stale)
+    # Names unique to this process: a second writer of the same path (which the prepare lock refuses, but a
+    # caller of this function may not hold it) can never write into our file or delete it under us.
+    tmp, sidecar_tmp, errors = (f"{path}.{os.getpid()}.{suffix}" for suffix in ("tmp", "json.tmp", "errors"))
+    for stale in _orphans(path):
+        os.remove(stale)
     workers = num_workers or max(1, min(os.cpu_count() or 1, 8, (len(labels) + 999) // 1000))
     writer = DatasetWriter(tmp, {"image": NDArrayField(dtype=images.dtype, shape=shape), "label": IntField()},
                            page_size=_page_size(sample_bytes, len(labels)), num_workers=workers)
@@ -166,13 +187,13 @@ def write_beton(path: str, images: np.ndarray, labels: np.ndarray, *, progress: 
             raise failure
         meta = {"n": int(len(labels)), "shape": list(shape), "dtype": images.dtype.name,
                 "size_bytes": os.path.getsize(tmp), "sha256": _sha256(tmp)}
-        with open(path + ".json.tmp", "w") as f:
+        with open(sidecar_tmp, "w") as f:
             json.dump(meta, f, indent=2)
         # The data first, then its sidecar: a kill in between leaves a pair that fails verify_beton.
         os.replace(tmp, path)
-        os.replace(path + ".json.tmp", path + ".json")
+        os.replace(sidecar_tmp, path + ".json")
     except BaseException:
-        for stale in (tmp, path + ".json.tmp", *_failures(errors)):
+        for stale in (tmp, sidecar_tmp, *_failures(errors)):
             if os.path.exists(stale):
                 os.remove(stale)
         raise
