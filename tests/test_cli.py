@@ -88,7 +88,7 @@ BAD_INPUTS = [
     (["retrain", "--k", "0"], "k must lie strictly between 0 and 1"),
     (["retrain", "--k", "1.5"], "k must lie strictly between 0 and 1"),
     (["retrain", "--k", "abc"], "k must be a number"),
-    (["retrain", "--seeds", "0"], "x>=1"),
+    (["retrain", "--seeds", "0"], "1<=x<=1000"),
     (["train", "--set", "models=[{name: r, adversary: {norm: linf, eps: -0.1}}]"], "eps must be > 0"),
     (["precompute", "--attribution", "saliency"], "unknown attribution 'saliency'"),
     (["run", "--set", "levels=[0.2, 1.0]"], "k must lie strictly between 0 and 1"),
@@ -120,7 +120,7 @@ def test_missing_stage_inputs_name_the_stage_to_run(tmp_path):
     result = CliRunner().invoke(cli, ["precompute", "--workdir", wd])
     assert result.exit_code == 2 and "run `fastroar train" in result.output
     result = CliRunner().invoke(cli, ["report", "--workdir", wd])
-    assert result.exit_code == 2 and "run `fastroar retrain" in result.output
+    assert result.exit_code == 2 and "run `fastroar train" in result.output
 
 
 def test_store_from_another_model_is_refused_and_kept(run_workdir, tmp_path):

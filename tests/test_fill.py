@@ -42,12 +42,17 @@ def test_mean_fill_jobs_records_and_report(run_workdir, tmp_path):
         assert twin["fill"] == 0.0 and twin["key"] != r["key"]
 
     out = invoke("report", "--workdir", str(wd), "--fill", "mean").output
-    assert "0.250" in out and "0.500" not in out.split("Signal-block")[0]  # only the mean-filled level
+    table = out.split("Signal-block")[0]
+    # only the mean-filled cells have values; the zero-filled records are named, never mixed in
+    assert f"retrain.fill 0 vs {want:g} (32)" in out
+    rows = [line.split() for line in table.splitlines() if line.strip().startswith(("robust", "standard"))]
+    filled = [r for r in rows if "missing" not in r]
+    assert [r[:3] for r in filled] == [["robust", "gradient", "0.250"]] and len(rows) == 8
     plain = invoke("report", "--workdir", str(wd)).output
-    assert "0.500" in plain.split("Signal-block")[0]                      # zero fill: the original sweep
+    assert "missing" not in plain and "0.500" in plain.split("Signal-block")[0]  # zero fill: the original sweep
 
 
 def test_bad_fill_is_a_config_error(run_workdir):
     ref, _ = run_workdir
     result = CliRunner().invoke(cli, ["retrain", "--workdir", str(ref), "--set", "retrain.fill=median"])
-    assert result.exit_code == 2 and "retrain.fill must be zero, mean or a number" in result.output
+    assert result.exit_code == 2 and "retrain.fill must be zero, mean or a number, got 'median'" in result.output

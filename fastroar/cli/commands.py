@@ -63,7 +63,8 @@ def precompute(workdir, dataset, config_path, overrides, device, loader, progres
 @click.option("--k", "levels", multiple=True, callback=parse_levels,
               help="Level(s) k in (0, 1): fraction of coordinates kept (repeatable or comma-separated).")
 @click.option("--direction", type=click.Choice(["top", "bottom", "both"]), default="both", show_default=True)
-@click.option("--seeds", type=click.IntRange(min=1), default=None, help="Runs per (level, direction).")
+@click.option("--seeds", type=click.IntRange(min=1, max=1000), default=None,
+              help="Runs per (level, direction), at most 1000  [default: the config's retrain.seeds]")
 @click.option("--model", "models", multiple=True, help="Only this base model (repeatable).")
 @click.option("--attribution", "attributions", multiple=True, help="Only this attribution (repeatable).")
 @FILL_OPTION
@@ -120,14 +121,15 @@ def estimate(workdir, dataset, config_path, overrides, device, loader, progress,
     click.echo(f"[estimate] done in {time.perf_counter() - t0:.1f}s")
 
 
-@cli.command()
+@cli.command(short_help="Reproduce the paper's findings (leakage, BlockMNIST, DiffROAR).")
 @common_options
 @click.option("--quick", is_flag=True, help="Tiny settings (seconds; for tests), not for conclusions.")
 @click.option("--instances", type=click.IntRange(min=1), default=20, show_default=True,
               help="Rows (test instances) in the leakage gradient figure.")
 @fail_cleanly
 def replicate(workdir, dataset, config_path, overrides, device, loader, progress, quick, instances) -> None:
-    """Reproduce the paper's findings (Fig. 5 / Theorem 1, BlockMNIST-style, DiffROAR) into <workdir>/replicate/."""
+    """Reproduce the paper's findings into <workdir>/replicate/: feature leakage (Fig 5, Theorem 1), BlockMNIST-style
+    gradients, DiffROAR standard vs robust."""
     from fastroar.stages.replicate import replicate as replicate_stage
 
     t0 = time.perf_counter()

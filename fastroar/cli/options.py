@@ -5,6 +5,7 @@ Errors a user can cause end in one message naming the fix and exit code 2, witho
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -26,6 +27,11 @@ def fail_cleanly(fn: Callable) -> Callable:
         except FastroarError as e:
             click.echo(f"Error: {e}", err=True)
             sys.exit(2)
+        except BrokenPipeError:  # e.g. `fastroar report | head -1`: the reader left; the files are complete
+            _silence_stdout()
+            click.echo("Error: the output pipe closed before everything was printed (broken pipe); the files "
+                       "written are complete: rerun without the pipe, or read them", err=True)
+            sys.exit(2)
         except OSError as e:  # the machine refused (permissions, disk full, ...): say what and where
             where = f" ({e.filename})" if e.filename else ""
             click.echo(f"Error: {e.strerror or e}{where}; check that the path is writable and has space, "
@@ -36,6 +42,15 @@ def fail_cleanly(fn: Callable) -> Callable:
             sys.exit(130)
 
     return wrapper
+
+
+def _silence_stdout() -> None:
+    """Points stdout at /dev/null so that Python's final flush does not fail a second time."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # no real stdout (e.g. under a test runner)
+        pass
 
 
 def common_options(fn: Callable) -> Callable:
@@ -53,7 +68,8 @@ def common_options(fn: Callable) -> Callable:
                      help="Where models train and attributions run (config default: auto)."),
         click.option("--loader", default=None, type=click.Choice(["auto", "ffcv", "resident"]),
                      help="Data path: FFCV streaming, device-resident, or auto (resident when it fits)."),
-        click.option("--progress/--no-progress", default=True, help="Show progress bars."),
+        click.option("--progress/--no-progress", default=None,
+                     help="Show progress bars (default: only when stderr is a terminal, so logs stay clean)."),
     ]
     for option in reversed(options + DATA_OPTIONS):
         fn = option(fn)
@@ -90,9 +106,9 @@ DATA_OPTIONS = [  # where a dataset read from disk lives, and where the rank sto
                   help="Directory of a dataset read from disk (torchvision layout, or train/ and val/ folders)."),
     config_option("--download/--no-download", key="dataset.params.download", to_yaml=lambda b: str(b).lower(),
                   help="Let torchvision fetch the dataset into --data-root (needs internet)."),
-    config_option("--image-size", key="dataset.params.image_size", type=click.IntRange(min=8),
+    config_option("--image-size", key="dataset.params.image_size", type=click.IntRange(min=8, max=1024),
                   help="Side of the square images of imagenet10 / folder datasets (e.g. 112 or 224)."),
-    config_option("--store", key="store", metavar="PATH|URL", to_yaml=_quoted,
+    config_option("--store", key="store", metavar="PATH|URL", to_yaml=_quoted,  # local paths saved absolute
                   help="Rank store location instead of <workdir>/masks.zarr: a path or an fsspec URL "
                        "(s3://, gs://, file://); saved in the workdir's config."),
 ]
@@ -137,6 +153,8 @@ def context(workdir: str, dataset: str | None, config_path: str | None, override
         sets.append(f"device={device}")
     if loader:
         sets.append(f"loader={loader}")
+    if progress is None:
+        progress = sys.stderr.isatty()
     return open_context(workdir, dataset=dataset, config_path=config_path, overrides=sets, create=create,
                         log=click.echo, progress=progress)
 

@@ -12,6 +12,7 @@ from typing import Any, Iterable
 
 import yaml
 
+from fastroar.config import schema
 from fastroar.errors import ConfigError
 from fastroar.method import DIRECTIONS, RECIPES, check_level
 
@@ -35,6 +36,8 @@ def load_config(dataset: str | None = None, path: str | Path | None = None,
     """The config from `path`, else configs/<dataset>.yaml, with `key.sub=value` overrides applied."""
     if path is not None:
         p = Path(path)
+        if p.is_dir():
+            raise ConfigError(f"--config {p} is a directory; pass a YAML file (e.g. configs/blockdigits.yaml)")
         if not p.is_file():
             raise ConfigError(f"config file {p} does not exist")
     else:
@@ -44,11 +47,16 @@ def load_config(dataset: str | None = None, path: str | Path | None = None,
             raise ConfigError(f"unknown dataset {name!r}; choose one of: {', '.join(available_configs())} "
                               "(or pass --config FILE)")
     try:
-        cfg = yaml.safe_load(p.read_text()) or {}
+        cfg = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{p} is not a text file; --config takes a YAML file") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"{p} is not valid YAML: {e}") from e
+        first = " ".join(str(e).split())
+        raise ConfigError(f"{p} is not valid YAML: {first}") from None
+    schema.check(cfg, source=str(p))
     for item in overrides:
         set_dotted(cfg, item)
+    schema.check(cfg, source=f"{p} with --set {' '.join(overrides)}" if overrides else str(p))
     return validate(cfg)
 
 
@@ -58,6 +66,8 @@ def set_dotted(cfg: dict[str, Any], item: str) -> None:
         raise ConfigError(f"override {item!r} must look like key.sub=value")
     key, raw = item.split("=", 1)
     parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"override {item!r} names no key; write it as key.sub=value, e.g. train.epochs=5")
     node = cfg
     for part in parts[:-1]:
         node = node.setdefault(part, {})
@@ -66,7 +76,7 @@ def set_dotted(cfg: dict[str, Any], item: str) -> None:
     try:
         node[parts[-1]] = yaml.safe_load(raw)
     except yaml.YAMLError as e:
-        raise ConfigError(f"override {item!r}: value is not valid YAML ({e})") from e
+        raise ConfigError(f"override {item!r}: value is not valid YAML ({' '.join(str(e).split())})") from None
 
 
 def validate(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -115,6 +125,9 @@ def validate(cfg: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"retrain.fill must be zero, mean or a number, got {fill!r}")
     if cfg.get("store") is not None and not (isinstance(cfg["store"], str) and cfg["store"].strip()):
         raise ConfigError(f"store must be a path or an fsspec URL, got {cfg['store']!r}")
+    if cfg.get("store") and "://" not in cfg["store"]:
+        # a local path is kept absolute, so the saved config finds it from any working directory
+        cfg["store"] = str(Path(cfg["store"]).expanduser().resolve())
     if cfg.setdefault("device", "auto") not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"device must be auto, cpu or cuda, got {cfg['device']!r}")
     return cfg

@@ -115,13 +115,17 @@ def split_dir(root: Path, names: Sequence[str]) -> Path:
                             f"{root}/{names[0]}/<class>/<image>)")
 
 
+MAX_IMAGE_SIZE = 1024  # a 1024 x 1024 x 3 image is 3 MiB; beyond that a typo, not a study
+
+
 def check_image_size(image_size: Any, resize: Any) -> tuple[int, int]:
     """(image_size, resize) validated; resize defaults to round(image_size * 8/7)."""
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 8:
-        raise ConfigError(f"image_size must be an integer >= 8, got {image_size!r}")
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or not 8 <= image_size <= MAX_IMAGE_SIZE:
+        raise ConfigError(f"image_size must be an integer from 8 to {MAX_IMAGE_SIZE} (the paper uses 112 or "
+                          f"224), got {image_size!r}")
     if resize is None:
         return image_size, default_resize(image_size)
-    if isinstance(resize, bool) or not isinstance(resize, int) or resize < image_size:
+    if isinstance(resize, bool) or not isinstance(resize, int) or not image_size <= resize <= 2 * MAX_IMAGE_SIZE:
         raise ConfigError(f"resize (the shorter side before the center crop) must be an integer >= image_size "
                           f"({image_size}), got {resize!r}")
     return image_size, resize

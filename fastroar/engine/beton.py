@@ -19,6 +19,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from fastroar.engine.faults import fault_point
 from fastroar.errors import BetonError
 
 IMAGE_DTYPES = (np.dtype(np.uint8), np.dtype(np.float32))
@@ -189,6 +190,7 @@ def write_beton(path: str, images: np.ndarray, labels: np.ndarray, *, progress: 
                 "size_bytes": os.path.getsize(tmp), "sha256": _sha256(tmp)}
         with open(sidecar_tmp, "w") as f:
             json.dump(meta, f, indent=2)
+        fault_point("beton.after_write")
         # The data first, then its sidecar: a kill in between leaves a pair that fails verify_beton.
         os.replace(tmp, path)
         os.replace(sidecar_tmp, path + ".json")

@@ -16,18 +16,29 @@ from fastroar.engine.faults import fault_point
 
 def read_results(path: Path) -> dict[str, dict[str, Any]]:
     """Records by job key; malformed (truncated) lines are ignored."""
+    return read_results_checked(path)[0]
+
+
+def read_results_checked(path: Path) -> tuple[dict[str, dict[str, Any]], list[int]]:
+    """(records by job key, 1-based numbers of the lines that hold no record: torn by a kill, or garbage)."""
     records: dict[str, dict[str, Any]] = {}
+    unreadable: list[int] = []
     if not path.exists():
-        return records
+        return records, unreadable
     with open(path, "rb") as f:
-        for line in f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
             try:
                 rec = json.loads(line)
             except (json.JSONDecodeError, UnicodeDecodeError):
+                unreadable.append(number)
                 continue
-            if isinstance(rec, dict) and "key" in rec:
+            if isinstance(rec, dict) and isinstance(rec.get("key"), str):
                 records.setdefault(rec["key"], rec)
-    return records
+            else:
+                unreadable.append(number)
+    return records, unreadable
 
 
 def append_result(path: Path, record: dict[str, Any]) -> None:

@@ -27,6 +27,9 @@ class Workdir:
     def __init__(self, root: str | Path, create: bool = False, store: str | None = None) -> None:
         self.root = Path(root)
         self.store = store  # rank store elsewhere: a path or fsspec URL (e.g. s3://bucket/study.zarr)
+        if self.root.exists() and not self.root.is_dir():
+            raise FastroarError(f"workdir {self.root} is a file, not a directory; choose another --workdir")
+        self.created = create and not self.root.exists()  # made by this call (removed again if left empty)
         if create:
             try:
                 self.root.mkdir(parents=True, exist_ok=True)
@@ -39,6 +42,17 @@ class Workdir:
         elif not self.root.is_dir():
             raise MissingInputError(f"workdir {self.root} does not exist; run `fastroar prepare --workdir "
                                     f"{self.root}` (or `fastroar run`) first")
+
+    def remove_if_unused(self) -> None:
+        """Removes the workdir again when this call created it and it holds nothing but lock files (the
+        first stage failed): a failed start leaves no empty workdir behind."""
+        if not self.created or not self.root.is_dir():
+            return
+        entries = list(self.root.iterdir())
+        if all(e.is_file() and e.name.startswith(".") and e.name.endswith(".lock") for e in entries):
+            for e in entries:
+                e.unlink()
+            self.root.rmdir()
 
     def data_dir(self, dataset_key: str) -> Path:
         return self.root / "data" / dataset_key

@@ -11,7 +11,7 @@ def diffroar_rows(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per (model, attribution, k) with both directions recorded.
 
     std is the sample standard deviation over seeds of acc(top) - acc(bottom), pairing runs by seed
-    (0 for a single run); rows only count seeds run in both directions.
+    (NaN for a single run: one run has no spread to estimate); rows only count seeds run in both directions.
     """
     acc: dict[tuple, dict[str, dict[int, float]]] = defaultdict(lambda: {"top": {}, "bottom": {}})
     for r in records:
@@ -27,7 +27,7 @@ def diffroar_rows(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
         rows.append({
             "model": model, "attribution": attribution, "k": k,
             "acc_top": float(top.mean()), "acc_bottom": float(bottom.mean()),
-            "diffroar": float(diff.mean()), "std": float(diff.std(ddof=1)) if len(seeds) > 1 else 0.0,
+            "diffroar": float(diff.mean()), "std": float(diff.std(ddof=1)) if len(seeds) > 1 else float("nan"),
             "runs": len(seeds),
         })
     return rows

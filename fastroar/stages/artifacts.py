@@ -8,7 +8,7 @@ import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -17,10 +17,11 @@ from torch import nn
 from fastroar.engine.beton import map_beton, read_beton_cached, verify_beton
 from fastroar.engine.loaders import open_loader
 from fastroar.engine.workspace import SPLITS, Workdir
-from fastroar.errors import FastroarError, MissingInputError, StoreMismatchError
+from fastroar.errors import ConfigError, FastroarError, MissingInputError, StoreMismatchError
 from fastroar.keys import digest
 from fastroar.method import pixel_scale
 from fastroar.models import build_model, state_hash
+from fastroar.training.jobs import Job, sweep
 from fastroar.training.loop import Recipe, fast_recipe
 
 
@@ -223,3 +224,41 @@ def _train_mean(prepared: Prepared) -> float:
         count += block.size
     mean = total / max(count, 1)
     return float(np.float32(mean / pixel_scale(prepared.meta["dtype"])))
+
+
+# ---------------------------------------------------------------- the sweep
+
+MAX_JOBS = 100_000  # models x attributions x levels x directions x seeds: beyond this, a typo
+
+
+def select(cfg: dict[str, Any], key: str, names: Sequence[str] | None) -> list[str]:
+    """The config's base models (key "models") or attributions (key "attributions") that a command picks
+    with --model / --attribution: all when none are named; ConfigError naming the valid ones otherwise."""
+    valid = [m["name"] for m in cfg["models"]] if key == "models" else list(cfg["attributions"])
+    for name in names or ():
+        if name not in valid:
+            what = "model" if key == "models" else "attribution"
+            raise ConfigError(f"unknown {what} {name!r}: the config's {key} are {', '.join(valid)} "
+                              f"(add it to {key} in the config to use it)")
+    return list(names or valid)
+
+
+def sweep_jobs(cfg: dict[str, Any], workdir: Workdir, prepared: Prepared, *, models: Sequence[str] | None = None,
+               attributions: Sequence[str] | None = None, levels: Sequence[float] | None = None,
+               directions: Sequence[str] | None = None, n_seeds: int | None = None) -> list[Job]:
+    """The retraining jobs of the config (or of a selection of it), keyed by everything they depend on:
+    the base models' hashes (each must be trained), the data, the retrain recipe, the fill."""
+    models = select(cfg, "models", models)
+    attributions = select(cfg, "attributions", attributions)
+    levels = list(levels or cfg["levels"])
+    directions = list(directions or cfg["retrain"]["directions"])
+    seeds = range(n_seeds or cfg["retrain"]["seeds"])
+    count = len(models) * len(attributions) * len(levels) * len(directions) * len(seeds)
+    if count > MAX_JOBS:
+        raise ConfigError(f"the sweep has {count:,} jobs ({len(models)} models x {len(attributions)} attributions x "
+                          f"{len(levels)} levels x {len(directions)} directions x {len(seeds)} seeds), more than "
+                          f"{MAX_JOBS:,}; select fewer with --model/--attribution/--k/--seeds")
+    hashes = {name: load_model(workdir, name, prepared)[1]["hash"] for name in models}
+    recipe = retrain_recipe(cfg, prepared.size("train")).to_dict()
+    return sweep(cfg, hashes, prepared.meta["key"], recipe, models, attributions, levels, directions, seeds,
+                 fill=fill_value(cfg, prepared))

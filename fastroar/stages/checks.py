@@ -3,23 +3,30 @@ train and retrain recipes, each model's adversary. The config package checks str
 runs right after it, before any stage does work."""
 from __future__ import annotations
 
-from typing import Any
+import difflib
+import inspect
+from pathlib import Path
+from typing import Any, Callable
 
 from fastroar.attribution import check_attribution
-from fastroar.datasets import REGISTRY
+from fastroar.datasets.registry import PARAM_HINTS, REGISTRY
 from fastroar.errors import ConfigError
 from fastroar.models import BUILDERS
 from fastroar.training import Adversary, Recipe
 
 
 def check_config(cfg: dict[str, Any]) -> dict[str, Any]:
-    """cfg, once its names resolve in the registries and its recipes and adversaries are valid."""
+    """cfg, once its names resolve in the registries, the parameters it passes them exist, its recipes and
+    adversaries are valid and its store location can be used."""
     name = cfg["dataset"].get("name")
     if name not in REGISTRY:
         raise ConfigError(f"unknown dataset {name!r}; choose one of: {', '.join(sorted(REGISTRY))}")
+    check_params(REGISTRY[name], cfg["dataset"]["params"], f"dataset {name!r}", "dataset.params", PARAM_HINTS)
     arch = cfg["model"].get("arch")
     if arch not in BUILDERS:
         raise ConfigError(f"unknown model architecture {arch!r}; choose one of: {', '.join(sorted(BUILDERS))}")
+    check_params(BUILDERS[arch], cfg["model"]["params"], f"model {arch!r}", "model.params", {},
+                 positional=("shape", "num_classes"))
     Recipe(**cfg["train"])
     for m in cfg["models"]:
         if m.get("adversary"):
@@ -28,4 +35,43 @@ def check_config(cfg: dict[str, Any]) -> dict[str, Any]:
         check_attribution(a)
     rt = cfg["retrain"]
     Recipe(**{**cfg["train"], **{k: v for k, v in rt.items() if k in Recipe.__dataclass_fields__}})
+    if cfg.get("store"):
+        check_store(cfg["store"])
     return cfg
+
+
+def check_params(fn: Callable, params: dict[str, Any], what: str, key: str, hints: dict[str, str],
+                 positional: tuple[str, ...] = ()) -> None:
+    """ConfigError when `params` names a keyword that `fn` does not take (closest one suggested)."""
+    sig = inspect.signature(fn)
+    if any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+        return
+    valid = [n for n in sig.parameters if n not in positional]
+    for name in params:
+        if name not in valid:
+            close = difflib.get_close_matches(name, valid, n=1, cutoff=0.6)
+            fix = hints.get(name) or (f"; did you mean {key}.{close[0]}?" if close else "")
+            raise ConfigError(f"{what} takes no parameter {name!r}{fix} (its parameters: "
+                              f"{', '.join(valid) or 'none'})")
+
+
+def check_store(store: str) -> None:
+    """A store location zarr can open: a local directory (or a path to create), or an fsspec URL whose
+    protocol is known and whose filesystem package is installed."""
+    if "://" in store and not store.startswith("file://"):
+        import fsspec
+
+        protocol = store.split("://", 1)[0]
+        try:
+            fsspec.get_filesystem_class(protocol)
+        except ImportError as e:
+            raise ConfigError(f"store {store!r} needs a filesystem package that is not installed ({e}); install "
+                              "it (e.g. `pip install s3fs` for s3://, gcsfs for gs://) or use a local --store") from None
+        except ValueError:
+            raise ConfigError(f"store {store!r}: unknown protocol {protocol!r}; use a local path or an fsspec URL "
+                              "(s3://, gs://, file://, ...)") from None
+        return
+    local = Path(store.removeprefix("file://"))
+    if local.exists() and not local.is_dir():
+        raise ConfigError(f"store {store} is a file; --store takes a directory (created when missing) or an "
+                          "fsspec URL")

@@ -11,7 +11,8 @@ workdir's saved config.yaml, else the default dataset; then ``--set`` overrides.
   workdir is refused; the OS drops the lock when its holder dies, even by SIGKILL);
 - it times the stage (``ctx.timings[name]``);
 - with ``saves_config=True`` it writes the config to <workdir>/config.yaml only once the stage has
-  succeeded, so a stage that fails leaves the saved config as it was.
+  succeeded, so a stage that fails leaves the saved config as it was;
+- a workdir that this call created and the failed stage left empty is removed again.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from typing import Any, Callable, Sequence
 import yaml
 
 from fastroar.config import load_config
+from fastroar.engine.faults import fault_point
 from fastroar.engine.workspace import Workdir, atomic_write_text, stage_lock
 from fastroar.stages.checks import check_config
 
@@ -70,13 +72,18 @@ def stage(name: str, *, saves_config: bool = False) -> Callable:
     def decorate(fn: Callable) -> Callable:
         @functools.wraps(fn)
         def wrapper(ctx: Context, **options: Any) -> Any:
-            with stage_lock(ctx.wd, name):
-                t0 = time.perf_counter()
-                result = fn(ctx, **options)
-                if saves_config and ctx.save_config:
-                    save_config(ctx)
-                ctx.timings[name] = ctx.timings.get(name, 0.0) + time.perf_counter() - t0
-                return result
+            try:
+                with stage_lock(ctx.wd, name):
+                    fault_point(f"stage.{name}")  # tests: pause or kill here, lock held
+                    t0 = time.perf_counter()
+                    result = fn(ctx, **options)
+                    if saves_config and ctx.save_config:
+                        save_config(ctx)
+                    ctx.timings[name] = ctx.timings.get(name, 0.0) + time.perf_counter() - t0
+                    return result
+            except BaseException:
+                ctx.wd.remove_if_unused()
+                raise
 
         wrapper.stage_name = name  # type: ignore[attr-defined]
         return wrapper

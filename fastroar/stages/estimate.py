@@ -12,7 +12,7 @@ from fastroar.errors import ConfigError, MissingInputError
 from fastroar.keys import digest
 from fastroar.method import check_level, to_model_input
 from fastroar.metrics.road import DEFAULT_NOISE, METHOD, road_levels, value_range
-from fastroar.stages.artifacts import identity, load_model, load_prepared
+from fastroar.stages.artifacts import identity, load_model, load_prepared, select
 from fastroar.stages.contract import Context, stage
 
 
@@ -31,8 +31,8 @@ def estimate(ctx: Context, *, models: Sequence[str] | None = None, attributions:
         raise ConfigError(f"noise must be >= 0 (a fraction of the value range), got {noise}")
     prepared = load_prepared(cfg, workdir)
     store = RankStore(str(workdir.store_path), mode="r")
-    models = list(models or [m["name"] for m in cfg["models"]])
-    attributions = list(attributions or cfg["attributions"])
+    models = select(cfg, "models", models)
+    attributions = select(cfg, "attributions", attributions)
     levels = [check_level(k) for k in (levels or cfg["levels"])]
     images, labels = prepared.arrays("test")
     x = to_model_input(images).numpy()

@@ -22,7 +22,7 @@ from fastroar.engine.kernels.reference import rank_reference
 from fastroar.engine.store import RankStore
 from fastroar.engine.workspace import SPLITS, Workdir
 from fastroar.method import to_model_input
-from fastroar.stages.artifacts import identity, load_model, load_prepared, resolve_device
+from fastroar.stages.artifacts import identity, load_model, load_prepared, resolve_device, select
 from fastroar.stages.contract import Context, stage
 
 
@@ -85,7 +85,7 @@ def plan_precompute(cfg: dict[str, Any], workdir: Workdir, models: Sequence[str]
     for a in attributions or ():
         check_attribution(a)
     prepared = load_prepared(cfg, workdir)
-    models = list(models or [m["name"] for m in cfg["models"]])
+    models = select(cfg, "models", models)
     loaded = {name: load_model(workdir, name, prepared)[1]["hash"] for name in models}  # all exist, or fail first
     store = RankStore(str(workdir.store_path))
     tasks = []

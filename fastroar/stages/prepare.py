@@ -1,7 +1,8 @@
 """The prepare stage: a dataset's splits written once as FFCV .beton files, plus signal locations.
 
 Completion marker: meta.json is written last; a data dir with meta.json and .beton files that pass
-their size/checksum check is complete and skipped on the next run.
+their size/checksum check is complete and skipped on the next run. A .beton (or its sidecar) that was
+deleted, as the message for a damaged one says to, is written again.
 """
 from __future__ import annotations
 
@@ -27,6 +28,11 @@ def prepare(ctx: Context) -> tuple[Prepared, bool]:
     The workdir's config is saved only once its data exist: a failed prepare leaves it as it was."""
     cfg, workdir, progress = ctx.cfg, ctx.wd, ctx.progress
     out = workdir.data_dir(dataset_key(cfg))
+    gone = [f.name for split in SPLITS for f in (out / f"{split}.beton", out / f"{split}.beton.json")
+            if not f.exists()]
+    if (out / "meta.json").exists() and gone:  # deleted as a damage message told: write the data again
+        ctx.log(f"[prepare] {', '.join(gone)} missing in {out}: writing the dataset again")
+        (out / "meta.json").unlink()
     if (out / "meta.json").exists():
         prepared = Prepared(out, json.loads((out / "meta.json").read_text()))
         for split in SPLITS:

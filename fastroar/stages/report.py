@@ -5,26 +5,34 @@ dataset records where its signal lies.
 from __future__ import annotations
 
 import csv
-from collections import defaultdict
+import io
+import math
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from fastroar.engine.results import read_results
-from fastroar.engine.store import RankStore, SplitArrays
-from fastroar.engine.workspace import Workdir
+from fastroar.engine.results import read_results, read_results_checked
+from fastroar.engine.store import RankStore
+from fastroar.engine.workspace import Workdir, atomic_write
 from fastroar.errors import MissingInputError
 from fastroar.metrics.diffroar import diffroar_rows
 from fastroar.metrics.localization import localization
 from fastroar.metrics.road import DEFAULT_NOISE
-from fastroar.stages.artifacts import fill_value, load_prepared
+from fastroar.stages.artifacts import Prepared, identity, load_prepared, sweep_jobs
 from fastroar.stages.contract import Context, stage
+from fastroar.training.jobs import Job
 
 
 def format_table(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
+    """A text table; a cell that is None prints "missing", NaN (e.g. the std of one run) prints blank."""
     def fmt(v: Any) -> str:
-        return f"{v:.3f}" if isinstance(v, float) else str(v)
+        if v is None:
+            return "missing"
+        if isinstance(v, float):
+            return "" if math.isnan(v) else f"{v:.3f}"
+        return str(v)
 
     cells = [list(columns)] + [[fmt(r.get(c, "")) for c in columns] for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
@@ -34,13 +42,16 @@ def format_table(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
 
 
 def write_csv(rows: list[dict[str, Any]], path: Path, columns: Sequence[str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(path)
+    """rows as CSV, atomically; None and NaN cells are left empty."""
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=list(columns), extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows([{k: _csv_cell(v) for k, v in r.items()} for r in rows])
+    atomic_write(path, lambda f: f.write(text.getvalue().encode()))
+
+
+def _csv_cell(v: Any) -> Any:
+    return "" if v is None or (isinstance(v, float) and math.isnan(v)) else v
 
 
 def plot_curves(rows: list[dict[str, Any]], path: Path, title: str) -> None:
@@ -58,7 +69,7 @@ def plot_curves(rows: list[dict[str, Any]], path: Path, title: str) -> None:
         pts = sorted(pts, key=lambda r: r["k"])
         k = np.array([p["k"] for p in pts])
         m = np.array([p["diffroar"] for p in pts])
-        s = np.array([p["std"] for p in pts])
+        s = np.nan_to_num(np.array([p["std"] for p in pts], dtype=float))  # one run: no band
         (line,) = ax.plot(k, m, marker="o", label=f"{model} / {attribution}")
         ax.fill_between(k, m - s, m + s, color=line.get_color(), alpha=0.15)
     ax.axhline(0.0, color="black", lw=0.8)
@@ -67,11 +78,8 @@ def plot_curves(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     ax.set_title(title)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(".tmp-" + path.name)
-    fig.savefig(tmp, format="png")
+    atomic_write(path, lambda f: fig.savefig(f, format="png"))
     plt.close(fig)
-    tmp.replace(path)
 
 
 def road_estimates(workdir: Workdir, dataset_key: str, records: Iterable[dict[str, Any]]) -> dict[tuple, float]:
@@ -96,47 +104,133 @@ LOCALIZATION_COLUMNS = ("model", "attribution", "k", "signal_share", "chance")
 
 @stage("report")
 def report(ctx: Context) -> dict[str, Any]:
-    """Writes report/diffroar.csv, report/diffroar.png (and localization.csv); prints the tables."""
+    """Writes report/diffroar.csv, report/diffroar.png (and localization.csv); prints the tables.
+
+    Only the records of this config's jobs count, found by job key (base-model hashes, data, recipe,
+    fill, ... all enter it): results of other settings in the same log are counted and named, never
+    mixed in, and a cell without both directions recorded shows as missing. Every file is written once
+    everything it needs has been read and checked, so a damaged input leaves the old report as it was.
+    """
     cfg, workdir, log = ctx.cfg, ctx.wd, ctx.log
     prepared = load_prepared(cfg, workdir)
-    recipe = cfg.get("retrain", {}).get("recipe", "paper")   # paper and fast results are never mixed
-    fill = fill_value(cfg, prepared)                          # nor zero-filled and mean-filled ones
-    records = [r for r in read_results(workdir.results_path).values() if r["dataset_key"] == prepared.meta["key"]
-               and r.get("recipe_name", "paper") == recipe and r.get("fill", 0.0) == fill]
-    if not records:
-        raise MissingInputError(f"no retraining results (recipe {recipe}, fill {fill:g}) in {workdir.results_path}; "
-                                f"run `fastroar retrain --recipe {recipe} --workdir {workdir.root}` (with the same "
-                                "--fill) first")
-    rows = diffroar_rows(records)
+    jobs = sweep_jobs(cfg, workdir, prepared)
+    records, unreadable = read_results_checked(workdir.results_path)
+    wanted = {j.key: j for j in jobs}
+    mine = [records[key] for key in wanted if key in records]
+    others = [r for key, r in records.items() if key not in wanted]
+    notes = []
+    if unreadable:
+        notes.append(f"[report] {len(unreadable)} unreadable line(s) of {workdir.results_path} skipped (line "
+                     f"{', '.join(map(str, unreadable[:5]))}{', ...' if len(unreadable) > 5 else ''})")
+    if others:
+        notes.append(f"[report] {len(others)} record(s) from other settings ignored: {explain(others, jobs)}")
+    if not mine:
+        raise MissingInputError(f"no retraining results of this config in {workdir.results_path}"
+                                f"{' (' + notes[-1].removeprefix('[report] ') + ')' if others else ''}; run "
+                                f"`fastroar retrain --workdir {workdir.root}` with the same settings first")
+    rows = with_missing_cells(diffroar_rows(mine), jobs)
     columns = DIFFROAR_COLUMNS
-    road = road_estimates(workdir, prepared.meta["key"], records)
+    road = road_estimates(workdir, prepared.meta["key"], mine)
     if road:  # `fastroar estimate` has run: its ROAD(k) beside DiffROAR(k)
         for r in rows:
             r["road"] = road.get((r["model"], r["attribution"], r["k"]), "")
         columns = DIFFROAR_COLUMNS + ("road",)
+    loc_rows = localization_rows(cfg, workdir, prepared, sorted({(r["model"], r["attribution"]) for r in mine}),
+                                 {r["model"]: r["model_hash"] for r in mine})
     out = workdir.report_dir
     write_csv(rows, out / "diffroar.csv", columns)
     png = out / "diffroar.png"
-    plot_curves(rows, png, f"DiffROAR on {cfg['dataset']['name']}")
+    plot_curves([r for r in rows if r["diffroar"] is not None], png, f"DiffROAR on {cfg['dataset']['name']}")
+    if loc_rows is not None:
+        write_csv(loc_rows, out / "localization.csv", LOCALIZATION_COLUMNS)
+    for note in notes:
+        log(note)
     log("DiffROAR (acc(top-k) - acc(bottom-k); > 0: the attribution ranks discriminative pixels first)")
     if road:
         log("ROAD: the retraining-free estimate (`fastroar estimate`): acc of the base model on top-k vs "
             "bottom-k kept, the rest imputed")
     log(format_table(rows, columns))
-    result: dict[str, Any] = {"diffroar": rows, "csv": out / "diffroar.csv", "png": png}
-    signal = prepared.signal("test")
-    if signal is not None:
-        store = RankStore(str(workdir.store_path), mode="r")
-        chance = float(signal.sum(1).mean() / signal.shape[1])
-        loc_rows = []
-        for model, attribution in sorted({(r["model"], r["attribution"]) for r in records}):
-            ranks = SplitArrays(store.root[store.entry_path(model, attribution)]["test"]).read("ranks")
-            for k, share in zip(cfg["levels"], localization(ranks, signal, cfg["levels"])):
-                loc_rows.append({"model": model, "attribution": attribution, "k": k, "signal_share": share,
-                                 "chance": chance})
-        write_csv(loc_rows, out / "localization.csv", LOCALIZATION_COLUMNS)
+    short = [r for r in rows if r["runs"] < cfg["retrain"]["seeds"]]
+    if short:
+        log(f"({len(short)} row(s) have fewer than retrain.seeds = {cfg['retrain']['seeds']} runs in both directions: "
+            f"the sweep is not finished; `fastroar retrain --workdir {workdir.root}` completes it)")
+    result: dict[str, Any] = {"diffroar": rows, "csv": out / "diffroar.csv", "png": png, "ignored": len(others)}
+    if loc_rows is not None:
         log("\nSignal-block localization (share of top-k coordinates inside the signal block; test split)")
         log(format_table(loc_rows, LOCALIZATION_COLUMNS))
         result["localization"] = loc_rows
     log(f"\nreport: {out / 'diffroar.csv'}\nplot: {png}")
     return result
+
+
+def with_missing_cells(rows: list[dict[str, Any]], jobs: Sequence[Job]) -> list[dict[str, Any]]:
+    """rows plus one row per (model, attribution, k) of the sweep that has no seed in both directions,
+    its values None (shown as "missing")."""
+    have = {(r["model"], r["attribution"], r["k"]) for r in rows}
+    missing = sorted({(j.model, j.attribution, j.k) for j in jobs} - have)
+    blank = dict.fromkeys(("acc_top", "acc_bottom", "diffroar", "std"))
+    rows = rows + [{"model": m, "attribution": a, "k": k, **blank, "runs": 0} for m, a, k in missing]
+    return sorted(rows, key=lambda r: (r["model"], r["attribution"], r["k"]))
+
+
+def explain(others: Sequence[dict[str, Any]], jobs: Sequence[Job]) -> str:
+    """Why records are not this config's, most common reasons first: 'retrain.epochs 4 vs 3 (16), ...'."""
+    by_slot = {(j.model, j.attribution, j.k, j.direction, j.seed): j for j in jobs}
+    first = jobs[0] if jobs else None
+    models, attributions = {j.model for j in jobs}, {j.attribution for j in jobs}
+    levels, directions, seeds = {j.k for j in jobs}, {j.direction for j in jobs}, {j.seed for j in jobs}
+    reasons: Counter = Counter()
+    for r in others:
+        try:
+            slot = (r["model"], r["attribution"], float(r["k"]), r["direction"], int(r["seed"]))
+        except (KeyError, TypeError, ValueError):
+            reasons["not retraining records"] += 1
+            continue
+        job = by_slot.get(slot)
+        if job is None:
+            m, a, k, d, seed = slot
+            why = (f"model {m} not in the config" if m not in models else
+                   f"attribution {a} not in the config" if a not in attributions else
+                   f"k={k:g} not in the config's levels" if k not in levels else
+                   f"direction {d} not in retrain.directions" if d not in directions else
+                   f"seed {seed} beyond retrain.seeds = {len(seeds)}")
+            reasons[why] += 1
+            continue
+        reasons[_difference(r, job, first)] += 1
+    return ", ".join(f"{why} ({n})" for why, n in reasons.most_common())
+
+
+def _difference(r: dict[str, Any], job: Job, first: Job | None) -> str:
+    """The first setting in which record r differs from the config's job of the same slot."""
+    if r.get("dataset_key") != job.dataset_key:
+        return f"other data ({r.get('dataset_key')})"
+    if r.get("model_hash") != job.model_hash:
+        return f"base model {job.model} was retrained since"
+    if r.get("arch") != job.arch or r.get("arch_params") != job.arch_params:
+        return f"model.arch {r.get('arch')} {r.get('arch_params')} vs {job.arch} {job.arch_params}"
+    recipe = r.get("recipe") or {}
+    for key in sorted(set(recipe) | set(job.recipe)):
+        if recipe.get(key) != job.recipe.get(key):
+            return f"retrain.{key} {recipe.get(key)} vs {job.recipe.get(key)}"
+    if float(r.get("fill", 0.0)) != job.fill:
+        return f"retrain.fill {r.get('fill', 0.0):g} vs {job.fill:g}"
+    return "another fastroar version's job key"
+
+
+def localization_rows(cfg: dict[str, Any], workdir: Workdir, prepared: Prepared, pairs: Sequence[tuple[str, str]],
+                      hashes: dict[str, str]) -> list[dict[str, Any]] | None:
+    """Per (model, attribution, k): the signal-block share of the top-k ranks on the test split, from the
+    store entry of that model's hash (checksums verified); None where the data record no signal blocks."""
+    signal = prepared.signal("test")
+    if signal is None:
+        return None
+    store = RankStore(str(workdir.store_path), mode="r")
+    chance = float(signal.sum(1).mean() / signal.shape[1])
+    rows = []
+    for model, attribution in pairs:
+        entry = store.open_entry(model, attribution, identity(cfg, prepared, hashes[model], attribution))
+        ranks = entry.split("test").read("ranks")
+        for k, share in zip(cfg["levels"], localization(ranks, signal, cfg["levels"])):
+            rows.append({"model": model, "attribution": attribution, "k": k, "signal_share": share,
+                         "chance": chance})
+    return rows

@@ -24,44 +24,35 @@ from fastroar import __version__
 from fastroar.engine.executors import LocalExecutor
 from fastroar.engine.faults import fault_point
 from fastroar.engine.loaders import choose_path
+from fastroar.engine.loaders.plan import resident_bytes
 from fastroar.engine.results import append_result, read_results
 from fastroar.engine.store import RankStore, SplitArrays
 from fastroar.engine.workspace import SPLITS, Workdir
 from fastroar.errors import MissingInputError
 from fastroar.method import rank_dtype
 from fastroar.models import build_model
-from fastroar.stages.artifacts import (Prepared, fill_value, identity, load_model, load_prepared, resolve_device,
-                                       retrain_recipe)
+from fastroar.stages.artifacts import (Prepared, identity, load_prepared, resolve_device, retrain_recipe,
+                                       sweep_jobs)
 from fastroar.stages.contract import Context, stage
 from fastroar.training.batched import Spec, batchable, train_stacked
-from fastroar.training.jobs import Job, sweep
+from fastroar.training.jobs import Job
 from fastroar.training.loop import Recipe, evaluate, train_model
 
 
 DEFAULT_BATCH_MODELS = 16
 
 
-def plan(cfg: dict[str, Any], workdir: Workdir, *, models: Sequence[str] | None = None,
-         attributions: Sequence[str] | None = None, levels: Sequence[float] | None = None,
-         directions: Sequence[str] | None = None, n_seeds: int | None = None) -> list[Job]:
+def plan(cfg: dict[str, Any], workdir: Workdir, **selection: Any) -> list[Job]:
     """The sweep's jobs, after checking each (model, attribution) has complete ranks from that model."""
     prepared = load_prepared(cfg, workdir)
+    jobs = sweep_jobs(cfg, workdir, prepared, **selection)
     store = RankStore(str(workdir.store_path), mode="r")
-    models = list(models or [m["name"] for m in cfg["models"]])
-    attributions = list(attributions or cfg["attributions"])
-    hashes = {}
-    for name in models:
-        _, ckpt = load_model(workdir, name, prepared)
-        hashes[name] = ckpt["hash"]
-        for a in attributions:
-            entry = store.open_entry(name, a, identity(cfg, prepared, ckpt["hash"], a))
-            if not entry.is_complete():
-                raise MissingInputError(f"ranks of {name}/{a} are incomplete in {store.path}; "
-                                        f"run `fastroar precompute --workdir {workdir.root}` (it resumes)")
-    recipe = retrain_recipe(cfg, prepared.size("train")).to_dict()
-    return sweep(cfg, hashes, prepared.meta["key"], recipe, models, attributions,
-                 levels or cfg["levels"], directions or cfg["retrain"]["directions"],
-                 range(n_seeds or cfg["retrain"]["seeds"]), fill=fill_value(cfg, prepared))
+    for name, model_hash, a in sorted({(j.model, j.model_hash, j.attribution) for j in jobs}):
+        entry = store.open_entry(name, a, identity(cfg, prepared, model_hash, a))
+        if not entry.is_complete():
+            raise MissingInputError(f"ranks of {name}/{a} are incomplete in {store.path}; "
+                                    f"run `fastroar precompute --workdir {workdir.root}` (it resumes)")
+    return jobs
 
 
 _CHECKED: set[tuple] = set()
@@ -176,6 +167,17 @@ def run_group_task(jobs: list[Job], cfg: dict[str, Any], workdir: Workdir) -> li
     return run_group(jobs, cfg, workdir)
 
 
+def task_memory(cfg: dict[str, Any], prepared: Prepared, models: int) -> int:
+    """Rough bytes one task holds: both splits as float32 model input with their rank maps (what the
+    resident and stacked paths keep; the streamed path keeps less), plus weights, gradients and momentum
+    of its models."""
+    with torch.device("meta"):  # shapes only: nothing is allocated
+        params = sum(p.numel() for p in build_model(cfg["model"]["arch"], prepared.shape, prepared.num_classes,
+                                                   **cfg["model"]["params"]).parameters())
+    n = sum(prepared.size(s) for s in SPLITS)
+    return resident_bytes(n, prepared.shape, rank_dtype(prepared.d).itemsize) + models * params * 4 * 3
+
+
 @stage("retrain")
 def retrain(ctx: Context, *, executor=None, **selection: Any) -> list[dict[str, Any]]:
     """Runs every job of the sweep that has no record yet; returns the sweep's records."""
@@ -186,8 +188,10 @@ def retrain(ctx: Context, *, executor=None, **selection: Any) -> list[dict[str, 
     done = read_results(results_path)
     todo = [j for j in jobs if j.key not in done]
     tasks = groups(todo, cfg, load_prepared(cfg, workdir), resolve_device(cfg["device"])) if todo else []
+    prepared = load_prepared(cfg, workdir)
+    memory = f", about {task_memory(cfg, prepared, max(map(len, tasks))) / 2**20:,.0f} MiB per task" if tasks else ""
     log(f"[retrain] {len(jobs)} jobs: {len(jobs) - len(todo)} already done, {len(todo)} to run "
-        f"in {len(tasks)} tasks ({executor.name} executor, recipe {retrain_recipe(cfg).name})")
+        f"in {len(tasks)} tasks ({executor.name} executor, recipe {retrain_recipe(cfg).name}{memory})")
     for records in executor.map(run_group_task, [(group, cfg, workdir) for group in tasks], progress, "retrain"):
         for record in records:
             append_result(results_path, record)
