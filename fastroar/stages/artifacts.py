@@ -28,13 +28,20 @@ from fastroar.training.loop import Recipe, fast_recipe
 
 # Parameters that say how to obtain data, not what the data are: they do not enter the key.
 NON_IDENTITY_PARAMS = ("download", "verify_checksums")
+# Generators whose output changed for the same parameters: the version enters the key, so data written by
+# an older generator is never taken for the new one's. Datasets not listed keep their keys.
+# leakage 2: eq. (2)'s eta*g_j term in the signal block, label-balanced test split.
+GENERATOR_VERSIONS = {"leakage": 2}
 
 
 def dataset_key(cfg: dict[str, Any]) -> str:
-    """Names the prepared data by content: dataset name + hash of its parameters."""
+    """Names the prepared data by content: dataset name + hash of its parameters (+ generator version)."""
     ds = cfg["dataset"]
     params = {k: v for k, v in ds.get("params", {}).items() if k not in NON_IDENTITY_PARAMS}
-    return f"{ds['name']}-{digest({'name': ds['name'], 'params': params})}"
+    ident: dict[str, Any] = {"name": ds["name"], "params": params}
+    if ds["name"] in GENERATOR_VERSIONS:
+        ident["generator"] = GENERATOR_VERSIONS[ds["name"]]
+    return f"{ds['name']}-{digest(ident)}"
 
 
 def resolve_device(name: str) -> torch.device:
