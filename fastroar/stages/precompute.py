@@ -64,7 +64,7 @@ def compute_chunks(task: ChunkTask, cfg: dict[str, Any], workdir: Workdir) -> in
         for b0 in range(start, stop, batch_size):
             b1 = min(stop, b0 + batch_size)
             x = to_model_input(images[b0:b1]).to(device)
-            y = torch.as_tensor(np.asarray(labels[b0:b1]), dtype=torch.long, device=device)
+            y = torch.as_tensor(np.array(labels[b0:b1]), dtype=torch.long, device=device)
             *out, scores = rank_batch(model, x, task.attribution, ident["attribution_params"], range(b0, b1),
                                       ident["levels"], labels=y)
             if not checked:
