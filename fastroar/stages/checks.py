@@ -9,6 +9,7 @@ from fastroar.attribution import check_attribution
 from fastroar.datasets import REGISTRY
 from fastroar.errors import ConfigError
 from fastroar.models import BUILDERS
+from fastroar.stages.artifacts import train_settings
 from fastroar.training import Adversary, Recipe
 
 
@@ -20,12 +21,13 @@ def check_config(cfg: dict[str, Any]) -> dict[str, Any]:
     arch = cfg["model"].get("arch")
     if arch not in BUILDERS:
         raise ConfigError(f"unknown model architecture {arch!r}; choose one of: {', '.join(sorted(BUILDERS))}")
-    Recipe(**cfg["train"])
+    train = train_settings(cfg)  # without train.min_test_acc: a check, not a recipe field
+    Recipe(**train)
     for m in cfg["models"]:
         if m.get("adversary"):
             Adversary(**m["adversary"])
     for a in cfg["attributions"]:
         check_attribution(a)
     rt = cfg["retrain"]
-    Recipe(**{**cfg["train"], **{k: v for k, v in rt.items() if k in Recipe.__dataclass_fields__}})
+    Recipe(**{**train, **{k: v for k, v in rt.items() if k in Recipe.__dataclass_fields__}})
     return cfg
