@@ -1,6 +1,7 @@
 """The report stage: DiffROAR(k) = mean acc(top-k) - mean acc(bottom-k) per (model, attribution), as a
-table (stdout and CSV) and a PNG of the curves, plus the signal-block localization score where the
-dataset records where its signal lies.
+table (stdout and CSV) and a PNG of the curves, plus the signal-block localization and attribution-quality
+(AQ) scores where the dataset records where its signal lies, and the base models' accuracies beside the test
+split's chance rate (with a WARNING line for an undertrained or non-robust model).
 """
 from __future__ import annotations
 
@@ -10,15 +11,17 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
+import torch
 
 from fastroar.engine.results import read_results
 from fastroar.engine.store import RankStore, SplitArrays
 from fastroar.engine.workspace import Workdir
 from fastroar.errors import MissingInputError
+from fastroar.metrics.aq import attribution_quality, majority_rate
 from fastroar.metrics.diffroar import diffroar_rows
 from fastroar.metrics.localization import localization
 from fastroar.metrics.road import DEFAULT_NOISE
-from fastroar.stages.artifacts import fill_value, load_prepared
+from fastroar.stages.artifacts import checkpoint_path, fill_value, load_prepared, model_warnings
 from fastroar.stages.contract import Context, stage
 
 
@@ -94,6 +97,47 @@ DIFFROAR_COLUMNS = ("model", "attribution", "k", "acc_top", "acc_bottom", "diffr
 LOCALIZATION_COLUMNS = ("model", "attribution", "k", "signal_share", "chance")
 
 
+AQ_COLUMNS = ("model", "attribution", "m", "top_hit", "bottom_hit", "aq")
+MODEL_COLUMNS = ("model", "adversary", "test_acc", "robust_test_acc", "chance")
+
+
+def aq_block(store: RankStore, records: list[dict[str, Any]], signal: np.ndarray, out: Path, log) -> list[dict]:
+    """AQ (fastroar.metrics.aq: top-m minus bottom-m hits on the signal block, m its size) per (model,
+    attribution) of the test split's rank maps; written to report/aq.csv and printed."""
+    rows = []
+    for model, attribution in sorted({(r["model"], r["attribution"]) for r in records}):
+        ranks = SplitArrays(store.root[store.entry_path(model, attribution)]["test"]).read("ranks")
+        rows.append({"model": model, "attribution": attribution, **attribution_quality(ranks, signal)})
+    write_csv(rows, out / "aq.csv", AQ_COLUMNS)
+    log("\nAttribution quality AQ = top-m hits - bottom-m hits on the signal block (m = its size; test split)")
+    log(format_table(rows, AQ_COLUMNS))
+    return rows
+
+
+def base_model_block(cfg: dict[str, Any], workdir: Workdir, prepared, log) -> list[dict[str, Any]]:
+    """Each trained base model's clean and adversarial test accuracy beside the test split's chance rate,
+    and a WARNING line for a model below train.min_test_acc or at chance under attack."""
+    labels = prepared.arrays("test")[1]
+    chance = majority_rate(labels)
+    rows = []
+    for spec in cfg["models"]:
+        path = checkpoint_path(workdir, spec["name"])
+        if not path.exists():
+            continue
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        sm = ckpt["summary"]
+        adv = spec.get("adversary")
+        rows.append({"model": spec["name"], "adversary": f"{adv['norm']} eps {adv['eps']}" if adv else "-",
+                     "test_acc": sm.get("test_acc"), "robust_test_acc": sm.get("robust_test_acc", "-"),
+                     "chance": chance, "warnings": model_warnings(cfg, ckpt, chance, len(labels))})
+    log("\nBase models (test split; chance = its majority-class rate)")
+    log(format_table(rows, MODEL_COLUMNS))
+    for r in rows:
+        for w in r["warnings"]:
+            log(w)
+    return rows
+
+
 @stage("report")
 def report(ctx: Context) -> dict[str, Any]:
     """Writes report/diffroar.csv, report/diffroar.png (and localization.csv); prints the tables."""
@@ -138,5 +182,7 @@ def report(ctx: Context) -> dict[str, Any]:
         log("\nSignal-block localization (share of top-k coordinates inside the signal block; test split)")
         log(format_table(loc_rows, LOCALIZATION_COLUMNS))
         result["localization"] = loc_rows
+        result["aq"] = aq_block(store, records, signal, out, log)
+    result["models"] = base_model_block(cfg, workdir, prepared, log)
     log(f"\nreport: {out / 'diffroar.csv'}\nplot: {png}")
     return result
