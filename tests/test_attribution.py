@@ -119,3 +119,64 @@ def test_bad_attribution_names(name):
 
     with pytest.raises(ConfigError):
         attribute(nn.Linear(2, 2), torch.zeros(1, 2), name)
+
+
+# ---- gradient variants against the closed forms of a linear model z = W x + b
+
+def _linear(seed: int, d: int = 12, c: int = 4):
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(d, c)).double()
+    x = torch.randn(9, 1, 3, d // 3, dtype=torch.float64)
+    W, b = model[1].weight.detach(), model[1].bias.detach()
+    return model, x, W, b, x.reshape(9, -1) @ W.T + b
+
+
+def test_margin_gradient_of_a_linear_model_is_a_difference_of_weight_rows():
+    model, x, W, _, z = _linear(3)
+    yhat = z.argmax(1)
+    runner = z.clone()
+    runner[torch.arange(9), yhat] = -torch.inf
+    second = runner.argmax(1)                          # max over c != yhat
+    want = (W[yhat] - W[second]).abs().reshape(x.shape)
+    torch.testing.assert_close(attribute(model, x, "gradient:margin"), want, rtol=0, atol=1e-12)
+
+
+def test_two_class_margin_gradient_is_the_single_logit_of_the_theory():
+    model, x, W, _, z = _linear(4, c=2)
+    want = (W[1] - W[0]).abs().expand(9, -1).reshape(x.shape)  # the same for every instance
+    torch.testing.assert_close(attribute(model, x, "gradient:margin"), want, rtol=0, atol=1e-12)
+
+
+def test_loss_gradient_uses_the_true_label_and_equals_W_T_softmax_minus_onehot():
+    model, x, W, _, z = _linear(5)
+    y = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3, 0])
+    p = torch.softmax(z, 1)
+    want = ((p - nn.functional.one_hot(y, 4).double()) @ W).abs().reshape(x.shape)
+    torch.testing.assert_close(attribute(model, x, "gradient:loss", labels=y), want, rtol=1e-10, atol=1e-14)
+    # via the precompute path (labels passed like the indices)
+    from fastroar.stages.precompute import rank_batch
+
+    ranks, *_ , scores = rank_batch(model, x, "gradient:loss", {}, range(9), [0.5], labels=y)
+    torch.testing.assert_close(scores, want.reshape(9, -1))
+    from fastroar.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="needs the true labels"):
+        attribute(model, x, "gradient:loss")
+
+
+def test_signed_gradient_is_the_predicted_row_without_abs_and_gradient_keeps_its_abs():
+    model, x, W, _, z = _linear(6)
+    want = W[z.argmax(1)].reshape(x.shape)
+    torch.testing.assert_close(attribute(model, x, "gradient:signed"), want, rtol=0, atol=0)
+    torch.testing.assert_close(attribute(model, x, "gradient"), want.abs(), rtol=0, atol=0)
+    # other methods take (and ignore) labels: random is unchanged by them
+    torch.testing.assert_close(attribute(None, x, "random", seed=1, indices=range(9), labels=torch.zeros(9)),
+                               random_scores(None, x, seed=1, indices=range(9)))
+
+
+def test_new_gradient_names_leave_existing_store_identities_alone():
+    from fastroar.stages.artifacts import attribution_params
+
+    cfg = {"attribution_params": {}}
+    assert attribution_params(cfg, "gradient") == {} and attribution_params(cfg, "random") == {"seed": 0}
+    assert attribution_params(cfg, "gradient:margin") == {}

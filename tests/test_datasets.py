@@ -46,9 +46,41 @@ def test_leakage_follows_equation_2():
     j = sig.argmax(1)
     assert (sig.sum(1) == 1).all() and (j < 4).all() and len(set(j)) == 4
     u = np.full(3, 1 / np.sqrt(3))
-    np.testing.assert_allclose(x[np.arange(500), j], y[:, None] * u, rtol=1e-6)
+    # the signal block is y*u* + eta*g_j: its residual is an eta-ball draw like every noise block's
+    residual = np.linalg.norm(x[np.arange(500), j] - y[:, None] * u, axis=1)
     noise = np.linalg.norm(x, axis=2)[~sig]
-    assert noise.max() <= 0.4 + 1e-6 and noise.mean() > 0.2
+    assert residual.max() <= 0.4 + 1e-6 and noise.max() <= 0.4 + 1e-6
+    # uniform in the 3-ball of radius eta: E|eta*g| = 3/4 * eta = 0.3 (500 and 3500 draws)
+    assert abs(residual.mean() - 0.3) < 0.03 and abs(noise.mean() - 0.3) < 0.02
+
+
+def test_leakage_signal_block_equals_y_u_star_plus_eta_g_j():
+    """eq. (2) exactly: the same generator calls, drawn by hand (the eta*g_j term used to be dropped)."""
+    from fastroar.datasets.leakage import uniform_ball
+
+    ds = build_dataset("leakage", d=6, block_dim=2, eta=0.3, n_train=50, n_test=40, seed=5)
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 2, 50)
+    j = rng.integers(0, 3, 50)
+    g = uniform_ball(rng, (50, 6), 2)
+    want = 0.3 * g
+    want[np.arange(50), j] += (2 * y - 1)[:, None] * np.full(2, 1 / np.sqrt(2))
+    np.testing.assert_array_equal(ds.train.labels, y)
+    np.testing.assert_allclose(ds.train.images[:, 0], want.astype(np.float32), rtol=1e-6)
+    assert np.array_equal(ds.train.signal.reshape(50, 6, 2)[:, :, 0].argmax(1), j)
+
+
+def test_leakage_test_split_is_label_balanced_and_all_blocks_variant():
+    ds = build_dataset("leakage", n_train=301, n_test=301, seed=1)
+    assert np.bincount(ds.test.labels).tolist() == [150, 151]
+    allv = build_dataset("leakage", d=10, n_train=2000, n_test=100, seed=1, signal_blocks="all")
+    j = allv.train.signal.argmax(1)
+    assert set(j) == set(range(10))                       # every block can hold the signal
+    x = allv.train.images.reshape(2000, -1)
+    np.testing.assert_array_equal(x, (2 * allv.train.labels - 1)[:, None] * np.eye(10)[j])  # x = y*e_j
+    assert allv.params["signal_blocks"] == "all" and "signal_blocks" not in ds.params
+    with pytest.raises(ConfigError):
+        build_dataset("leakage", signal_blocks="some")
 
 
 @pytest.mark.parametrize("name,params", [("mnist-ish", {}), ("leakage", {"d": 7}), ("leakage", {"eta": -1})])

@@ -11,14 +11,20 @@ import pytest
 import torch
 
 
-def per_sample_gradients(model: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
-    """d logit_yhat / dx one sample at a time (no batching trick), yhat = the predicted label."""
+def per_sample_gradients(model: torch.nn.Module, x: torch.Tensor, margin: bool = False) -> np.ndarray:
+    """d logit_yhat / dx (or d (z_yhat - max_{c != yhat} z_c) / dx) one sample at a time (no batching
+    trick), yhat = the predicted label."""
     model.eval()
     rows = []
     for xi in x:
         xi = xi[None].clone().requires_grad_(True)
         out = model(xi)[0]
-        out[int(out.argmax())].backward()
+        yhat = int(out.argmax())
+        if margin:
+            others = torch.cat([out[:yhat], out[yhat + 1:]])
+            (out[yhat] - others.max()).backward()
+        else:
+            out[yhat].backward()
         rows.append(xi.grad.reshape(-1).numpy().astype(np.float64))
     return np.stack(rows)
 
@@ -65,20 +71,25 @@ def test_leakage_shares_equal_an_independent_computation(replicated):
     relevant = np.zeros(signal.shape[1], bool)
     relevant[: d // 2] = True  # block_dim 1
     assert set(summary["leakage"]["models"]) == {"linear", "standard", "robust"}
-    for name, got in summary["leakage"]["models"].items():
+    for name, entry in summary["leakage"]["models"].items():
         model, ckpt = load_model(lwd, name, prepared)
-        assert got["hash"] == ckpt["hash"]
-        g = per_sample_gradients(model, x)
-        assert got["signal_share"] == pytest.approx(share(g, signal), abs=1e-5)
-        assert got["other_relevant_share"] == pytest.approx(share(g, relevant & ~signal), abs=1e-5)
-        assert got["noise_share"] == pytest.approx(share(g, ~relevant[None] & ~signal), abs=1e-5)
-        assert got["signal_share"] + got["other_relevant_share"] + got["noise_share"] == pytest.approx(1.0)
+        assert entry["hash"] == ckpt["hash"]
         with torch.no_grad():
-            assert got["test_acc"] == pytest.approx(float((model(x).argmax(1).numpy() == labels).mean()))
-        top1 = np.mean(signal[np.arange(len(g)), np.abs(g).argmax(1)])
-        assert got["top1_on_signal"] == pytest.approx(top1)
-    lin = summary["leakage"]["models"]["linear"]
-    assert lin["zero_gradient_instances"] == 0
+            assert entry["test_acc"] == pytest.approx(float((model(x).argmax(1).numpy() == labels).mean()))
+        assert entry["chance"] == pytest.approx(max(np.mean(labels), 1 - np.mean(labels)))
+        assert set(entry["by"]) == {"gradient", "gradient:margin"}
+        for attribution, got in entry["by"].items():
+            g = per_sample_gradients(model, x, margin=attribution == "gradient:margin")
+            assert got["signal_share"] == pytest.approx(share(g, signal), abs=1e-5)
+            assert got["other_relevant_share"] == pytest.approx(share(g, relevant & ~signal), abs=1e-5)
+            assert got["noise_share"] == pytest.approx(share(g, ~relevant[None] & ~signal), abs=1e-5)
+            assert got["signal_share"] + got["other_relevant_share"] + got["noise_share"] == pytest.approx(1.0)
+            top1 = np.mean(signal[np.arange(len(g)), np.abs(g).argmax(1)])
+            assert got["top1_on_signal"] == pytest.approx(top1)
+            bottom1 = np.mean(signal[np.arange(len(g)), (len(g[0]) - 1) - np.abs(g)[:, ::-1].argmin(1)])
+            assert got["aq_aq"] == pytest.approx(top1 - bottom1)  # ties: top to the lower, bottom to the higher index
+    lin = summary["leakage"]["models"]["linear"]["by"]["gradient:margin"]
+    assert lin["zero_gradient_instances"] == 0 and lin["instance_spread"] < 1e-5  # Fig. 5: the same for all
 
     # the leakage DiffROAR rows are those of the sub-workdir's retraining records
     from fastroar.stages.report import diffroar_rows
@@ -86,8 +97,43 @@ def test_leakage_shares_equal_an_independent_computation(replicated):
 
     rows = diffroar_rows(read_results(lwd.results_path).values())
     assert {r["model"] for r in rows} == {"standard", "robust"}
-    assert [(r["model"], r["k"], r["diffroar"]) for r in rows] == \
-        [(r["model"], r["k"], pytest.approx(r["diffroar"])) for r in summary["leakage"]["diffroar"]]
+    assert {r["attribution"] for r in rows} == {"gradient", "gradient:margin"}
+    assert [(r["model"], r["attribution"], r["k"], r["diffroar"]) for r in rows] == \
+        [(r["model"], r["attribution"], r["k"], pytest.approx(r["diffroar"])) for r in summary["leakage"]["diffroar"]]
+    an = summary["leakage"]["analytic"]
+    assert an["ceiling"] == pytest.approx(1 - an["chance"]) and an["chance"] == 0.5  # balanced test split
+
+
+def test_aq_experiment_equals_an_independent_computation(replicated):
+    """AQ of the loss gradient on x = y*e_j: per-sample autograd of the true-label loss, top-1/bottom-1."""
+    from fastroar.engine.workspace import Workdir
+    from fastroar.stages.artifacts import load_model
+
+    _, summary = replicated
+    aq = summary["aq"]
+    awd = Workdir(aq["workdir"])
+    prepared = _prepared(awd.root)
+    assert prepared.meta["params"]["signal_blocks"] == "all"
+    images, labels = prepared.arrays("test")
+    x = torch.from_numpy(np.array(images, dtype=np.float32))
+    signal = prepared.signal("test")
+    j = signal.argmax(1)
+    for name, entry in aq["models"].items():
+        model, _ = load_model(awd, name, prepared)
+        rows = []
+        for xi, yi in zip(x, labels):
+            xi = xi[None].clone().requires_grad_(True)
+            torch.nn.functional.cross_entropy(model(xi), torch.tensor([int(yi)])).backward()
+            rows.append(xi.grad.reshape(-1).abs().numpy())
+        a = np.stack(rows)
+        top = a.argmax(1)
+        bottom = a.shape[1] - 1 - a[:, ::-1].argmin(1)  # fastroar's ties: the bottom rank goes to the higher index
+        assert entry["aq"]["gradient:loss"]["aq"] == pytest.approx(np.mean(top == j) - np.mean(bottom == j), abs=1e-9)
+    kinds = aq["kinds"]
+    assert kinds["standard"]["runs"] == 3 and kinds["robust"]["runs"] == 3
+    claims = {c["claim"]: c for c in summary["claims"]}
+    assert any(c.startswith("AQ of the loss gradient, standard MLP") and claims[c]["reference"] == "-0.52"
+               for c in claims)
 
 
 def test_blockdigits_shares_and_localization_equal_an_independent_computation(replicated):
@@ -130,14 +176,24 @@ def test_diffroar_comparison_and_files(replicated):
     out = wd / "replicate"
     import matplotlib.image as mpimg
 
-    for name in ("leakage_gradients.png", "blockdigits_gradients.png", "diffroar_standard_vs_robust.png"):
+    for name in ("leakage_gradients.png", "blockdigits_gradients.png", "blockdigits-top_gradients.png",
+                 "diffroar_standard_vs_robust.png"):
         path = out / name
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         img = mpimg.imread(path)
         assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100 and img.std() > 0
     md = (out / "summary.md").read_text()
-    assert f"{summary['leakage']['models']['standard']['signal_share']:.3f}" in md
+    assert f"{summary['leakage']['models']['standard']['by']['gradient:margin']['signal_share']:.3f}" in md
     assert "DiffROAR" in md and "![leakage](leakage_gradients.png)" in md
+    # the claims table: every row has its five cells, and the md prints it
+    assert "| claim | setting | reference | fastroar ± std | agrees? |" in md
+    for c in summary["claims"]:
+        assert set(c) == {"claim", "setting", "reference", "fastroar", "agrees"}
+        assert f"| {c['claim']} | {c['setting']} | {c['reference']} | {c['fastroar']} | {c['agrees']} |" in md
+        assert c["agrees"] == "yes" or c["agrees"].startswith("no")
+    assert any("DiffROAR" in c["claim"] and "robust models" in c["claim"] for c in summary["claims"])
+    variant = summary["variant"]
+    assert variant["dataset"]["name"] == "blockdigits-top" and set(variant["models"]) == {"standard", "robust"}
 
 
 def test_replicate_on_a_fresh_workdir_trains_and_says_diffroar_is_missing(tmp_path):

@@ -42,3 +42,38 @@ def test_localization_counts_top_ranked_coordinates_in_the_signal_block():
     assert share_quarter == pytest.approx(0.5)  # (2/2 + 0/2) / 2
     assert share_half == pytest.approx(0.5)     # (4/4 + 0/4) / 2
     assert share_75 == pytest.approx((4 / 6 + 2 / 6) / 2)
+
+
+def test_model_warnings_name_an_undertrained_and_a_non_robust_model():
+    from fastroar.stages.artifacts import model_warnings
+
+    cfg = {"train": {"min_test_acc": 1.0}}
+    adv = {"norm": "linf", "eps": 0.45, "steps": 10}
+    under = {"config": {"name": "robust", "adversary": adv}, "summary": {"test_acc": 0.898, "robust_test_acc": 0.51}}
+    w = model_warnings(cfg, under, chance=0.514, n_test=500)
+    assert len(w) == 2
+    assert "'robust' is undertrained" in w[0] and "0.898 < train.min_test_acc 1" in w[0] and "chance 0.514" in w[0]
+    assert "not robust" in w[1] and "0.510 is at chance 0.514" in w[1]
+    fine = {"config": {"name": "robust", "adversary": adv}, "summary": {"test_acc": 1.0, "robust_test_acc": 0.97}}
+    assert model_warnings(cfg, fine, chance=0.5, n_test=500) == []
+    assert model_warnings({"train": {}}, {**under, "summary": {"test_acc": 0.3}}, 0.5, 500) == []  # no floor set
+
+
+def test_report_prints_chance_aq_and_the_undertrained_warning(run_workdir, tmp_path):
+    import shutil
+
+    from click.testing import CliRunner
+
+    from fastroar.cli import cli
+
+    src, result = run_workdir
+    assert result.exit_code == 0, result.output
+    wd = tmp_path / "wd"
+    shutil.copytree(src, wd)
+    res = CliRunner().invoke(cli, ["report", "--workdir", str(wd), "--set", "train.min_test_acc=0.9999"])
+    assert res.exit_code == 0, res.output
+    assert "Attribution quality AQ" in res.output and (wd / "report" / "aq.csv").exists()
+    assert "chance" in res.output
+    assert "WARNING: base model 'standard' is undertrained" in res.output
+    plain = CliRunner().invoke(cli, ["report", "--workdir", str(wd)])
+    assert plain.exit_code == 0 and "undertrained" not in plain.output  # no floor set: no such warning

@@ -1,6 +1,12 @@
 """Feature attributions: a score per input coordinate (larger = more important), same shape as x.
 
 - ``gradient``: |d logit_yhat / dx|, yhat the model's predicted label (the paper's input gradients);
+- ``gradient:margin``: |d (z_yhat - max_{c != yhat} z_c) / dx|, the gradient of the margin: with two classes
+  it is the single-logit gradient of the paper's theory (Sec. 4), free of the component that adding one
+  function to every logit puts into d z_yhat / dx (softmax, and so training, never sees it);
+- ``gradient:loss``: |d CE(z, y) / dx| with the TRUE label y (the reference notebook's attribution); it
+  needs the labels (``attribute(..., labels=y)``);
+- ``gradient:signed``: d logit_yhat / dx without the absolute value, ranked as given (largest first);
 - ``random``: input-agnostic baseline, i.i.d. uniform scores seeded by (seed, sample index), so a sample's
   scores do not depend on how the data are batched or split across workers;
 - ``edge``: model-agnostic baseline, the Sobel edge magnitude of the input (kornia.filters.sobel, on the
@@ -33,6 +39,43 @@ def input_gradient(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         (grad,) = torch.autograd.grad(logits.gather(1, predicted).sum(), x)
     model.train(was_training)
     return grad.abs()
+
+
+def _grad_of(model: nn.Module, x: torch.Tensor, objective: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """d objective(logits).sum() / dx in eval mode (samples do not interact, so each row is its own)."""
+    was_training = model.training
+    model.eval()
+    x = x.detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        (grad,) = torch.autograd.grad(objective(model(x)).sum(), x)
+    model.train(was_training)
+    return grad
+
+
+def margin_gradient(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """|d (z_yhat - max_{c != yhat} z_c) / dx|, yhat = argmax of the logits."""
+    def margin(z: torch.Tensor) -> torch.Tensor:
+        top2 = z.topk(2, dim=1).values
+        return top2[:, 0] - top2[:, 1]
+
+    return _grad_of(model, x, margin).abs()
+
+
+def loss_gradient(model: nn.Module, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    """|d CE(logits, y) / dx| per sample, y the true labels."""
+    if labels is None:
+        raise ConfigError("attribution 'gradient:loss' needs the true labels (attribute(..., labels=y))")
+    y = torch.as_tensor(labels, device=x.device).long()
+    def loss(z: torch.Tensor) -> torch.Tensor:
+        return nn.functional.cross_entropy(z.float() if z.dtype in (torch.float16, torch.bfloat16) else z, y,
+                                           reduction="none")
+
+    return _grad_of(model, x, loss).abs()
+
+
+def signed_gradient(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """d logit_yhat / dx, signed."""
+    return _grad_of(model, x, lambda z: z.gather(1, z.argmax(dim=1, keepdim=True)))
 
 
 def random_scores(model: nn.Module | None, x: torch.Tensor, *, seed: int = 0,
@@ -87,7 +130,11 @@ METHODS: dict[str, Callable[..., torch.Tensor]] = {
     "gradient": lambda model, x, **kw: input_gradient(model, x),
     "random": random_scores,
     "edge": lambda model, x, **kw: edge_scores(model, x),
+    "gradient:margin": lambda model, x, **kw: margin_gradient(model, x),
+    "gradient:loss": lambda model, x, labels=None, **kw: loss_gradient(model, x, labels),
+    "gradient:signed": lambda model, x, **kw: signed_gradient(model, x),
 }
+NEEDS_LABELS = frozenset({"gradient:loss"})  # attributions that are handed the true labels
 
 
 def check_attribution(name: str) -> str:
@@ -105,13 +152,18 @@ def check_attribution(name: str) -> str:
 def attribute(model: nn.Module, x: torch.Tensor, method: str = "gradient", **params: Any) -> torch.Tensor:
     """Scores of `method` for the batch x, same shape and device as x (see the module doc for the methods).
 
-    params: ``seed`` and ``indices`` for ``random``; keyword arguments of ``attribute`` for captum methods.
+    params: ``seed`` and ``indices`` for ``random``; ``labels`` (the true labels of x) for ``gradient:loss``
+    (other methods ignore them); keyword arguments of ``attribute`` for captum methods.
     """
     check_attribution(method)
+    labels = params.pop("labels", None)
     if method.startswith("captum:"):
         params.pop("indices", None)
         return captum_scores(method, model, x, **params)
+    if method in NEEDS_LABELS:
+        params["labels"] = labels
     return METHODS[method](model, x, **params)
 
 
-__all__ = ["attribute", "check_attribution", "input_gradient", "random_scores", "edge_scores", "METHODS"]
+__all__ = ["attribute", "check_attribution", "input_gradient", "margin_gradient", "loss_gradient", "signed_gradient",
+           "random_scores", "edge_scores", "METHODS", "NEEDS_LABELS"]

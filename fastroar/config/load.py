@@ -88,7 +88,10 @@ def validate(cfg: dict[str, Any]) -> dict[str, Any]:
     ds.setdefault("params", {})
     model = cfg.setdefault("model", {})
     model.setdefault("params", {})
-    cfg.setdefault("train", {})
+    train = cfg.setdefault("train", {})
+    floor = train.get("min_test_acc")
+    if floor is not None and (isinstance(floor, bool) or not isinstance(floor, (int, float)) or not 0 <= floor <= 1):
+        raise ConfigError(f"train.min_test_acc must be a number in [0, 1], got {floor!r}")
     names = set()
     for m in cfg.setdefault("models", [{"name": "standard"}]):
         if not isinstance(m, dict) or not m.get("name"):

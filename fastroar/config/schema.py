@@ -61,6 +61,12 @@ class Recipe(Section):
     compile: StrictBool = False
 
 
+class Train(Recipe):
+    """train: the base models' recipe, plus a check of the trained models (enters no key)."""
+
+    min_test_acc: Optional[Number] = Field(None, ge=0, le=1)
+
+
 class Adversary(Section):
     norm: Literal["l2", "linf"]
     eps: Number = Field(gt=0)
@@ -94,7 +100,7 @@ class Retrain(Recipe):
 class Config(Section):
     dataset: Dataset
     model: Model
-    train: Recipe = Recipe()
+    train: Train = Train()
     models: list[BaseModelSpec] = Field([BaseModelSpec(name="standard")], min_length=1, max_length=64)
     attributions: list[StrictStr] = Field(["gradient"], min_length=1, max_length=64)
     attribution_params: dict[str, dict[str, Any]] = {}

@@ -29,13 +29,20 @@ from fastroar.training.loop import Recipe, fast_recipe
 
 # Parameters that say how to obtain data, not what the data are: they do not enter the key.
 NON_IDENTITY_PARAMS = ("download", "verify_checksums")
+# Generators whose output changed for the same parameters: the version enters the key, so data written by
+# an older generator is never taken for the new one's. Datasets not listed keep their keys.
+# leakage 2: eq. (2)'s eta*g_j term in the signal block, label-balanced test split.
+GENERATOR_VERSIONS = {"leakage": 2}
 
 
 def dataset_key(cfg: dict[str, Any]) -> str:
-    """Names the prepared data by content: dataset name + hash of its parameters."""
+    """Names the prepared data by content: dataset name + hash of its parameters (+ generator version)."""
     ds = cfg["dataset"]
     params = {k: v for k, v in ds.get("params", {}).items() if k not in NON_IDENTITY_PARAMS}
-    return f"{ds['name']}-{digest({'name': ds['name'], 'params': params})}"
+    ident: dict[str, Any] = {"name": ds["name"], "params": params}
+    if ds["name"] in GENERATOR_VERSIONS:
+        ident["generator"] = GENERATOR_VERSIONS[ds["name"]]
+    return f"{ds['name']}-{digest(ident)}"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -127,11 +134,44 @@ def _verified(path: str, size: int | None, mtime_ns: int | None) -> None:
 
 # ---------------------------------------------------------------- base models
 
+# Keys of the train section that check a trained model rather than say how to train it: they enter no
+# recipe, checkpoint or job key. min_test_acc: report and replicate warn when a base model's clean test
+# accuracy is below it.
+TRAIN_CHECK_KEYS = ("min_test_acc",)
+
+
+def train_settings(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The train section without its check keys: the keyword arguments of the base models' Recipe."""
+    return {k: v for k, v in cfg["train"].items() if k not in TRAIN_CHECK_KEYS}
+
+
+def model_warnings(cfg: dict[str, Any], ckpt: dict[str, Any], chance: float, n_test: int) -> list[str]:
+    """Why a trained base model is not in the regime its config asks for: clean test accuracy below
+    train.min_test_acc, or accuracy under its PGD adversary within two binomial standard errors of chance
+    (the test split's majority rate) - i.e. not robust under its eps."""
+    summary, name = ckpt["summary"], ckpt["config"]["name"]
+    out = []
+    floor = float(cfg["train"].get("min_test_acc") or 0.0)
+    acc = summary.get("test_acc")
+    if acc is not None and acc < floor:
+        out.append(f"WARNING: base model {name!r} is undertrained: clean test accuracy {acc:.3f} < "
+                   f"train.min_test_acc {floor:g} (chance {chance:.3f}); train it longer (train.epochs) before "
+                   "reading its attributions")
+    robust = summary.get("robust_test_acc")
+    if robust is not None:
+        tol = 2.0 * (chance * (1.0 - chance) / max(1, n_test)) ** 0.5
+        if robust <= chance + tol:
+            adv = ckpt["config"].get("adversary") or {}
+            out.append(f"WARNING: base model {name!r} is not robust: accuracy under its PGD adversary "
+                       f"({adv.get('norm')}, eps {adv.get('eps')}) {robust:.3f} is at chance {chance:.3f} "
+                       f"(within {tol:.3f})")
+    return out
+
 def model_config(cfg: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
     """Everything a base model depends on (its checkpoint is reused only when this matches)."""
     return {
         "name": spec["name"], "arch": cfg["model"]["arch"], "params": cfg["model"]["params"],
-        "dataset_key": dataset_key(cfg), "recipe": Recipe(**cfg["train"]).to_dict(),
+        "dataset_key": dataset_key(cfg), "recipe": Recipe(**train_settings(cfg)).to_dict(),
         "adversary": spec.get("adversary"), "seed": int(spec.get("seed", 0)),
     }
 
@@ -188,7 +228,7 @@ def retrain_recipe(cfg: dict[str, Any], n_train: int | None = None) -> Recipe:
     its batch size follows the train split's size `n_train`)."""
     rt = cfg["retrain"]
     over = {k: v for k, v in rt.items() if k in Recipe.__dataclass_fields__}
-    recipe = Recipe(**{**cfg["train"], **over})
+    recipe = Recipe(**{**train_settings(cfg), **over})
     if rt.get("recipe", "paper") == "fast":
         recipe = fast_recipe(recipe, epochs=rt.get("fast_epochs"), n_train=n_train)
     return recipe

@@ -12,6 +12,7 @@ from fastroar.attribution import check_attribution
 from fastroar.datasets.registry import PARAM_HINTS, REGISTRY
 from fastroar.errors import ConfigError
 from fastroar.models import BUILDERS
+from fastroar.stages.artifacts import train_settings
 from fastroar.training import Adversary, Recipe
 
 
@@ -27,14 +28,15 @@ def check_config(cfg: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"unknown model architecture {arch!r}; choose one of: {', '.join(sorted(BUILDERS))}")
     check_params(BUILDERS[arch], cfg["model"]["params"], f"model {arch!r}", "model.params", {},
                  positional=("shape", "num_classes"))
-    Recipe(**cfg["train"])
+    train = train_settings(cfg)  # without train.min_test_acc: a check, not a recipe field
+    Recipe(**train)
     for m in cfg["models"]:
         if m.get("adversary"):
             Adversary(**m["adversary"])
     for a in cfg["attributions"]:
         check_attribution(a)
     rt = cfg["retrain"]
-    Recipe(**{**cfg["train"], **{k: v for k, v in rt.items() if k in Recipe.__dataclass_fields__}})
+    Recipe(**{**train, **{k: v for k, v in rt.items() if k in Recipe.__dataclass_fields__}})
     if cfg.get("store"):
         check_store(cfg["store"])
     return cfg

@@ -35,9 +35,10 @@ class ChunkTask:
 
 
 def rank_batch(model: torch.nn.Module, x: torch.Tensor, attribution: str, params: dict[str, Any],
-               indices: Sequence[int], levels: Sequence[float]):
-    """One batch attributed and ranked on its device: host (ranks, top, bottom) and the device scores."""
-    scores = attribute(model, x, attribution, indices=indices, **params).reshape(len(x), -1)
+               indices: Sequence[int], levels: Sequence[float], labels: Any = None):
+    """One batch attributed and ranked on its device: host (ranks, top, bottom) and the device scores.
+    labels: the batch's true labels (attributions such as gradient:loss use them)."""
+    scores = attribute(model, x, attribution, indices=indices, labels=labels, **params).reshape(len(x), -1)
     ranks, top, bottom = rank_and_mask(scores, list(levels))
     return ranks.cpu().numpy(), top.cpu().numpy(), bottom.cpu().numpy(), scores
 
@@ -50,7 +51,7 @@ def compute_chunks(task: ChunkTask, cfg: dict[str, Any], workdir: Workdir) -> in
     model.to(device)
     ident = identity(cfg, prepared, ckpt["hash"], task.attribution)
     arrays = RankStore(str(workdir.store_path)).open_entry(task.model, task.attribution, ident).split(task.split)
-    images, _ = prepared.arrays(task.split)
+    images, labels = prepared.arrays(task.split)
     batch_size = int(cfg["precompute"]["batch_size"])
     done = arrays.done_chunks()
     checked = False
@@ -63,8 +64,9 @@ def compute_chunks(task: ChunkTask, cfg: dict[str, Any], workdir: Workdir) -> in
         for b0 in range(start, stop, batch_size):
             b1 = min(stop, b0 + batch_size)
             x = to_model_input(images[b0:b1]).to(device)
+            y = torch.as_tensor(np.array(labels[b0:b1]), dtype=torch.long, device=device)
             *out, scores = rank_batch(model, x, task.attribution, ident["attribution_params"], range(b0, b1),
-                                      ident["levels"])
+                                      ident["levels"], labels=y)
             if not checked:
                 if not np.array_equal(out[0], rank_reference(scores.float().cpu().numpy())):
                     raise RuntimeError("the rank kernel disagrees with the NumPy reference; set "

@@ -1,47 +1,50 @@
-"""`fastroar replicate`: the paper's findings (Shah, Jain & Netrapalli 2021) reproduced on data that runs here.
+"""`fastroar replicate`: the paper's findings (Shah, Jain & Netrapalli 2021) reproduced on data that runs here,
+each beside the paper's (or the reference code's) number, in one table of claims.
 
-Three experiments, written to <workdir>/replicate/ as PNGs plus summary.json and summary.md:
+Written to <workdir>/replicate/ as PNGs plus summary.json and summary.md:
 
 1. Fig. 5 / Theorem 1 (feature leakage) on the synthetic data of eq. (2) (configs/leakage.yaml:
    d = 10 blocks, d~ = 1, eta = 0): a linear model, a standard one-hidden-layer MLP and a PGD-trained
-   (l-inf) MLP, trained by fastroar's train stage into <workdir>/replicate/leakage/. For each model:
-   the input gradients of the predicted logit, one row per test instance (signal coordinate marked),
-   and the share of |gradient| mass on each instance's signal block (mean over the test set), also on
-   the other task-relevant blocks (the first d/2) and on the noise blocks (the last d/2).
-   Paper's claim: standard MLP gradients leak over all task-relevant blocks; robust ones concentrate
-   on the signal block.
-2. BlockMNIST-style (the workdir's dataset when it records signal blocks, else blockdigits): grids of
-   test images with the |input gradient| of each base model of the workdir (trained by the train stage
-   when absent), the share of gradient mass on the signal block, and the signal-block localization of
-   fastroar.stages.report (share of the top-k ranked coordinates inside the signal block).
-   Paper's claim: standard models' gradients highlight the null block too, robust ones the signal.
-   Also DiffROAR of the two MLPs' gradients on this data (precompute + retrain stages, config levels).
-3. DiffROAR standard vs robust from the workdir's retraining results (not rerun here: `fastroar run`
-   makes them), per k: is the robust model's gradient DiffROAR higher? Paper's claim: yes. Beside it the
-   ROAD estimate (fastroar.metrics.road; computed here when missing, it needs only the rank store).
+   (l-inf) MLP, trained by fastroar's train stage into <workdir>/replicate/leakage/. For each model and for
+   both the theory's margin gradient (gradient:margin) and |d logit_yhat/dx| (gradient): the share of
+   |gradient| mass on the signal block, the other task-relevant blocks and the noise blocks, the top-1 hit
+   rate and AQ; DiffROAR of both MLPs (precompute + retrain stages) beside its analytic value
+   (fastroar.metrics.aq.leakage_diffroar_expectation: ceiling 1 - chance = 0.5, perfect leakage 0.1).
+2. The reference notebook's synthetic score (configs/leakage-all.yaml): AQ = P(top-1 = j*) - P(bottom-1 = j*)
+   of the loss gradient on x = y*e_j with j over all d coordinates, three seeds per model (mean +- std).
+3. BlockMNIST-style (the workdir's dataset when it records signal blocks, else skipped) and its other
+   variant (blockdigits <-> blockdigits-top, blockmnist <-> blockmnist-top, trained into
+   <workdir>/replicate/<variant>/): |input gradient| grids, localization and AQ (top-m vs bottom-m, m = the
+   block size) per model. Paper (Sec. 5): standard gradients localize on the -Top variant, not on the
+   random one; robust ones on both.
+4. DiffROAR standard vs robust from the workdir's retraining results (without --quick, replicate runs the
+   precompute and retrain stages for `gradient` when they are missing), with the ROAD estimate beside it.
 
-Nothing is tuned to agree with the paper: the settings are the shipped configs' (or --quick's tiny ones)
-and the summary states where the outcome disagrees.
+Every base model's clean accuracy, its accuracy under attack and the test split's chance rate are printed
+together; a model below its config's train.min_test_acc, or at chance under attack, gets a WARNING line.
+Nothing is tuned to agree with the paper: the settings are the shipped configs' (or --quick's tiny ones).
 """
 from __future__ import annotations
 
 import json
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
+from fastroar.attribution import attribute
 from fastroar.engine.kernels import rank
 from fastroar.engine.results import read_results
 from fastroar.engine.workspace import Workdir, atomic_write_text
 from fastroar.errors import FastroarError
 from fastroar.keys import digest
 from fastroar.method import to_model_input
+from fastroar.metrics.aq import attribution_quality, leakage_diffroar_expectation, majority_rate
 from fastroar.metrics.diffroar import diffroar_rows
 from fastroar.metrics.localization import localization
-from fastroar.stages.artifacts import load_model, load_prepared
+from fastroar.stages.artifacts import load_model, load_prepared, model_warnings
 from fastroar.stages.contract import Context, resolve_config, save_config, stage
 from fastroar.stages.estimate import estimate
 from fastroar.stages.precompute import precompute
@@ -53,18 +56,31 @@ from fastroar.stages.train import train
 QUICK_LEAKAGE = ["dataset.params.n_train=400", "dataset.params.n_test=200", "model.params.width=64",
                  "train.epochs=4"]
 N_GRID = 8  # test images in the BlockMNIST-style grid
+LEAKAGE_ATTRIBUTIONS = ("gradient:margin", "gradient")  # the theory's gradient first
+AQ_ATTRIBUTIONS = ("gradient:loss", "gradient:margin", "gradient")  # the notebook's first
+REFERENCE_AQ = {"standard": -0.52, "robust": 1.00}  # notebook 02_fig_in_synthetic_data.ipynb, cells 16-18
+OTHER_VARIANT = {"blockdigits": "blockdigits-top", "blockdigits-top": "blockdigits",
+                 "blockmnist": "blockmnist-top", "blockmnist-top": "blockmnist"}
+LOCALIZES = 0.8  # top-k localization (smallest k) from which a model's gradients "localize" (chance 0.5)
 
 
 def signed_gradient(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     """d logit_yhat / dx (signed), yhat the predicted label, in eval mode; |.| of it is fastroar's
     `gradient` attribution."""
+    return attribute(model, x, "gradient:signed").detach()
+
+
+def signed_margin_gradient(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """d (z_yhat - max_{c != yhat} z_c) / dx (signed); |.| of it is `gradient:margin`."""
     model.eval()
     x = x.detach().clone().requires_grad_(True)
     with torch.enable_grad():
-        logits = model(x)
-        picked = logits.gather(1, logits.argmax(1, keepdim=True)).sum()
-        (g,) = torch.autograd.grad(picked, x)
+        top2 = model(x).topk(2, dim=1).values
+        (g,) = torch.autograd.grad((top2[:, 0] - top2[:, 1]).sum(), x)
     return g.detach()
+
+
+SIGNED = {"gradient": signed_gradient, "gradient:margin": signed_margin_gradient}
 
 
 def mass_shares(grad: np.ndarray, region: np.ndarray) -> np.ndarray:
@@ -74,6 +90,22 @@ def mass_shares(grad: np.ndarray, region: np.ndarray) -> np.ndarray:
     inside = (a * region.reshape(len(grad), -1)).sum(1)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(total > 0, inside / np.where(total > 0, total, 1), np.nan)
+
+
+def ranks_of(scores: np.ndarray) -> np.ndarray:
+    """fastroar's ranks (0 = largest score, ties to the lower index) of (N, d) scores."""
+    return np.asarray(rank(torch.from_numpy(np.ascontiguousarray(scores, np.float32))))
+
+
+def model_status(cfg: dict[str, Any], ckpt: dict[str, Any], labels: np.ndarray, x: torch.Tensor,
+                 model: torch.nn.Module) -> dict[str, Any]:
+    """Clean accuracy (recomputed), accuracy under attack (from training), chance and warnings of a model."""
+    chance = majority_rate(labels)
+    with torch.no_grad():
+        acc = float((model(x).argmax(1).numpy() == labels).mean())
+    ck = {**ckpt, "summary": {**ckpt["summary"], "test_acc": acc}}
+    return {"test_acc": acc, "robust_test_acc": ckpt["summary"].get("robust_test_acc"), "chance": chance,
+            "warnings": model_warnings(cfg, ck, chance, len(labels))}
 
 
 def _png(fig, path: Path) -> None:
@@ -95,6 +127,11 @@ def _mpl():
     return plt
 
 
+def _sub_workdir(out_dir: Path, name: str, cfgs: Sequence[dict[str, Any]], quick: bool) -> Workdir:
+    """<out>/<name>/<digest of the configs>: quick and full settings (or edited configs) never collide."""
+    return Workdir(out_dir / name / f"{'quick-' if quick else ''}{digest(list(cfgs), 10)}", create=True)
+
+
 # --------------------------------------------------------------------------- 1. leakage (Fig. 5)
 
 def leakage_experiment(out_dir: Path, *, quick: bool, device: str | None, progress: bool, instances: int,
@@ -105,9 +142,7 @@ def leakage_experiment(out_dir: Path, *, quick: bool, device: str | None, progre
     cfg_mlp = resolve_config(dataset="leakage", overrides=sets + ["loader=resident"])
     cfg_lin = resolve_config(dataset="leakage", overrides=sets + [
         "loader=resident", "model.arch=linear", "model.params={}", "models=[{name: linear}]"])
-    # keyed by content: quick and full settings (or an edited configs/leakage.yaml) never collide
-    wd = Workdir(out_dir / "leakage" / f"{'quick-' if quick else ''}{digest([cfg_lin, cfg_mlp], 10)}",
-                 create=True)
+    wd = _sub_workdir(out_dir, "leakage", [cfg_lin, cfg_mlp], quick)
     ctx_mlp, ctx_lin = (Context(c, wd, log, progress) for c in (cfg_mlp, cfg_lin))
     prepared, _ = prepare(ctx_mlp)
     t0 = time.perf_counter()
@@ -127,44 +162,53 @@ def leakage_experiment(out_dir: Path, *, quick: bool, device: str | None, progre
     adversaries = {m["name"]: m.get("adversary") for m in cfg_mlp["models"]}
     res: dict[str, Any] = {"config": {"dataset": prepared.meta["params"], "mlp": cfg_mlp["model"],
                                       "train": cfg_mlp["train"], "adversaries": adversaries},
-                           "workdir": str(wd.root), "models": {}}
-    grads = {}
+                           "workdir": str(wd.root), "models": {}, "attributions": list(LEAKAGE_ATTRIBUTIONS)}
+    grads: dict[str, dict[str, np.ndarray]] = {a: {} for a in LEAKAGE_ATTRIBUTIONS}
     for name, label in models:
         model, ckpt = load_model(wd, name, prepared)
-        g = signed_gradient(model, x).numpy().reshape(n, dd)
-        grads[name] = g
-        share = mass_shares(g, signal)
-        other = mass_shares(g, relevant[None] & ~signal)
-        noise = mass_shares(g, np.broadcast_to(~relevant, signal.shape))
-        with torch.no_grad():
-            acc = float((model(x).argmax(1).numpy() == labels).mean())
-        res["models"][name] = {
-            "label": label, "test_acc": acc, "signal_share": float(np.nanmean(share)),
-            "other_relevant_share": float(np.nanmean(other)), "noise_share": float(np.nanmean(noise)),
-            "zero_gradient_instances": int(np.isnan(share).sum()), "hash": ckpt["hash"],
-            # the paper's k = 1 block view: how often the largest |gradient| lies on the signal block
-            "top1_on_signal": float(np.mean(signal[np.arange(n), np.abs(g).argmax(1)])),
-            "robust_test_acc": ckpt["summary"].get("robust_test_acc"),
-        }
+        entry = {"label": label, "hash": ckpt["hash"],
+                 **model_status(cfg_lin if name == "linear" else cfg_mlp, ckpt, labels, x, model), "by": {}}
+        for a in LEAKAGE_ATTRIBUTIONS:
+            g = SIGNED[a](model, x).numpy().reshape(n, dd)
+            grads[a][name] = g
+            share = mass_shares(g, signal)
+            a_abs = np.abs(g)
+            entry["by"][a] = {
+                "signal_share": float(np.nanmean(share)),
+                "other_relevant_share": float(np.nanmean(mass_shares(g, relevant[None] & ~signal))),
+                "noise_share": float(np.nanmean(mass_shares(g, np.broadcast_to(~relevant, signal.shape)))),
+                "zero_gradient_instances": int(np.isnan(share).sum()),
+                # the paper's k = 1 block view: how often the largest |gradient| lies on the signal block
+                "top1_on_signal": float(np.mean(signal[np.arange(n), a_abs.argmax(1)])),
+                # spread of |gradient| across instances (0: the same attribution for every instance)
+                "instance_spread": float(np.max(np.abs(a_abs - a_abs[:1])) / max(float(np.abs(a_abs[0]).max()), 1e-30)),
+                **{f"aq_{k}": v for k, v in attribution_quality(ranks_of(a_abs), signal).items()},
+            }
+        res["models"][name] = entry
     m = res["models"]
     res["chance_share"] = 1.0 / (d // 2)
-    res["robust_more_concentrated"] = m["robust"]["signal_share"] > m["standard"]["signal_share"]
-    res["robust_concentrates"] = m["robust"]["signal_share"] > 0.5  # most of its mass on the signal block
-    res["standard_leaks"] = m["standard"]["other_relevant_share"] > m["standard"]["noise_share"] and \
-        m["standard"]["signal_share"] < 0.5
+    th = m["standard"]["by"][LEAKAGE_ATTRIBUTIONS[0]], m["robust"]["by"][LEAKAGE_ATTRIBUTIONS[0]]
+    res["robust_more_concentrated"] = th[1]["signal_share"] > th[0]["signal_share"]
+    res["robust_concentrates"] = th[1]["signal_share"] > 0.5  # most of its mass on the signal block
+    res["standard_leaks"] = th[0]["other_relevant_share"] > th[0]["noise_share"] and th[0]["signal_share"] < 0.5
     res["diffroar"] = leakage_diffroar(ctx_mlp)
+    chance = m["standard"]["chance"]
+    res["analytic"] = {"ceiling": leakage_diffroar_expectation(1.0, 0.0, chance),
+                       "perfect_leakage": leakage_diffroar_expectation(1.0 / (d // 2), 0.0, chance),
+                       "chance": chance, "k": 1.0 / (d * bd)}
     png = out_dir / "leakage_gradients.png"
-    plot_leakage(grads, signal, [lbl for _, lbl in models], [nm for nm, _ in models], res, instances, d, bd, png)
+    plot_leakage(grads[LEAKAGE_ATTRIBUTIONS[0]], signal, [lbl for _, lbl in models], [nm for nm, _ in models],
+                 res, instances, d, bd, png)
     res["png"] = str(png)
     return res
 
 
 def leakage_diffroar(ctx: Context) -> list[dict[str, Any]]:
-    """DiffROAR of the standard and robust MLPs' input gradients on the leakage data (the config's levels,
-    retrain settings and seeds; k = 1/d keeps one coordinate), by fastroar's precompute and retrain stages."""
+    """DiffROAR of the standard and robust MLPs' margin and logit gradients on the leakage data (the config's
+    levels, retrain settings and seeds; k = 1/d keeps one coordinate), by the precompute and retrain stages."""
     t0 = time.perf_counter()
-    precompute(ctx, attributions=["gradient"])
-    records = retrain(ctx, attributions=["gradient"])
+    precompute(ctx, attributions=list(LEAKAGE_ATTRIBUTIONS))
+    records = retrain(ctx, attributions=list(LEAKAGE_ATTRIBUTIONS))
     ctx.log(f"[replicate] leakage DiffROAR in {time.perf_counter() - t0:.1f}s")
     return diffroar_rows(records)
 
@@ -182,20 +226,66 @@ def plot_leakage(grads: dict[str, np.ndarray], signal: np.ndarray, labels: Seque
         r, c = np.nonzero(signal[:rows])
         ax.scatter(c, r, marker="s", s=60, facecolors="none", edgecolors="black", linewidths=1.4)
         ax.axvline(d // 2 * bd - 0.5, color="gray", ls="--", lw=1)
-        share = res["models"][name]["signal_share"]
+        share = res["models"][name]["by"][LEAKAGE_ATTRIBUTIONS[0]]["signal_share"]
         ax.set_title(f"{label}\nsignal-block share {share:.2f}", fontsize=10)
         ax.set_xlabel("coordinate (left of dashed line: task-relevant blocks)")
         ax.set_xticks(range(signal.shape[1]))
         ax.set_yticks(range(rows))
     np.atleast_1d(axes)[0].set_ylabel("test instance")
-    fig.suptitle("Input gradients on eq. (2) data (row-normalised; square = signal coordinate)", fontsize=11)
+    fig.suptitle("Margin gradients on eq. (2) data (row-normalised; square = signal coordinate)", fontsize=11)
     fig.tight_layout()
     _png(fig, path)
 
 
-# --------------------------------------------------------------------------- 2. BlockMNIST-style
+# --------------------------------------------------------------------------- 2. the notebook's AQ
 
-def block_experiment(ctx: Context, out_dir: Path) -> dict[str, Any]:
+def aq_experiment(out_dir: Path, *, quick: bool, device: str | None, progress: bool, log: Callable) -> dict[str, Any]:
+    """AQ of the MLPs of configs/leakage-all.yaml (per seed; mean and std over seeds per kind)."""
+    sets = list(QUICK_LEAKAGE if quick else []) + ["loader=resident"]
+    if device:
+        sets.append(f"device={device}")
+    cfg = resolve_config(dataset="leakage-all", overrides=sets)
+    wd = _sub_workdir(out_dir, "leakage-all", [cfg], quick)
+    ctx = Context(cfg, wd, log, progress)
+    prepared, _ = prepare(ctx)
+    t0 = time.perf_counter()
+    train(ctx)
+    log(f"[replicate] leakage-all models ready in {time.perf_counter() - t0:.1f}s")
+    images, labels = prepared.arrays("test")
+    x = to_model_input(images)
+    y = torch.from_numpy(np.asarray(labels))
+    signal = prepared.signal("test")
+    res: dict[str, Any] = {"config": {"dataset": prepared.meta["params"], "model": cfg["model"], "train": cfg["train"],
+                                      "models": cfg["models"]},
+                           "workdir": str(wd.root), "attributions": list(AQ_ATTRIBUTIONS), "models": {}, "kinds": {}}
+    for spec in cfg["models"]:
+        model, ckpt = load_model(wd, spec["name"], prepared)
+        entry = {"kind": "robust" if spec.get("adversary") else "standard", "seed": int(spec.get("seed", 0)),
+                 **model_status(cfg, ckpt, labels, x, model), "aq": {}}
+        for a in AQ_ATTRIBUTIONS:
+            scores = attribute(model, x, a, labels=y).reshape(len(x), -1).detach().numpy()
+            entry["aq"][a] = attribution_quality(ranks_of(scores), signal)
+        res["models"][spec["name"]] = entry
+    for kind in ("standard", "robust"):
+        members = [m for m in res["models"].values() if m["kind"] == kind]
+        if not members:
+            continue
+        res["kinds"][kind] = {"runs": len(members), "test_acc": float(np.mean([m["test_acc"] for m in members])),
+                              "chance": members[0]["chance"], "aq": {}}
+        for a in AQ_ATTRIBUTIONS:
+            v = np.array([m["aq"][a]["aq"] for m in members])
+            se = max(m["aq"][a]["aq_se"] for m in members)
+            res["kinds"][kind]["aq"][a] = {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+                                           "se": se, "top_hit": float(np.mean([m["aq"][a]["top_hit"] for m in members])),
+                                           "bottom_hit": float(np.mean([m["aq"][a]["bottom_hit"] for m in members]))}
+    return res
+
+
+# --------------------------------------------------------------------------- 3. BlockMNIST-style
+
+def block_experiment(ctx: Context, out_dir: Path, png_name: str = "blockdigits_gradients.png") -> dict[str, Any]:
+    """|input gradient| of each base model of ctx's workdir (trained when absent): grid, mass share,
+    localization per level and AQ (top-m vs bottom-m, m = the signal block's size)."""
     cfg, wd = ctx.cfg, ctx.wd
     prepared, _ = prepare(ctx)
     train(ctx)  # skips models that exist
@@ -203,22 +293,21 @@ def block_experiment(ctx: Context, out_dir: Path) -> dict[str, Any]:
     signal = prepared.signal("test")
     x = to_model_input(images)
     res: dict[str, Any] = {"dataset": cfg["dataset"], "levels": list(cfg["levels"]), "models": {},
-                           "chance": float(signal.sum(1).mean() / signal.shape[1])}
+                           "chance": float(signal.sum(1).mean() / signal.shape[1]), "workdir": str(wd.root)}
     grads = {}
     for spec in cfg["models"]:
         name = spec["name"]
         model, ckpt = load_model(wd, name, prepared)
         g = signed_gradient(model, x).numpy().reshape(len(x), -1)
         grads[name] = np.abs(g)
-        ranks = np.asarray(rank(torch.from_numpy(np.abs(g)).float()))
-        with torch.no_grad():
-            acc = float((model(x).argmax(1).numpy() == labels).mean())
+        ranks = ranks_of(np.abs(g))
         res["models"][name] = {
-            "adversary": spec.get("adversary"), "test_acc": acc, "hash": ckpt["hash"],
+            "adversary": spec.get("adversary"), "hash": ckpt["hash"], **model_status(cfg, ckpt, labels, x, model),
             "signal_share": float(np.nanmean(mass_shares(g, signal))),
             "localization": dict(zip(map(str, cfg["levels"]), localization(ranks, signal, cfg["levels"]))),
+            "aq": attribution_quality(ranks, signal),
         }
-    png = out_dir / "blockdigits_gradients.png"
+    png = out_dir / png_name
     plot_block_grid(images, signal, grads, labels, prepared.shape, png)
     res["png"] = str(png)
     std = [n for n, m in res["models"].items() if not m["adversary"]]
@@ -228,6 +317,19 @@ def block_experiment(ctx: Context, out_dir: Path) -> dict[str, Any]:
         res["robust_localizes_better"] = {k: r["localization"][k] > s["localization"][k] for k in s["localization"]}
         res["standard_near_chance"] = {k: abs(v - res["chance"]) < 0.1 for k, v in s["localization"].items()}
     return res
+
+
+def variant_experiment(ctx: Context, out_dir: Path, quick: bool) -> dict[str, Any] | None:
+    """block_experiment on the other signal-position variant of the workdir's dataset (same settings),
+    trained into <out>/<variant>/<digest>."""
+    other = OTHER_VARIANT.get(ctx.cfg["dataset"]["name"])
+    if other is None:
+        return None
+    cfg = json.loads(json.dumps(ctx.cfg))
+    cfg["dataset"]["name"] = other
+    cfg.pop("store", None)  # the sub-workdir keeps its own rank store
+    wd = _sub_workdir(out_dir, other, [cfg], quick)
+    return block_experiment(Context(cfg, wd, ctx.log, ctx.progress), out_dir, f"{other}_gradients.png")
 
 
 def plot_block_grid(images: np.ndarray, signal: np.ndarray, grads: dict[str, np.ndarray], labels: np.ndarray,
@@ -262,12 +364,23 @@ def plot_block_grid(images: np.ndarray, signal: np.ndarray, grads: dict[str, np.
     _png(fig, path)
 
 
-# --------------------------------------------------------------------------- 3. DiffROAR
+# --------------------------------------------------------------------------- 4. DiffROAR
 
-def diffroar_experiment(ctx: Context, prepared_key: str, hashes: dict[str, str], out_dir: Path) -> dict[str, Any]:
+def diffroar_experiment(ctx: Context, prepared_key: str, hashes: dict[str, str], out_dir: Path,
+                        fill_missing: bool = False) -> dict[str, Any]:
     cfg, wd, log = ctx.cfg, ctx.wd, ctx.log
-    records = [r for r in read_results(wd.results_path).values()
-               if r.get("dataset_key") == prepared_key and hashes.get(r["model"]) == r.get("model_hash")]
+
+    def ours() -> list[dict[str, Any]]:
+        return [r for r in read_results(wd.results_path).values()
+                if r.get("dataset_key") == prepared_key and hashes.get(r["model"]) == r.get("model_hash")]
+
+    records = ours()
+    if fill_missing and not any(r["attribution"] == "gradient" for r in records):
+        t0 = time.perf_counter()
+        precompute(ctx, attributions=["gradient"])
+        retrain(ctx, attributions=["gradient"])
+        log(f"[replicate] DiffROAR of gradient on {cfg['dataset']['name']} in {time.perf_counter() - t0:.1f}s")
+        records = ours()
     if not records:
         return {"available": False,
                 "note": f"no retraining results for these models in {wd.results_path}; run `fastroar run "
@@ -307,7 +420,7 @@ def diffroar_experiment(ctx: Context, prepared_key: str, hashes: dict[str, str],
 
 @stage("replicate")
 def replicate(ctx: Context, *, quick: bool = False, instances: int = 20) -> dict[str, Any]:
-    """Runs the three experiments; writes <workdir>/replicate/{*.png, summary.json, summary.md}.
+    """Runs the experiments; writes <workdir>/replicate/{*.png, summary.json, summary.md}.
     The workdir's config (its device setting included) also sets the leakage models' device."""
     cfg, wd, log, progress = ctx.cfg, ctx.wd, ctx.log, ctx.progress
     device = None if cfg["device"] == "auto" else cfg["device"]
@@ -322,20 +435,26 @@ def replicate(ctx: Context, *, quick: bool = False, instances: int = 20) -> dict
     summary["leakage"] = leakage_experiment(out_dir, quick=quick, device=device, progress=progress,
                                             instances=instances, log=log)
     summary["leakage"]["seconds"] = round(time.perf_counter() - t, 1)
+    t = time.perf_counter()
+    summary["aq"] = aq_experiment(out_dir, quick=quick, device=device, progress=progress, log=log)
+    summary["aq"]["seconds"] = round(time.perf_counter() - t, 1)
 
     t = time.perf_counter()
-    block = _has_signal(cfg)
-    if block:
+    if _has_signal(cfg):
         summary["blockdigits"] = block_experiment(ctx, out_dir)
+        summary["variant"] = variant_experiment(ctx, out_dir, quick)
         summary["blockdigits"]["seconds"] = round(time.perf_counter() - t, 1)
         key = load_prepared(cfg, wd).meta["key"]
         hashes = {n: m["hash"] for n, m in summary["blockdigits"]["models"].items()}
-        summary["diffroar"] = diffroar_experiment(ctx, key, hashes, out_dir)
+        summary["diffroar"] = diffroar_experiment(ctx, key, hashes, out_dir, fill_missing=not quick)
     else:
         note = (f"the workdir's dataset {cfg['dataset']['name']!r} records no signal blocks; use a workdir "
-                "of blockdigits / blockmnist (e.g. a fresh --workdir) for experiments 2 and 3")
+                "of blockdigits / blockmnist (e.g. a fresh --workdir) for the BlockMNIST and DiffROAR experiments")
         summary["blockdigits"] = {"skipped": note}
+        summary["variant"] = None
         summary["diffroar"] = {"available": False, "note": note}
+    summary["claims"] = claims(summary)
+    summary["warnings"] = [w for w in _all_warnings(summary)]
     summary["seconds"] = round(time.perf_counter() - t0, 1)
     atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2, default=str))
     md = summary_markdown(summary)
@@ -345,68 +464,187 @@ def replicate(ctx: Context, *, quick: bool = False, instances: int = 20) -> dict
 
 
 def _has_signal(cfg: dict[str, Any]) -> bool:
-    return cfg["dataset"]["name"] in ("blockdigits", "blockdigits-top", "blockmnist", "blockmnist-top")
+    return cfg["dataset"]["name"] in OTHER_VARIANT
+
+
+def _all_warnings(s: dict[str, Any]):
+    names = {"leakage": "leakage", "aq": "leakage-all"}
+    for part in ("leakage", "aq", "blockdigits", "variant"):
+        res = s.get(part) or {}
+        label = names.get(part) or (res.get("dataset") or {}).get("name", part)
+        for m in (res.get("models") or {}).values():
+            yield from (f"[{label}] {w}" for w in m.get("warnings", []))
+
+
+# --------------------------------------------------------------------------- the claims table
+
+def _pm(mean: float, std: float | None) -> str:
+    return f"{mean:+.2f}" if std is None else f"{mean:+.2f} ± {std:.2f}"
+
+
+def _agree_number(ours: float, std: float, ref: float, floor: float = 0.0) -> str:
+    """'yes' when |ours - ref| <= 2 std (std floored at `floor`, e.g. the test set's standard error)."""
+    tol = 2 * max(std, floor)
+    diff = abs(ours - ref)
+    if diff <= tol:
+        return "yes"
+    same = "same sign, " if np.sign(ours) == np.sign(ref) else ""
+    return f"no ({same}Δ = {diff:.2f} > 2σ = {tol:.2f})"
+
+
+def claims(s: dict[str, Any]) -> list[dict[str, str]]:
+    """One row per finding: claim (and where it comes from) | setting | reference | fastroar | agrees?"""
+    rows: list[dict[str, str]] = []
+    aq = s["aq"]
+    p = aq["config"]["dataset"]
+    width, ep = aq["config"]["model"]["params"].get("width"), aq["config"]["train"]["epochs"]
+    for kind, label in (("standard", "standard MLP"), ("robust", "l-inf PGD MLP")):
+        k = aq["kinds"].get(kind)
+        if not k:
+            continue
+        v = k["aq"]["gradient:loss"]
+        rows.append({"claim": f"AQ of the loss gradient, {label} (notebook 02, cells 16-18)",
+                     "setting": f"x = y·e_j, j over all d = {p['d']}; width {width}, {ep} epochs, {k['runs']} seeds; "
+                                f"acc {k['test_acc']:.2f} (chance {k['chance']:.2f})",
+                     "reference": f"{REFERENCE_AQ[kind]:+.2f}", "fastroar": _pm(v["mean"], v["std"]),
+                     "agrees": _agree_number(v["mean"], v["std"], REFERENCE_AQ[kind], v["se"])})
+    lk = s["leakage"]
+    lp = lk["config"]["dataset"]
+    setting = f"eq. (2), d = {lp['d']}, d~ = {lp['block_dim']}, η = {lp['eta']}; margin gradient"
+    lin = lk["models"]["linear"]["by"]["gradient:margin"]
+    rows.append({"claim": "Fig. 5: a linear model's gradient is the same for every instance",
+                 "setting": setting + f"; acc {lk['models']['linear']['test_acc']:.2f}",
+                 "reference": "spread 0", "fastroar": f"spread {lin['instance_spread']:.1e}",
+                 "agrees": "yes" if lin["instance_spread"] < 1e-5 else "no"})
+    std_m, rob_m = lk["models"]["standard"], lk["models"]["robust"]
+    sb, rb = std_m["by"]["gradient:margin"], rob_m["by"]["gradient:margin"]
+    rows.append({"claim": "Fig. 5 / Thm. 1: a standard MLP's gradient leaks over the d/2 task-relevant blocks",
+                 "setting": setting + f"; acc {std_m['test_acc']:.2f} (chance {std_m['chance']:.2f})",
+                 "reference": f"signal share ≈ {lk['chance_share']:.2f} (= 2/d), mass on relevant blocks",
+                 "fastroar": f"signal {sb['signal_share']:.2f}, other relevant {sb['other_relevant_share']:.2f}, "
+                             f"noise {sb['noise_share']:.2f}; top-1 = j* {sb['top1_on_signal']:.2f}",
+                 "agrees": "yes" if lk["standard_leaks"] else "no"})
+    rows.append({"claim": "Fig. 5: a robust MLP's top-1 gradient coordinate is the signal one",
+                 "setting": setting + f"; acc {rob_m['test_acc']:.2f}, under attack "
+                            f"{_f(rob_m['robust_test_acc'])} (chance {rob_m['chance']:.2f})",
+                 "reference": "1.00", "fastroar": f"{rb['top1_on_signal']:.2f}",
+                 "agrees": "yes" if rb["top1_on_signal"] >= 0.95 else "no"})
+    an = lk["analytic"]
+    by = {(r["model"], r["attribution"], r["k"]): r for r in lk["diffroar"]}
+    for name, ref, what in (("robust", an["ceiling"], "the ceiling 1 - chance"),
+                            ("standard", an["perfect_leakage"], "perfect leakage (Thm. 1)")):
+        r = by.get((name, "gradient:margin", an["k"]))
+        if r is None:
+            continue
+        hits = lk["models"][name]["by"]["gradient:margin"]
+        pred = leakage_diffroar_expectation(hits["aq_top_hit"], hits["aq_bottom_hit"], an["chance"])
+        rows.append({"claim": f"DiffROAR(k = 1/d) of the {name} MLP = {what} (Sec. 4 analysis)",
+                     "setting": setting + f"; {r['runs']} retraining seeds",
+                     "reference": f"{ref:+.2f}; from its own hit rates {pred:+.2f}",
+                     "fastroar": _pm(r["diffroar"], r["std"]),
+                     "agrees": _agree_number(r["diffroar"], r["std"], ref, 0.025)})
+    bd, var = s.get("blockdigits") or {}, s.get("variant")
+    if "models" in bd and var:
+        for res in (bd, var):
+            name = res["dataset"]["name"]
+            top = name.endswith("-top")
+            k0 = str(res["levels"][0])
+            for mname, m in res["models"].items():
+                loc = m["localization"][k0]
+                expect = bool(m["adversary"]) or top
+                rows.append({"claim": f"Sec. 5: {'robust' if m['adversary'] else 'standard'} gradients "
+                                      f"{'localize' if expect else 'do not localize'} on {name}",
+                             "setting": f"{name}; gradient; acc {m['test_acc']:.2f} (chance {m['chance']:.2f})",
+                             "reference": f"top-{k0} share {'≈ 1' if expect else '≈ chance ' + format(res['chance'], '.2f')}",
+                             "fastroar": f"{loc:.2f} (AQ {m['aq']['aq']:+.2f})",
+                             "agrees": "yes" if (loc >= LOCALIZES) == expect else "no"})
+    df = s.get("diffroar") or {}
+    if df.get("available") and df["comparison"]:
+        c0 = df["comparison"][0]
+        rows.append({"claim": "Sec. 5: robust models' gradients have higher DiffROAR than standard ones",
+                     "setting": f"{bd['dataset']['name']}; gradient; k in {[c['k'] for c in df['comparison']]}",
+                     "reference": "robust > standard",
+                     "fastroar": f"k = {c0['k']:g}: {_pm(c0['robust'], c0['robust_std'])} vs "
+                                 f"{_pm(c0['standard'], c0['standard_std'])}; higher at "
+                                 f"{sum(c['robust_higher'] for c in df['comparison'])}/{len(df['comparison'])} k",
+                     "agrees": "yes" if df["robust_higher_at_every_k"] else "no"})
+    return rows
+
+
+def _f(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.2f}"
+
+
+def claims_table(rows: list[dict[str, str]]) -> list[str]:
+    out = ["| claim | setting | reference | fastroar ± std | agrees? |", "| --- | --- | --- | --- | --- |"]
+    out += [f"| {r['claim']} | {r['setting']} | {r['reference']} | {r['fastroar']} | {r['agrees']} |" for r in rows]
+    return out
 
 
 def summary_markdown(s: dict[str, Any]) -> str:
     lk = s["leakage"]
     lines = ["# fastroar replicate", "",
              f"workdir `{s['workdir']}`{' (--quick: tiny settings, not for conclusions)' if s['quick'] else ''}; "
-             f"wall time {s['seconds']:.1f}s", "",
-             "## 1. Feature leakage (Fig. 5 / Theorem 1), eq. (2) data, "
-             f"d = {lk['config']['dataset']['d']}, d~ = {lk['config']['dataset']['block_dim']}, "
-             f"eta = {lk['config']['dataset']['eta']}", "",
-             "Share of |input gradient| mass per instance (mean over the test set); chance on the signal block "
-             f"among the task-relevant blocks = {lk['chance_share']:.2f}. top-1 on signal: fraction of instances "
-             "whose largest |gradient| coordinate is the signal one.", "",
-             "| model | test acc | signal block | other task-relevant blocks | noise blocks | top-1 on signal |",
-             "| --- | --- | --- | --- | --- | --- |"]
+             f"wall time {s['seconds']:.1f}s", ""]
+    if s.get("warnings"):
+        lines += [f"- {w}" for w in s["warnings"]] + [""]
+    lines += ["## The paper's findings, side by side", ""] + claims_table(s["claims"]) + [""]
+    lines += ["## 1. Feature leakage (Fig. 5 / Theorem 1), eq. (2) data, "
+              f"d = {lk['config']['dataset']['d']}, d~ = {lk['config']['dataset']['block_dim']}, "
+              f"eta = {lk['config']['dataset']['eta']}", "",
+              "Share of |input gradient| mass per instance (mean over the test set); chance on the signal block "
+              f"among the task-relevant blocks = {lk['chance_share']:.2f}. top-1 on signal: fraction of instances "
+              "whose largest |gradient| coordinate is the signal one. gradient:margin is the theory's gradient, "
+              "gradient the predicted logit's.", "",
+              "| model | test acc (chance) | acc under attack | attribution | signal block | other task-relevant blocks "
+              "| noise blocks | top-1 on signal | AQ |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for m in lk["models"].values():
-        lines.append(f"| {m['label']} | {m['test_acc']:.3f} | {m['signal_share']:.3f} | "
-                     f"{m['other_relevant_share']:.3f} | {m['noise_share']:.3f} | {m['top1_on_signal']:.3f} |")
-    lines += ["", f"![leakage]({Path(lk['png']).name})", "",
-              "Paper: standard MLP gradients leak over all task-relevant blocks, robust ones concentrate on the "
-              "signal block. Here: robust MLP signal share "
-              + ("**>**" if lk["robust_more_concentrated"] else "**not >**")
-              + " standard MLP's, and the robust MLP "
-              + ("concentrates on the signal block (share > 0.5)" if lk["robust_concentrates"]
-                 else "**does not** concentrate on the signal block (share <= 0.5)")
-              + "; standard MLP "
-              + ("leaks (signal share < 0.5, more mass on other task-relevant blocks than on noise blocks)"
-                 if lk["standard_leaks"] else "**does not** leak by that criterion (signal share >= 0.5 or "
-                 "no more mass on the other task-relevant blocks than on the noise blocks)") + ".", ""]
+        for a, b in m["by"].items():
+            lines.append(f"| {m['label']} | {m['test_acc']:.3f} ({m['chance']:.3f}) | {_f(m['robust_test_acc'])} | {a} | "
+                         f"{b['signal_share']:.3f} | {b['other_relevant_share']:.3f} | {b['noise_share']:.3f} | "
+                         f"{b['top1_on_signal']:.3f} | {b['aq_aq']:+.3f} |")
+    lines += ["", f"![leakage]({Path(lk['png']).name})", ""]
     ldf = lk.get("diffroar") or []
     if ldf:
-        d = lk["config"]["dataset"]["d"] * lk["config"]["dataset"]["block_dim"]
-        lines += [f"DiffROAR of the MLPs' input gradients on this data (retrained; k = {1 / d:g} keeps one "
-                  "coordinate). For comparison, the paper's early version reports an attribution-quality "
-                  "score at k = 1 coordinate of -0.52 (standard) and +1.00 (robust), with width 25,000 (the reference notebook 02_fig_in_synthetic_data.ipynb).",
-                  "", "| model | k | acc top-k | acc bottom-k | DiffROAR | runs |", "| --- | --- | --- | --- | --- | --- |"]
+        an = lk["analytic"]
+        lines += [f"DiffROAR on this data (retrained; k = {an['k']:g} keeps one coordinate). Analytic values at "
+                  f"k = {an['k']:g} (test chance {an['chance']:.3f}): ceiling {an['ceiling']:.3f} (perfectly "
+                  f"localizing attribution), {an['perfect_leakage']:.3f} (perfectly leaking, Theorem 1).",
+                  "", "| model | attribution | k | acc top-k | acc bottom-k | DiffROAR | runs |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
         for r in ldf:
-            lines.append(f"| {r['model']} | {r['k']:g} | {r['acc_top']:.3f} | {r['acc_bottom']:.3f} | "
+            lines.append(f"| {r['model']} | {r['attribution']} | {r['k']:g} | {r['acc_top']:.3f} | {r['acc_bottom']:.3f} | "
                          f"{r['diffroar']:.3f} ± {r['std']:.3f} | {r['runs']} |")
         lines.append("")
+    aq = s["aq"]
+    lines += ["## 2. The reference notebook's AQ (x = y·e_j, j over all d coordinates)", "",
+              "AQ = P(top-1 = j*) - P(bottom-1 = j*) per seed; mean ± std over seeds.", "",
+              "| model | runs | test acc (chance) | " + " | ".join(f"AQ {a}" for a in aq["attributions"]) + " |",
+              "| --- | --- | --- | " + " | ".join("---" for _ in aq["attributions"]) + " |"]
+    for kind, k in aq["kinds"].items():
+        lines.append(f"| {kind} | {k['runs']} | {k['test_acc']:.3f} ({k['chance']:.3f}) | "
+                     + " | ".join(_pm(k["aq"][a]["mean"], k["aq"][a]["std"]) for a in aq["attributions"]) + " |")
+    lines.append("")
+    lines += ["## 3. BlockMNIST-style data", ""]
     bd = s["blockdigits"]
-    lines += ["## 2. BlockMNIST-style data", ""]
     if "skipped" in bd:
         lines += [bd["skipped"], ""]
     else:
-        levels = [str(k) for k in bd["levels"]]
-        lines += [f"dataset {bd['dataset']['name']} {bd['dataset']['params']}; localization = share of the "
-                  f"top-k gradient-ranked coordinates inside the signal block (chance {bd['chance']:.2f}).", "",
-                  "| model | test acc | grad mass on signal block | " + " | ".join(f"loc k={k}" for k in levels) + " |",
-                  "| --- | --- | --- | " + " | ".join("---" for _ in levels) + " |"]
-        for name, m in bd["models"].items():
-            lines.append(f"| {name} | {m['test_acc']:.3f} | {m['signal_share']:.3f} | "
-                         + " | ".join(f"{m['localization'][k]:.3f}" for k in levels) + " |")
-        lines += ["", f"![grid]({Path(bd['png']).name})", ""]
-        if "robust_localizes_better" in bd:
-            better = [k for k, v in bd["robust_localizes_better"].items() if v]
-            lines += ["Paper: standard models' gradients highlight the null block too, robust ones the signal. "
-                      f"Here: robust localizes better at k in {better or 'none'} of {levels}; standard within 0.1 "
-                      f"of chance at k in {[k for k, v in bd['standard_near_chance'].items() if v] or 'none'}.", ""]
+        for res in [bd] + ([s["variant"]] if s.get("variant") else []):
+            levels = [str(k) for k in res["levels"]]
+            lines += [f"dataset {res['dataset']['name']} {res['dataset']['params']}; localization = share of the "
+                      f"top-k gradient-ranked coordinates inside the signal block (chance {res['chance']:.2f}); AQ at "
+                      "m = the block size.", "",
+                      "| model | test acc (chance) | grad mass on signal block | "
+                      + " | ".join(f"loc k={k}" for k in levels) + " | AQ |",
+                      "| --- | --- | --- | " + " | ".join("---" for _ in levels) + " | --- |"]
+            for name, m in res["models"].items():
+                lines.append(f"| {name} | {m['test_acc']:.3f} ({m['chance']:.3f}) | {m['signal_share']:.3f} | "
+                             + " | ".join(f"{m['localization'][k]:.3f}" for k in levels) + f" | {m['aq']['aq']:+.3f} |")
+            lines += ["", f"![grid]({Path(res['png']).name})", ""]
     df = s["diffroar"]
-    lines += ["## 3. DiffROAR, standard vs robust (input gradients)", ""]
+    lines += ["## 4. DiffROAR, standard vs robust (input gradients)", ""]
     if not df["available"]:
         lines += [df["note"], ""]
     else:
@@ -424,11 +662,8 @@ def summary_markdown(s: dict[str, Any]) -> str:
         if road:
             lines += ["", "ROAD (`fastroar estimate`, no retraining: base model on imputed inputs) orders robust vs "
                       f"standard as DiffROAR does at k in {same or 'none'} of {[c['k'] for c in df['comparison']]}."]
-        lines += ["", f"![diffroar]({Path(df['png']).name})", "",
-                  "Paper: robust models' gradients score higher. Here: "
-                  + ("robust higher at every k." if df["robust_higher_at_every_k"]
-                     else "robust is **not** higher at every k (see the table)."), ""]
+        lines += ["", f"![diffroar]({Path(df['png']).name})", ""]
     return "\n".join(lines)
 
 
-__all__ = ["replicate", "signed_gradient", "mass_shares", "summary_markdown"]
+__all__ = ["replicate", "signed_gradient", "signed_margin_gradient", "mass_shares", "summary_markdown", "claims"]

@@ -1,6 +1,7 @@
 """The report stage: DiffROAR(k) = mean acc(top-k) - mean acc(bottom-k) per (model, attribution), as a
-table (stdout and CSV) and a PNG of the curves, plus the signal-block localization score where the
-dataset records where its signal lies.
+table (stdout and CSV) and a PNG of the curves, plus the signal-block localization and attribution-quality
+(AQ) scores where the dataset records where its signal lies, and the base models' accuracies beside the test
+split's chance rate (with a WARNING line for an undertrained or non-robust model).
 """
 from __future__ import annotations
 
@@ -12,15 +13,17 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
+import torch
 
 from fastroar.engine.results import read_results, read_results_checked
 from fastroar.engine.store import RankStore
 from fastroar.engine.workspace import Workdir, atomic_write
 from fastroar.errors import MissingInputError
+from fastroar.metrics.aq import attribution_quality, majority_rate
 from fastroar.metrics.diffroar import diffroar_rows
 from fastroar.metrics.localization import localization
 from fastroar.metrics.road import DEFAULT_NOISE
-from fastroar.stages.artifacts import Prepared, identity, load_prepared, sweep_jobs
+from fastroar.stages.artifacts import Prepared, checkpoint_path, identity, load_prepared, model_warnings, sweep_jobs
 from fastroar.stages.contract import Context, stage
 from fastroar.training.jobs import Job
 
@@ -102,6 +105,29 @@ DIFFROAR_COLUMNS = ("model", "attribution", "k", "acc_top", "acc_bottom", "diffr
 LOCALIZATION_COLUMNS = ("model", "attribution", "k", "signal_share", "chance")
 
 
+AQ_COLUMNS = ("model", "attribution", "m", "top_hit", "bottom_hit", "aq")
+MODEL_COLUMNS = ("model", "adversary", "test_acc", "robust_test_acc", "chance")
+
+
+def base_model_rows(cfg: dict[str, Any], workdir: Workdir, prepared: Prepared) -> list[dict[str, Any]]:
+    """Each trained base model's clean and adversarial test accuracy beside the test split's chance rate,
+    and its WARNING lines (below train.min_test_acc, or at chance under attack)."""
+    labels = prepared.arrays("test")[1]
+    chance = majority_rate(labels)
+    rows = []
+    for spec in cfg["models"]:
+        path = checkpoint_path(workdir, spec["name"])
+        if not path.exists():
+            continue
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        sm = ckpt["summary"]
+        adv = spec.get("adversary")
+        rows.append({"model": spec["name"], "adversary": f"{adv['norm']} eps {adv['eps']}" if adv else "-",
+                     "test_acc": sm.get("test_acc"), "robust_test_acc": sm.get("robust_test_acc", "-"),
+                     "chance": chance, "warnings": model_warnings(cfg, ckpt, chance, len(labels))})
+    return rows
+
+
 @stage("report")
 def report(ctx: Context) -> dict[str, Any]:
     """Writes report/diffroar.csv, report/diffroar.png (and localization.csv); prints the tables.
@@ -135,14 +161,16 @@ def report(ctx: Context) -> dict[str, Any]:
         for r in rows:
             r["road"] = road.get((r["model"], r["attribution"], r["k"]), "")
         columns = DIFFROAR_COLUMNS + ("road",)
-    loc_rows = localization_rows(cfg, workdir, prepared, sorted({(r["model"], r["attribution"]) for r in mine}),
-                                 {r["model"]: r["model_hash"] for r in mine})
+    loc_rows, aq_rows = signal_rows(cfg, workdir, prepared, sorted({(r["model"], r["attribution"]) for r in mine}),
+                                    {r["model"]: r["model_hash"] for r in mine})
+    model_rows = base_model_rows(cfg, workdir, prepared)
     out = workdir.report_dir
     write_csv(rows, out / "diffroar.csv", columns)
     png = out / "diffroar.png"
     plot_curves([r for r in rows if r["diffroar"] is not None], png, f"DiffROAR on {cfg['dataset']['name']}")
     if loc_rows is not None:
         write_csv(loc_rows, out / "localization.csv", LOCALIZATION_COLUMNS)
+        write_csv(aq_rows, out / "aq.csv", AQ_COLUMNS)
     for note in notes:
         log(note)
     log("DiffROAR (acc(top-k) - acc(bottom-k); > 0: the attribution ranks discriminative pixels first)")
@@ -159,6 +187,15 @@ def report(ctx: Context) -> dict[str, Any]:
         log("\nSignal-block localization (share of top-k coordinates inside the signal block; test split)")
         log(format_table(loc_rows, LOCALIZATION_COLUMNS))
         result["localization"] = loc_rows
+        log("\nAttribution quality AQ = top-m hits - bottom-m hits on the signal block (m = its size; test split)")
+        log(format_table(aq_rows, AQ_COLUMNS))
+        result["aq"] = aq_rows
+    log("\nBase models (test split; chance = its majority-class rate)")
+    log(format_table(model_rows, MODEL_COLUMNS))
+    for r in model_rows:
+        for w in r["warnings"]:
+            log(w)
+    result["models"] = model_rows
     log(f"\nreport: {out / 'diffroar.csv'}\nplot: {png}")
     return result
 
@@ -217,20 +254,22 @@ def _difference(r: dict[str, Any], job: Job, first: Job | None) -> str:
     return "another fastroar version's job key"
 
 
-def localization_rows(cfg: dict[str, Any], workdir: Workdir, prepared: Prepared, pairs: Sequence[tuple[str, str]],
-                      hashes: dict[str, str]) -> list[dict[str, Any]] | None:
-    """Per (model, attribution, k): the signal-block share of the top-k ranks on the test split, from the
-    store entry of that model's hash (checksums verified); None where the data record no signal blocks."""
+def signal_rows(cfg: dict[str, Any], workdir: Workdir, prepared: Prepared, pairs: Sequence[tuple[str, str]],
+                hashes: dict[str, str]) -> tuple[list[dict[str, Any]] | None, list[dict[str, Any]] | None]:
+    """(localization rows, AQ rows) of the test split's rank maps, read once per (model, attribution) from
+    the store entry of that model's hash (checksums verified): per k the signal-block share of the top-k
+    ranks; AQ (fastroar.metrics.aq) per pair. (None, None) where the data record no signal blocks."""
     signal = prepared.signal("test")
     if signal is None:
-        return None
+        return None, None
     store = RankStore(str(workdir.store_path), mode="r")
     chance = float(signal.sum(1).mean() / signal.shape[1])
-    rows = []
+    loc, aq = [], []
     for model, attribution in pairs:
         entry = store.open_entry(model, attribution, identity(cfg, prepared, hashes[model], attribution))
         ranks = entry.split("test").read("ranks")
         for k, share in zip(cfg["levels"], localization(ranks, signal, cfg["levels"])):
-            rows.append({"model": model, "attribution": attribution, "k": k, "signal_share": share,
-                         "chance": chance})
-    return rows
+            loc.append({"model": model, "attribution": attribution, "k": k, "signal_share": share,
+                        "chance": chance})
+        aq.append({"model": model, "attribution": attribution, **attribution_quality(ranks, signal)})
+    return loc, aq

@@ -9,6 +9,7 @@ import torch
 
 from fastroar.engine.workspace import Workdir, atomic_save, atomic_write_text
 from fastroar.errors import StoreMismatchError
+from fastroar.metrics.aq import majority_rate
 from fastroar.models import build_model, state_hash
 from fastroar.stages.artifacts import (Prepared, checkpoint_path, config_diff, load_prepared, model_config,
                                        resolve_device)
@@ -53,7 +54,8 @@ def train_one(mcfg: dict[str, Any], prepared: Prepared, cfg: dict[str, Any], wor
                                      device=device)
     stats = train_model(model, train_loader, recipe, adversary=adversary, bounds=prepared.bounds,
                         desc=f"train {mcfg['name']}", progress=progress)
-    summary = {"name": mcfg["name"], "test_acc": evaluate(model, test_loader), **stats,
+    summary = {"name": mcfg["name"], "test_acc": evaluate(model, test_loader),
+               "test_chance": majority_rate(prepared.arrays("test")[1]), **stats,
                "seconds": round(time.perf_counter() - t0, 2), "loader": path_name}
     if adversary is not None:
         summary["robust_test_acc"] = robust_accuracy(model, test_loader, adversary, prepared.bounds)
@@ -64,7 +66,7 @@ def train_one(mcfg: dict[str, Any], prepared: Prepared, cfg: dict[str, Any], wor
     atomic_save({"state_dict": model.state_dict(), "config": mcfg, "hash": model_hash, "summary": summary}, out)
     atomic_write_text(out.parent / "model.json", json.dumps(summary | {"config": mcfg}, indent=2))
     extra = f", robust acc {summary['robust_test_acc']:.3f}" if "robust_test_acc" in summary else ""
-    log(f"[train] {mcfg['name']}: test acc {summary['test_acc']:.3f}{extra} "
+    log(f"[train] {mcfg['name']}: test acc {summary['test_acc']:.3f}{extra} (chance {summary['test_chance']:.3f}) "
         f"in {summary['seconds']:.1f}s ({path_name} loader)")
     return summary
 
