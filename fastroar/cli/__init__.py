@@ -106,6 +106,9 @@ def executor_options(fn: Callable) -> Callable:
         click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
                      help="local: in this process; ray: one Ray task per job group / chunk range."),
         click.option("--address", default=None, help="Address of a running Ray cluster (default: start one here)."),
+        click.option("--ray-auth-token-file", type=click.Path(exists=True, dir_okay=False), default=None,
+                     help="The Ray cluster's token file (token authentication; default: $RAY_AUTH_TOKEN, "
+                          "$RAY_AUTH_TOKEN_PATH, else ~/.ray/auth_token when present)."),
         click.option("--gpus-per-task", type=click.FloatRange(min=0), default=0.0, show_default=True,
                      help="GPUs Ray reserves per task (fractional packs small models on one GPU)."),
         click.option("--cpus-per-task", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
@@ -114,19 +117,34 @@ def executor_options(fn: Callable) -> Callable:
                      help="local executor: worker processes (default: one per GPU when there are several, "
                           "else this process)."),
     ]
+
+    @functools.wraps(fn)
+    def command(*args, ray_auth_token_file=None, **kwargs):
+        # the token file only matters to make_executor: pass it there without widening every command
+        click.get_current_context().meta[_TOKEN_FILE] = ray_auth_token_file
+        return fn(*args, **kwargs)
+
     for option in reversed(options):
-        fn = option(fn)
-    return fn
+        command = option(command)
+    return command
+
+
+_TOKEN_FILE = "fastroar.ray_auth_token_file"
 
 
 def make_executor(executor: str, address: str | None, gpus_per_task: float, cpus_per_task: float,
-                  workers: int | None = None):
+                  workers: int | None = None, ray_auth_token_file: str | None = None):
     from fastroar.executors import get_executor
 
     if workers is not None and executor != "local":
         raise click.UsageError("--workers applies to --executor local (Ray places tasks itself)")
     return get_executor(executor, address=address, num_gpus=gpus_per_task, num_cpus=cpus_per_task,
-                        workers=workers)
+                        workers=workers, auth_token_file=ray_auth_token_file or _context_token_file())
+
+
+def _context_token_file() -> str | None:
+    ctx = click.get_current_context(silent=True)
+    return ctx.meta.get(_TOKEN_FILE) if ctx is not None else None
 
 
 def resolve(workdir: str, dataset: str | None, config_path: str | None, overrides: tuple[str, ...],
