@@ -8,6 +8,7 @@ results as tasks finish (any order); the caller records them, so a task's result
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -111,13 +112,25 @@ class RayExecutor:
 
         self.connect()
         remote = ray.remote(num_cpus=self.num_cpus, num_gpus=self.num_gpus, max_retries=self.max_retries,
-                            retry_exceptions=[OSError])(fn)
-        pending = [remote.remote(*args) for args in items]
+                            retry_exceptions=[OSError])(_ray_task).options(name=getattr(fn, "__name__", "task"))
+        delay = float(os.environ.get(TASK_DELAY_ENV, 0) or 0)
+        pending = [remote.remote(fn, delay, *args) for args in items]
         with tqdm(total=len(pending), desc=desc, disable=not progress, unit="task") as bar:
             while pending:
                 done, pending = ray.wait(pending, num_returns=1)
                 bar.update(1)
                 yield ray.get(done[0])
+
+
+# Test hook: a retry test sets this (seconds) in the driver's environment so that each Ray task sleeps
+# before its work, leaving time to kill its worker mid-task. Unset: no delay.
+TASK_DELAY_ENV = "FASTROAR_TEST_TASK_DELAY"
+
+
+def _ray_task(fn: Callable, delay: float, *args: Any) -> Any:
+    if delay > 0:
+        time.sleep(delay)
+    return fn(*args)
 
 
 def check_reachable(address: str, timeout: float = 5.0) -> None:
