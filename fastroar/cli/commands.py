@@ -7,7 +7,7 @@ import time
 import click
 
 from fastroar.cli.options import (FILL_OPTION, RECIPE_OPTION, common_options, context, executor_options,
-                                  fail_cleanly, make_executor, parse_levels)
+                                  fail_cleanly, parse_levels)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -47,14 +47,14 @@ def train(workdir, dataset, config_path, overrides, device, loader, progress) ->
 @executor_options
 @fail_cleanly
 def precompute(workdir, dataset, config_path, overrides, device, loader, progress, models, attributions,
-               executor, address, gpus_per_task, cpus_per_task, workers) -> None:
+               executor) -> None:
     """Attribute every image, rank its coordinates and store rank maps and masks (Zarr)."""
     from fastroar.stages.precompute import precompute as precompute_stage
 
     ctx = context(workdir, dataset, config_path, overrides, device, loader, progress)
     t0 = time.perf_counter()
     n = precompute_stage(ctx, models=models or None, attributions=attributions or None,
-                         executor=make_executor(executor, address, gpus_per_task, cpus_per_task, workers))
+                         executor=executor())
     click.echo(f"[precompute] {n} chunks computed in {time.perf_counter() - t0:.1f}s")
 
 
@@ -72,13 +72,13 @@ def precompute(workdir, dataset, config_path, overrides, device, loader, progres
 @executor_options
 @fail_cleanly
 def retrain(workdir, dataset, config_path, overrides, device, loader, progress, levels, direction, seeds,
-            models, attributions, executor, address, gpus_per_task, cpus_per_task, workers) -> None:
+            models, attributions, executor) -> None:
     """Retrain fresh models on top-k / bottom-k unmasked data; one result record per job."""
     from fastroar.stages.retrain import retrain as retrain_stage
 
     ctx = context(workdir, dataset, config_path, overrides, device, loader, progress)
     directions = ["top", "bottom"] if direction == "both" else [direction]
-    retrain_stage(ctx, executor=make_executor(executor, address, gpus_per_task, cpus_per_task, workers),
+    retrain_stage(ctx, executor=executor(),
                   models=models or None, attributions=attributions or None, levels=levels, directions=directions,
                   n_seeds=seeds)
 

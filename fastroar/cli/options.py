@@ -115,11 +115,15 @@ DATA_OPTIONS = [  # where a dataset read from disk lives, and where the rank sto
 
 
 def executor_options(fn: Callable) -> Callable:
-    """Where independent tasks run: here, or on a Ray cluster."""
+    """Where independent tasks run: here, or on a Ray cluster. The command receives one argument,
+    `executor`: a function that builds the executor from these options (Ray is imported only then)."""
     options = [
         click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
                      help="local: in this process; ray: one Ray task per job group / chunk range."),
         click.option("--address", default=None, help="Address of a running Ray cluster (default: start one here)."),
+        click.option("--ray-auth-token-file", type=click.Path(exists=True, dir_okay=False), default=None,
+                     help="The Ray cluster's token file (token authentication; default: $RAY_AUTH_TOKEN, "
+                          "$RAY_AUTH_TOKEN_PATH, else ~/.ray/auth_token when present)."),
         click.option("--gpus-per-task", type=click.FloatRange(min=0), default=0.0, show_default=True,
                      help="GPUs Ray reserves per task (fractional packs small models on one GPU)."),
         click.option("--cpus-per-task", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
@@ -128,19 +132,27 @@ def executor_options(fn: Callable) -> Callable:
                      help="local executor: worker processes (default: one per GPU when there are several, "
                           "else this process)."),
     ]
+
+    @functools.wraps(fn)
+    def command(*args: Any, executor: str, address: str | None, ray_auth_token_file: str | None,
+                gpus_per_task: float, cpus_per_task: float, workers: int | None, **kwargs: Any) -> Any:
+        if workers is not None and executor != "local":
+            raise click.UsageError("--workers applies to --executor local (Ray places tasks itself)")
+        build = functools.partial(make_executor, executor, address, gpus_per_task, cpus_per_task, workers,
+                                  ray_auth_token_file)
+        return fn(*args, executor=build, **kwargs)
+
     for option in reversed(options):
-        fn = option(fn)
-    return fn
+        command = option(command)
+    return command
 
 
 def make_executor(executor: str, address: str | None, gpus_per_task: float, cpus_per_task: float,
-                  workers: int | None = None):
+                  workers: int | None = None, ray_auth_token_file: str | None = None):
     from fastroar.engine.executors import get_executor
 
-    if workers is not None and executor != "local":
-        raise click.UsageError("--workers applies to --executor local (Ray places tasks itself)")
     return get_executor(executor, address=address, num_gpus=gpus_per_task, num_cpus=cpus_per_task,
-                        workers=workers)
+                        workers=workers, auth_token_file=ray_auth_token_file)
 
 
 def context(workdir: str, dataset: str | None, config_path: str | None, overrides: tuple[str, ...],

@@ -7,7 +7,10 @@ results as tasks finish (any order); the caller records them, so a task's result
 """
 from __future__ import annotations
 
+import os
+import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from tqdm.auto import tqdm
@@ -73,21 +76,32 @@ class RayExecutor:
     num_cpus: float = 1.0
     num_gpus: float = 0.0          # per task; fractional values pack small models onto one GPU
     max_retries: int = 3
+    auth_token_file: str | None = None  # the cluster's token (Ray token authentication); else Ray's own lookup
     name = "ray"
 
     def connect(self) -> None:
+        """Connects to the cluster at `address` (else starts a private Ray here). Before ray.init, which
+        retries for minutes and then says only "failed to connect", it checks that something answers at the
+        address and asks the cluster who it is with our token, so each failure gets its own message."""
         import ray
 
-        if self.address and self.address != "auto":
+        remote_cluster = bool(self.address) and self.address != "auto"
+        if remote_cluster:
             check_reachable(self.address)
         if ray.is_initialized():
             return
-        # Without an address Ray starts a private instance; keep it on the loopback interface.
-        local = {} if self.address else {"_node_ip_address": "127.0.0.1"}
+        use_auth_token(self.auth_token_file)
+        local = {} if self.address else {"_node_ip_address": "127.0.0.1"}  # a private instance: loopback only
+        if remote_cluster and "://" not in self.address:  # ray:// (Ray Client) has no GCS port to ask
+            if probe_cluster(self.address):
+                keep_loopback()
         try:
             ray.init(address=self.address, include_dashboard=False, log_to_driver=False,
                      ignore_reinit_error=True, configure_logging=False, **local)
         except Exception as e:  # ray raises ConnectionError, RuntimeError or TimeoutError by version
+            known = classify_ray_error(e, self.address or "", self.auth_token_file)
+            if known is not None:
+                raise known from None
             where = f"at {self.address}" if self.address else "locally"
             first = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise FastroarError(f"could not start or reach a Ray cluster {where}: {first}. Start one with "
@@ -98,8 +112,9 @@ class RayExecutor:
 
         self.connect()
         remote = ray.remote(num_cpus=self.num_cpus, num_gpus=self.num_gpus, max_retries=self.max_retries,
-                            retry_exceptions=[OSError])(fn)
-        pending = [remote.remote(*args) for args in items]
+                            retry_exceptions=[OSError])(_ray_task).options(name=getattr(fn, "__name__", "task"))
+        delay = float(os.environ.get(TASK_DELAY_ENV, 0) or 0)
+        pending = [remote.remote(fn, delay, *args) for args in items]
         with tqdm(total=len(pending), desc=desc, disable=not progress, unit="task") as bar:
             while pending:
                 done, pending = ray.wait(pending, num_returns=1)
@@ -107,14 +122,22 @@ class RayExecutor:
                 yield ray.get(done[0])
 
 
+# Test hook: a retry test sets this (seconds) in the driver's environment so that each Ray task sleeps
+# before its work, leaving time to kill its worker mid-task. Unset: no delay.
+TASK_DELAY_ENV = "FASTROAR_TEST_TASK_DELAY"
+
+
+def _ray_task(fn: Callable, delay: float, *args: Any) -> Any:
+    if delay > 0:
+        time.sleep(delay)
+    return fn(*args)
+
+
 def check_reachable(address: str, timeout: float = 5.0) -> None:
     """Fails fast (ray.init itself waits minutes) when nothing answers at host:port."""
     import socket
 
-    hostport = address.split("://", 1)[-1]
-    host, _, port = hostport.rpartition(":")
-    if not host or not port.isdigit():
-        raise ConfigError(f"Ray address {address!r} must look like HOST:PORT (e.g. 127.0.0.1:6379)")
+    host, port = split_address(address)
     try:
         socket.create_connection((host, int(port)), timeout=timeout).close()
     except OSError as e:
@@ -122,16 +145,180 @@ def check_reachable(address: str, timeout: float = 5.0) -> None:
                             "`ray start --head --port PORT` and pass HOST:PORT, or use --executor local") from None
 
 
+def split_address(address: str) -> tuple[str, str]:
+    host, _, port = address.split("://", 1)[-1].rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"Ray address {address!r} must look like HOST:PORT (e.g. 127.0.0.1:6379)")
+    return host.strip("[]"), port
+
+
+# Ray token authentication (Ray >= 2.52): the mode comes from RAY_AUTH_MODE (token | disabled), the token from
+# RAY_AUTH_TOKEN, else the file RAY_AUTH_TOKEN_PATH, else ~/.ray/auth_token. `ray start --head` turns token mode
+# on by itself when a token exists, but `ray.init(address=...)` does not: a driver must set RAY_AUTH_MODE.
+AUTH_MODE, AUTH_TOKEN, AUTH_TOKEN_PATH = "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"
+
+
+def default_token_path() -> Path:
+    return Path.home() / ".ray" / "auth_token"
+
+
+def use_auth_token(token_file: str | None = None) -> None:
+    """Sets Ray's environment so that this process sends the cluster's token, as `ray start --head` would:
+    `token_file` if given, else RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH / ~/.ray/auth_token when present (an
+    explicit RAY_AUTH_MODE is respected)."""
+    env = os.environ
+    if token_file:
+        _check_token_file(token_file, "--ray-auth-token-file")
+        env[AUTH_TOKEN_PATH] = str(Path(token_file).expanduser().resolve())
+        env.pop(AUTH_TOKEN, None)  # it would take precedence over the file
+        env[AUTH_MODE] = "token"
+    elif env.get(AUTH_TOKEN_PATH):
+        _check_token_file(env[AUTH_TOKEN_PATH], AUTH_TOKEN_PATH)  # Ray aborts the process on a bad file
+    if AUTH_MODE not in env and token_source() is not None:
+        env[AUTH_MODE] = "token"
+    try:  # Ray caches its config and token: make an already imported Ray see the new environment
+        from ray._raylet import AuthenticationTokenLoader, Config
+
+        Config.initialize("")
+        AuthenticationTokenLoader.instance().reset_cache()
+    except Exception:
+        pass
+
+
+def token_source() -> str | None:
+    """Where Ray takes the token from in this environment, or None when there is none."""
+    if os.environ.get(AUTH_TOKEN):
+        return f"${AUTH_TOKEN}"
+    if os.environ.get(AUTH_TOKEN_PATH):
+        return os.environ[AUTH_TOKEN_PATH]
+    path = default_token_path()
+    return str(path) if path.is_file() and path.stat().st_size > 0 else None
+
+
+def _check_token_file(path: str, what: str) -> None:
+    p = Path(path).expanduser()
+    try:
+        ok = bool(p.read_text().strip())
+    except OSError as e:
+        raise ConfigError(f"{what}: cannot read the Ray token file {path} ({e.strerror or e})") from None
+    if not ok:
+        raise ConfigError(f"{what}: the Ray token file {path} is empty")
+
+
+def probe_cluster(address: str, timeout: float = 15.0) -> bool:
+    """Asks the cluster's GCS at host:port who it is, with our credentials, before ray.init (which retries for
+    a long time on a refused token and says only "failed to connect"). Raises the FastroarError that names the
+    problem: refused credentials, version mismatch, or no Ray at that port. Returns whether the cluster's nodes
+    run on the loopback interface (a head started with --node-ip-address=127.0.0.1)."""
+    import threading
+
+    outcome: dict[str, Any] = {}
+
+    def ask() -> None:
+        try:
+            from ray._common.usage import usage_lib
+            from ray._raylet import GcsClient
+
+            client = GcsClient(address=address)
+            outcome["metadata"] = usage_lib.get_cluster_metadata(client)
+            nodes = client.get_all_node_info(timeout=timeout).values()
+            outcome["ips"] = {n.node_manager_address for n in nodes if n.state == 0}  # 0: ALIVE
+        except BaseException as e:  # noqa: BLE001 - reported below
+            outcome["error"] = e
+
+    thread = threading.Thread(target=ask, daemon=True)  # the GCS client can block ~40 s on a non-Ray port
+    thread.start()
+    thread.join(timeout)
+    error = outcome.get("error")
+    if error is not None:
+        raise classify_ray_error(error, address) or FastroarError(
+            f"no Ray cluster answers at {address} ({_first_line(error)}); is it the port given to "
+            "`ray start --head --port`? Or use --executor local") from None
+    if "metadata" not in outcome:
+        raise FastroarError(f"no Ray cluster answers at {address} (no reply in {timeout:.0f} s); is it the port "
+                            "given to `ray start --head --port`? Or use --executor local")
+    check_versions(outcome["metadata"], address)
+    return "127.0.0.1" in outcome.get("ips", ())
+
+
+def check_versions(metadata: dict, address: str) -> None:
+    """Ray's own check (same Ray, same Python down to the patch level unless
+    RAY_DEFAULT_PYTHON_VERSION_MATCH_LEVEL=minor), as one line that says which side has what."""
+    import platform
+
+    import ray
+    from ray._private.utils import check_version_info
+
+    try:
+        check_version_info(metadata, "this driver")
+    except RuntimeError as e:
+        if "Version mismatch" not in str(e):
+            raise
+        raise FastroarError(version_mismatch_message(
+            address, metadata.get("ray_version"), metadata.get("python_version"),
+            ray.__version__, platform.python_version())) from None
+
+
+def version_mismatch_message(address: str, ray_cluster, python_cluster, ray_here, python_here) -> str:
+    return (f"Ray version mismatch with the cluster at {address}: it runs Ray {ray_cluster} on Python "
+            f"{python_cluster}, this driver Ray {ray_here} on Python {python_here}; run fastroar from an "
+            "environment with the cluster's Ray and Python versions (or restart the cluster from this one)")
+
+
+def classify_ray_error(error: BaseException, address: str, token_file: str | None = None) -> FastroarError | None:
+    """The FastroarError for a Ray connection failure we can name (refused token, version mismatch), looking
+    through the chain of causes (ray.init wraps them in "Failed to connect to Ray cluster"); else None."""
+    import re
+
+    texts, seen = [], error
+    while seen is not None and len(texts) < 10:
+        texts.append(f"{type(seen).__name__}: {seen}")
+        seen = seen.__cause__ or seen.__context__
+    text = "\n".join(texts)
+    if "AuthenticationError" in text or "InvalidAuthToken" in text or "Unauthenticated" in text:
+        source = token_file or token_source()
+        mode = os.environ.get(AUTH_MODE, "")
+        sent = (f"{AUTH_MODE}={mode}: no token was sent" if mode.lower() == "disabled"
+                else f"the token from {source} was rejected" if source else "no token was found here")
+        return FastroarError(
+            f"the Ray cluster at {address} refused our credentials ({sent}); pass the token its nodes were "
+            f"started with (`ray get-auth-token` on the head prints it; default file ~/.ray/auth_token) with "
+            f"--ray-auth-token-file FILE or {AUTH_TOKEN_PATH}=FILE, or set {AUTH_TOKEN}")
+    if "Version mismatch" in text:
+        found = dict(re.findall(r"(Ray|Python): (\S+)", text)[:2])
+        here = dict(re.findall(r"(Ray|Python): (\S+)", text)[2:4])
+        return FastroarError(version_mismatch_message(address, found.get("Ray"), found.get("Python"),
+                                                      here.get("Ray"), here.get("Python")))
+    return None
+
+
+def keep_loopback() -> None:
+    """Ray rewrites 127.0.0.1/localhost in an address to this machine's network IP, where a head started on
+    the loopback interface (--node-ip-address=127.0.0.1) does not listen; Ray keeps loopback addresses
+    only where it does not expect other machines (its switch for single-machine platforms)."""
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    try:
+        import ray._private.ray_constants as ray_constants
+
+        ray_constants.ENABLE_RAY_CLUSTER = False  # read when needed, but set when Ray was imported
+    except Exception:
+        pass
+
+
+def _first_line(error: BaseException) -> str:
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
+
+
 def get_executor(name: str, address: str | None = None, num_gpus: float = 0.0, num_cpus: float = 1.0,
-                 workers: int | None = None):
+                 workers: int | None = None, auth_token_file: str | None = None):
     if name == "local":
-        if address:
-            raise ConfigError("--address only applies to --executor ray")
+        if address or auth_token_file:
+            raise ConfigError("--address and --ray-auth-token-file only apply to --executor ray")
         if workers is not None and workers < 1:
             raise ConfigError(f"--workers must be >= 1, got {workers}")
         return LocalExecutor(workers=workers or default_workers())
     if name == "ray":
         if num_gpus < 0 or num_cpus <= 0:
             raise ConfigError(f"resources per task must be positive (got cpus={num_cpus}, gpus={num_gpus})")
-        return RayExecutor(address=address, num_gpus=num_gpus, num_cpus=num_cpus)
+        return RayExecutor(address=address, num_gpus=num_gpus, num_cpus=num_cpus, auth_token_file=auth_token_file)
     raise ConfigError(f"unknown executor {name!r}; choose local or ray")
