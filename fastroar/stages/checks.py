@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastroar.attribution import check_attribution
+from fastroar.attribution import METHODS, check_attribution
 from fastroar.datasets import REGISTRY
 from fastroar.errors import ConfigError
-from fastroar.models import BUILDERS
+from fastroar.models import check_arch
 from fastroar.training import Adversary, Recipe
 
 
@@ -17,15 +17,18 @@ def check_config(cfg: dict[str, Any]) -> dict[str, Any]:
     name = cfg["dataset"].get("name")
     if name not in REGISTRY:
         raise ConfigError(f"unknown dataset {name!r}; choose one of: {', '.join(sorted(REGISTRY))}")
-    arch = cfg["model"].get("arch")
-    if arch not in BUILDERS:
-        raise ConfigError(f"unknown model architecture {arch!r}; choose one of: {', '.join(sorted(BUILDERS))}")
+    check_arch(cfg["model"].get("arch"))
     Recipe(**cfg["train"])
     for m in cfg["models"]:
         if m.get("adversary"):
             Adversary(**m["adversary"])
+    scores = cfg.get("scores") or {}
+    for name in scores:
+        if name in METHODS:
+            raise ConfigError(f"scores name {name!r} is a built-in attribution; import the scores under another name")
     for a in cfg["attributions"]:
-        check_attribution(a)
+        if a not in scores:
+            check_attribution(a)
     rt = cfg["retrain"]
     Recipe(**{**cfg["train"], **{k: v for k, v in rt.items() if k in Recipe.__dataclass_fields__}})
     return cfg
