@@ -1,7 +1,7 @@
 """fastroar: do the pixels an attribution ranks highest really carry the label? (DiffROAR at scale).
 
 Public API: ``fastroar.rank``, ``fastroar.rank_and_mask``, ``fastroar.unmask``,
-``fastroar.attribute``. They are imported lazily so that ``import fastroar`` stays cheap for the CLI.
+``fastroar.attribute``; for notebooks ``fastroar.evaluate`` and ``fastroar.load_results`` (fastroar.api). They are imported lazily so that ``import fastroar`` stays cheap for the CLI.
 """
 from __future__ import annotations
 
@@ -15,6 +15,9 @@ _PUBLIC = {
     "rank_and_mask": "fastroar.engine.kernels",
     "unmask": "fastroar.engine.kernels",
     "attribute": "fastroar.attribution",
+    "evaluate": "fastroar.api",
+    "load_results": "fastroar.api",
+    "Results": "fastroar.api",
 }
 
 __all__ = [*_PUBLIC, "__version__"]

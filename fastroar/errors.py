@@ -28,3 +28,8 @@ class BusyError(FastroarError):
 
 class BetonError(FastroarError, ValueError):
     """A .beton file is missing its sidecar, truncated or corrupted."""
+
+
+class UserCodeError(FastroarError):
+    """Code or files the user brought (an attribution function, precomputed scores, an architecture factory,
+    a checkpoint) did not give what fastroar needs; the message names which, where and what differs."""

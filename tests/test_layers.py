@@ -1,6 +1,6 @@
 """The package's structure, read from its imports (ast, every import statement, function-level ones too):
 
-    cli -> stages -> science, config -> engine -> leaves
+    cli, api -> stages -> science, config -> engine -> leaves
 
 leaves = fastroar.errors, fastroar.keys, fastroar.method (and the root package, for __version__);
 science = datasets, models, attribution, training, metrics. Nothing imports upward, config and science
@@ -34,6 +34,8 @@ def layer(module: str) -> tuple[int, str]:
         return 3, "stages"
     if top == "cli":
         return 4, "cli"
+    if top == "api":  # the Python API: at the cli's level, over the stages
+        return 4, "api"
     raise AssertionError(f"{module}: not in any layer; add its package to tests/test_layers.py")
 
 

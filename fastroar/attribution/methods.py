@@ -13,7 +13,8 @@
   input's device), per channel;
 - ``captum:<Method>`` and ``captum:NoiseTunnel(<Method>)``: any attribution class of captum.attr with the
   predicted label as target, scored by absolute value; its keyword parameters come from the config's
-  ``attribution_params[<name>]`` and are recorded in the rank store.
+  ``attribution_params[<name>]`` and are recorded in the rank store;
+- ``module:function``: the user's own function ``fn(model, x, target, **params)`` (fastroar.attribution.user).
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fastroar.attribution.user import import_reference, is_reference, user_scores
 from fastroar.errors import ConfigError
 
 
@@ -145,8 +147,11 @@ def check_attribution(name: str) -> str:
     if match:
         _captum_class(match["inner"] or match["method"])
         return name
+    if is_reference(name):
+        import_reference(name)
+        return name
     raise ConfigError(f"unknown attribution {name!r}; choose one of: {', '.join(sorted(METHODS))}, "
-                      "captum:<Method> or captum:NoiseTunnel(<Method>)")
+                      "captum:<Method>, captum:NoiseTunnel(<Method>) or module:function")
 
 
 def attribute(model: nn.Module, x: torch.Tensor, method: str = "gradient", **params: Any) -> torch.Tensor:
@@ -160,6 +165,8 @@ def attribute(model: nn.Module, x: torch.Tensor, method: str = "gradient", **par
     if method.startswith("captum:"):
         params.pop("indices", None)
         return captum_scores(method, model, x, **params)
+    if method not in METHODS:  # module:function
+        return user_scores(method, model, x, **params)
     if method in NEEDS_LABELS:
         params["labels"] = labels
     return METHODS[method](model, x, **params)

@@ -6,8 +6,8 @@ import time
 
 import click
 
-from fastroar.cli.options import (FILL_OPTION, RECIPE_OPTION, common_options, context, executor_options,
-                                  fail_cleanly, parse_levels)
+from fastroar.cli.options import (CHECKPOINT_OPTION, FILL_OPTION, RECIPE_OPTION, common_options, context,
+                                  executor_options, fail_cleanly, parse_levels, scores_option)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -32,18 +32,21 @@ def prepare(workdir, dataset, config_path, overrides, device, loader, progress) 
 
 @cli.command()
 @common_options
+@CHECKPOINT_OPTION
 @fail_cleanly
-def train(workdir, dataset, config_path, overrides, device, loader, progress) -> None:
-    """Train the config's base models (standard and PGD-robust)."""
+def train(workdir, dataset, config_path, overrides, device, loader, progress, checkpoints) -> None:
+    """Train the config's base models (standard and PGD-robust); register --checkpoint models instead."""
     from fastroar.stages.train import train as train_stage
 
-    train_stage(context(workdir, dataset, config_path, overrides, device, loader, progress))
+    train_stage(context(workdir, dataset, config_path, overrides, device, loader, progress,
+                        checkpoints=checkpoints))
 
 
 @cli.command()
 @common_options
 @click.option("--model", "models", multiple=True, help="Only this base model (repeatable).")
 @click.option("--attribution", "attributions", multiple=True, help="Only this attribution (repeatable).")
+@scores_option
 @executor_options
 @fail_cleanly
 def precompute(workdir, dataset, config_path, overrides, device, loader, progress, models, attributions,
@@ -142,13 +145,16 @@ def replicate(workdir, dataset, config_path, overrides, device, loader, progress
 @common_options
 @FILL_OPTION
 @RECIPE_OPTION
+@CHECKPOINT_OPTION
+@scores_option
 @fail_cleanly
-def run(workdir, dataset, config_path, overrides, device, loader, progress) -> None:
+def run(workdir, dataset, config_path, overrides, device, loader, progress, checkpoints) -> None:
     """prepare -> train -> precompute -> retrain -> report for one config (finished stages are skipped)."""
     from fastroar.stages.run import run as run_stage
 
     t0 = time.perf_counter()
-    ctx = context(workdir, dataset, config_path, overrides, device, loader, progress, create=True)
+    ctx = context(workdir, dataset, config_path, overrides, device, loader, progress, create=True,
+                  checkpoints=checkpoints)
     run_stage(ctx)
     click.echo(f"[run] done in {time.perf_counter() - t0:.1f}s; everything is in {ctx.wd.root}")
 

@@ -156,7 +156,8 @@ def make_executor(executor: str, address: str | None, gpus_per_task: float, cpus
 
 
 def context(workdir: str, dataset: str | None, config_path: str | None, overrides: tuple[str, ...],
-            device: str | None, loader: str | None, progress: bool, create: bool = False):
+            device: str | None, loader: str | None, progress: bool, create: bool = False,
+            checkpoints: dict[str, str] | None = None):
     """The stage Context of a command: its config resolved (--device / --loader are --set shorthands)."""
     from fastroar.stages.contract import open_context
 
@@ -168,7 +169,41 @@ def context(workdir: str, dataset: str | None, config_path: str | None, override
     if progress is None:
         progress = sys.stderr.isatty()
     return open_context(workdir, dataset=dataset, config_path=config_path, overrides=sets, create=create,
-                        log=click.echo, progress=progress)
+                        log=click.echo, progress=progress, checkpoints=checkpoints)
+
+
+def _name_path(ctx, param, values) -> dict[str, str]:
+    """NAME=PATH values (repeatable) as {NAME: absolute PATH}."""
+    out: dict[str, str] = {}
+    for item in values:
+        name, sep, path = str(item).partition("=")
+        if not sep or not name.strip() or not path.strip():
+            raise click.BadParameter(f"{item!r} must look like NAME=PATH")
+        out[name.strip()] = str(Path(path.strip()).expanduser().resolve())
+    return out
+
+
+def scores_option(fn: Callable) -> Callable:
+    """--scores NAME=PATH (repeatable): a shorthand for `--set scores.NAME=PATH` (precomputed scores)."""
+    fn = click.option("--scores", "scores", multiple=True, metavar="NAME=PATH", callback=_name_path,
+                      help="Import precomputed attribution scores as attribution NAME (repeatable); PATH: a "
+                           "directory with train.npy and test.npy (or train/ test/ of per-image <index>.npy, "
+                           "or Zarr arrays), an .npz or a Zarr group with train and test. Config key scores.")(fn)
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        scores = kwargs.pop("scores")
+        sets = [f"scores.{name}={_quoted(path)}" for name, path in scores.items()]
+        kwargs["overrides"] = tuple(kwargs.get("overrides", ())) + tuple(sets)
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
+CHECKPOINT_OPTION = click.option(
+    "--checkpoint", "checkpoints", multiple=True, metavar="NAME=PATH", callback=_name_path,
+    help="Register a trained model of your own as base model NAME instead of training it (repeatable): a "
+         "saved state dict or whole nn.Module that fits model.arch. Config: models: [{name: NAME, checkpoint: PATH}].")
 
 
 RECIPE_OPTION = config_option(

@@ -7,6 +7,7 @@ names the key and the fix.
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -17,6 +18,7 @@ from fastroar.errors import ConfigError
 from fastroar.method import DIRECTIONS, RECIPES, check_level
 
 DEFAULT_DATASET = "blockdigits"
+SCORES_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 LOADERS = ("auto", "ffcv", "resident")
 
 
@@ -32,8 +34,9 @@ def available_configs() -> list[str]:
 
 
 def load_config(dataset: str | None = None, path: str | Path | None = None,
-                overrides: Iterable[str] = ()) -> dict[str, Any]:
-    """The config from `path`, else configs/<dataset>.yaml, with `key.sub=value` overrides applied."""
+                overrides: Iterable[str] = (), checkpoints: dict[str, str] | None = None) -> dict[str, Any]:
+    """The config from `path`, else configs/<dataset>.yaml, with `key.sub=value` overrides applied, then
+    `checkpoints` {NAME: PATH} registered as base models (see register_checkpoints)."""
     if path is not None:
         p = Path(path)
         if p.is_dir():
@@ -56,8 +59,28 @@ def load_config(dataset: str | None = None, path: str | Path | None = None,
     schema.check(cfg, source=str(p))
     for item in overrides:
         set_dotted(cfg, item)
+    register_checkpoints(cfg, checkpoints or {})
     schema.check(cfg, source=f"{p} with --set {' '.join(overrides)}" if overrides else str(p))
     return validate(cfg)
+
+
+def register_checkpoints(cfg: dict[str, Any], checkpoints: dict[str, str]) -> None:
+    """models := the user's checkpoints as base models: NAME's entry takes `checkpoint: PATH` (and is no
+    longer trained), or a new entry {name: NAME, checkpoint: PATH} is appended."""
+    if not checkpoints:
+        return
+    models = cfg.get("models", [{"name": "standard"}])
+    if not isinstance(models, list):
+        raise ConfigError("models must be a list of {name: ...} entries")
+    models = [dict(m) if isinstance(m, dict) else m for m in models]
+    for name, path in checkpoints.items():
+        same = [m for m in models if isinstance(m, dict) and m.get("name") == name]
+        if same:
+            same[0].pop("adversary", None)
+            same[0]["checkpoint"] = str(path)
+        else:
+            models.append({"name": name, "checkpoint": str(path)})
+    cfg["models"] = models
 
 
 def set_dotted(cfg: dict[str, Any], item: str) -> None:
@@ -99,7 +122,19 @@ def validate(cfg: dict[str, Any]) -> dict[str, Any]:
         if m["name"] in names:
             raise ConfigError(f"model name {m['name']!r} appears twice in models")
         names.add(m["name"])
+        if "checkpoint" in m and not (isinstance(m["checkpoint"], str) and m["checkpoint"].strip()):
+            raise ConfigError(f"model {m['name']!r}: checkpoint must be the path of a saved state dict or module")
     cfg.setdefault("attributions", ["gradient"])
+    scores = cfg.get("scores")
+    if scores is not None:  # attributions imported from files: each NAME is an attribution of the run
+        if not isinstance(scores, dict) or not all(isinstance(v, str) and v.strip() for v in scores.values()):
+            raise ConfigError("scores must map attribution names to paths of precomputed scores, e.g. "
+                              "scores: {mine: scores_dir}")
+        for name in scores:
+            if not SCORES_NAME.match(str(name)):
+                raise ConfigError(f"scores name {name!r} may hold only letters, digits, _ and -")
+            if name not in cfg["attributions"]:
+                cfg["attributions"] = [*cfg["attributions"], name]
     if not isinstance(cfg.setdefault("attribution_params", {}), dict):
         raise ConfigError("attribution_params must map attribution names to keyword arguments")
     levels = cfg.setdefault("levels", [0.1, 0.2, 0.3, 0.5])

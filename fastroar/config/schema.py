@@ -79,6 +79,7 @@ class BaseModelSpec(Section):
     name: StrictStr = Field(min_length=1)
     adversary: Optional[Adversary] = None
     seed: StrictInt = 0
+    checkpoint: Optional[StrictStr] = Field(None, min_length=1)  # the user's trained model, not trained here
 
 
 class Precompute(Section):
@@ -104,6 +105,7 @@ class Config(Section):
     models: list[BaseModelSpec] = Field([BaseModelSpec(name="standard")], min_length=1, max_length=64)
     attributions: list[StrictStr] = Field(["gradient"], min_length=1, max_length=64)
     attribution_params: dict[str, dict[str, Any]] = {}
+    scores: dict[str, StrictStr] = {}  # attributions computed elsewhere: NAME -> path of their score maps
     levels: list[Number] = Field([0.1, 0.2, 0.3, 0.5], min_length=1, max_length=1000)
     precompute: Precompute = Precompute()
     retrain: Retrain = Retrain()

@@ -224,10 +224,26 @@ class Entry:
         for key in IDENTITY_KEYS:
             want = _jsonable(identity[key])
             if key in stored and _jsonable(stored[key]) != want:
+                old = _jsonable(stored[key])
+                if isinstance(old, dict) and isinstance(want, dict):  # name the parameters that differ
+                    what = "; ".join(f"{key}.{k}: {old.get(k)!r} -> {want.get(k)!r}"
+                                     for k in sorted(set(old) | set(want)) if old.get(k) != want.get(k))
+                    why = _WHY.get(next((k for k in _WHY if old.get(k) != want.get(k)), ""), "another setting")
+                    raise StoreMismatchError(
+                        f"rank store {store_path}/{self.group.path} was made with other inputs ({what}: {why}). "
+                        f"Delete {store_path}/{self.group.path} and rerun `fastroar precompute` to recompute "
+                        "it, or use another --workdir.")
                 raise StoreMismatchError(
                     f"rank store {store_path}/{self.group.path} was made with {key}={stored[key]!r}, "
                     f"but this run has {key}={want!r} (another model, dataset or setting). Delete "
                     f"{store_path}/{self.group.path} to recompute it, or use another --workdir.")
+
+
+_WHY = {  # recorded inputs of user-provided attributions, and what a change of each means
+    "source_sha256": "the attribution function's source changed since its ranks were computed",
+    "function": "another attribution function",
+    "scores_sha256": "the precomputed score files changed since they were imported",
+}
 
 
 def _jsonable(v: Any) -> Any:

@@ -14,6 +14,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from fastroar.attribution import METHODS
+from fastroar.attribution.scores import scan
+from fastroar.attribution.user import function_identity, is_reference
 from fastroar.engine.beton import map_beton, read_beton_cached, verify_beton
 from fastroar.engine.loaders import open_loader
 from fastroar.engine.workspace import SPLITS, Workdir
@@ -21,6 +24,7 @@ from fastroar.errors import ConfigError, FastroarError, MissingInputError, Store
 from fastroar.keys import digest
 from fastroar.method import pixel_scale
 from fastroar.models import build_model, state_hash
+from fastroar.models.checkpoint import file_sha256
 from fastroar.training.jobs import Job, sweep
 from fastroar.training.loop import Recipe, fast_recipe
 
@@ -168,12 +172,25 @@ def model_warnings(cfg: dict[str, Any], ckpt: dict[str, Any], chance: float, n_t
     return out
 
 def model_config(cfg: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
-    """Everything a base model depends on (its checkpoint is reused only when this matches)."""
+    """Everything a base model depends on (its checkpoint is reused only when this matches). A model
+    registered from the user's checkpoint (spec `checkpoint: PATH`) depends on the file's content instead
+    of a recipe, seed and adversary."""
+    if spec.get("checkpoint"):
+        return {"name": spec["name"], "arch": cfg["model"]["arch"], "params": cfg["model"]["params"],
+                "dataset_key": dataset_key(cfg), "checkpoint_sha256": file_sha256(checkpoint_file(spec))}
     return {
         "name": spec["name"], "arch": cfg["model"]["arch"], "params": cfg["model"]["params"],
         "dataset_key": dataset_key(cfg), "recipe": Recipe(**train_settings(cfg)).to_dict(),
         "adversary": spec.get("adversary"), "seed": int(spec.get("seed", 0)),
     }
+
+
+def checkpoint_file(spec: dict[str, Any]) -> Path:
+    """The user's checkpoint file of a registered model (spec `checkpoint: PATH`)."""
+    path = Path(str(spec["checkpoint"])).expanduser()
+    if not path.is_file():
+        raise MissingInputError(f"checkpoint {path} of model {spec['name']!r} does not exist")
+    return path
 
 
 def checkpoint_path(workdir: Workdir, name: str) -> Path:
@@ -212,10 +229,33 @@ def attribution_params(cfg: dict[str, Any], attribution: str) -> dict[str, Any]:
     return params
 
 
+def scores_path(cfg: dict[str, Any], attribution: str) -> str | None:
+    """PATH of an attribution imported from precomputed scores (config `scores: {NAME: PATH}`), else None."""
+    return (cfg.get("scores") or {}).get(attribution)
+
+
+def is_user_function(attribution: str) -> bool:
+    """Whether the attribution is the user's `module:function` (not a built-in, captum or scores name)."""
+    return attribution not in METHODS and not attribution.startswith("captum:") and is_reference(attribution)
+
+
+def identity_params(cfg: dict[str, Any], prepared: Prepared, attribution: str) -> dict[str, Any]:
+    """What the store records of an attribution's inputs: its parameters; for a user function also its
+    import path and source hash, for precomputed scores the content hash of the scores (built-in and
+    captum attributions: the parameters alone, as before these existed)."""
+    path = scores_path(cfg, attribution)
+    if path is not None:
+        return {"scores_sha256": scan(attribution, path, {s: prepared.size(s) for s in SPLITS}, prepared.shape)}
+    params = attribution_params(cfg, attribution)
+    if is_user_function(attribution):
+        return {"params": params, **function_identity(attribution)}
+    return params
+
+
 def identity(cfg: dict[str, Any], prepared: Prepared, model_hash: str, attribution: str) -> dict[str, Any]:
     return {
         "model_hash": model_hash, "dataset_key": prepared.meta["key"], "attribution": attribution,
-        "attribution_params": attribution_params(cfg, attribution), "levels": list(cfg["levels"]),
+        "attribution_params": identity_params(cfg, prepared, attribution), "levels": list(cfg["levels"]),
         "shape": list(prepared.shape),
     }
 

@@ -8,10 +8,10 @@ import inspect
 from pathlib import Path
 from typing import Any, Callable
 
-from fastroar.attribution import check_attribution
+from fastroar.attribution import METHODS, check_attribution
 from fastroar.datasets.registry import PARAM_HINTS, REGISTRY
 from fastroar.errors import ConfigError
-from fastroar.models import BUILDERS
+from fastroar.models import BUILDERS, check_arch
 from fastroar.stages.artifacts import train_settings
 from fastroar.training import Adversary, Recipe
 
@@ -24,17 +24,22 @@ def check_config(cfg: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"unknown dataset {name!r}; choose one of: {', '.join(sorted(REGISTRY))}")
     check_params(REGISTRY[name], cfg["dataset"]["params"], f"dataset {name!r}", "dataset.params", PARAM_HINTS)
     arch = cfg["model"].get("arch")
-    if arch not in BUILDERS:
-        raise ConfigError(f"unknown model architecture {arch!r}; choose one of: {', '.join(sorted(BUILDERS))}")
-    check_params(BUILDERS[arch], cfg["model"]["params"], f"model {arch!r}", "model.params", {},
-                 positional=("shape", "num_classes"))
+    check_arch(arch)
+    if arch in BUILDERS:  # torchvision:, timm: and module:callable builders take what they take
+        check_params(BUILDERS[arch], cfg["model"]["params"], f"model {arch!r}", "model.params", {},
+                     positional=("shape", "num_classes"))
     train = train_settings(cfg)  # without train.min_test_acc: a check, not a recipe field
     Recipe(**train)
     for m in cfg["models"]:
         if m.get("adversary"):
             Adversary(**m["adversary"])
+    scores = cfg.get("scores") or {}
+    for name in scores:
+        if name in METHODS:
+            raise ConfigError(f"scores name {name!r} is a built-in attribution; import the scores under another name")
     for a in cfg["attributions"]:
-        check_attribution(a)
+        if a not in scores:
+            check_attribution(a)
     rt = cfg["retrain"]
     Recipe(**{**train, **{k: v for k, v in rt.items() if k in Recipe.__dataclass_fields__}})
     if cfg.get("store"):

@@ -20,7 +20,7 @@ import functools
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import yaml
 
@@ -43,21 +43,24 @@ class Context:
 
 
 def resolve_config(workdir: str | Path | None = None, *, dataset: str | None = None,
-                   config_path: str | None = None, overrides: Sequence[str] = ()) -> dict[str, Any]:
+                   config_path: str | None = None, overrides: Sequence[str] = (),
+                   checkpoints: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The validated config of a call: --config FILE, else --dataset's shipped YAML, else the workdir's
-    saved config.yaml, else the default dataset's; then the --set overrides."""
+    saved config.yaml, else the default dataset's; then the --set overrides, then the --checkpoint
+    NAME=PATH registrations."""
     saved = Path(workdir) / "config.yaml" if workdir is not None else None
     use_saved = not (config_path or dataset) and saved is not None and saved.exists()
     return check_config(load_config(dataset=dataset, path=saved if use_saved else config_path,
-                                    overrides=list(overrides)))
+                                    overrides=list(overrides), checkpoints=dict(checkpoints or {})))
 
 
 def open_context(workdir: str | Path, *, dataset: str | None = None, config_path: str | None = None,
                  overrides: Sequence[str] = (), create: bool = False, log: Callable[[str], None] = print,
-                 progress: bool = True) -> Context:
+                 progress: bool = True, checkpoints: Mapping[str, str] | None = None) -> Context:
     """The Context of a stage call: the config resolved and validated before anything is created, so a bad
     option creates no workdir; create=True makes the workdir (stages that start a study: prepare, run)."""
-    cfg = resolve_config(workdir, dataset=dataset, config_path=config_path, overrides=overrides)
+    cfg = resolve_config(workdir, dataset=dataset, config_path=config_path, overrides=overrides,
+                         checkpoints=checkpoints)
     return Context(cfg, Workdir(workdir, create=create, store=cfg.get("store")), log, progress)
 
 

@@ -1,4 +1,9 @@
-"""The train stage: the config's base models (standard and PGD-robust), checkpointed with a content hash."""
+"""The train stage: the config's base models (standard and PGD-robust), checkpointed with a content hash.
+
+A model with ``checkpoint: PATH`` in the config (``fastroar train --checkpoint NAME=PATH``) is the user's
+own trained model: it is registered instead of trained, fitted to the config's architecture and the
+data (fastroar.models.checkpoint), and written in the same model.pt format with its state hash, so that
+everything downstream is keyed by it exactly as by a trained model."""
 from __future__ import annotations
 
 import json
@@ -11,9 +16,10 @@ from fastroar.engine.workspace import Workdir, atomic_save, atomic_write_text
 from fastroar.errors import StoreMismatchError
 from fastroar.metrics.aq import majority_rate
 from fastroar.models import build_model, state_hash
-from fastroar.stages.artifacts import (Prepared, checkpoint_path, config_diff, load_prepared, model_config,
-                                       resolve_device)
-from fastroar.stages.contract import Context, stage
+from fastroar.models.checkpoint import fit_state, read_state
+from fastroar.stages.artifacts import (Prepared, checkpoint_file, checkpoint_path, config_diff, load_prepared,
+                                       model_config, resolve_device)
+from fastroar.stages.contract import Context, save_config, stage
 from fastroar.training.loop import Recipe, evaluate, robust_accuracy, train_model
 from fastroar.training.pgd import Adversary
 
@@ -37,8 +43,42 @@ def train(ctx: Context) -> list[dict[str, Any]]:
             log(f"[train] {spec['name']}: checkpoint exists ({ckpt['hash'][:12]}), skipped")
             summaries.append(ckpt["summary"])
             continue
-        summaries.append(train_one(mcfg, prepared, cfg, workdir, device, progress, log))
+        if spec.get("checkpoint"):
+            summaries.append(register_one(mcfg, spec, prepared, cfg, workdir, device, log))
+        else:
+            summaries.append(train_one(mcfg, prepared, cfg, workdir, device, progress, log))
+    if any(spec.get("checkpoint") for spec in cfg["models"]) and ctx.save_config:
+        save_config(ctx)  # later stages learn the registered models' names from it
     return summaries
+
+
+def register_one(mcfg: dict[str, Any], spec: dict[str, Any], prepared: Prepared, cfg: dict[str, Any],
+                 workdir: Workdir, device: torch.device, log) -> dict[str, Any]:
+    """The user's checkpoint as base model mcfg['name']: fitted, tested, written as train_one writes."""
+    source = checkpoint_file(spec)
+    t0 = time.perf_counter()
+    model = build_model(mcfg["arch"], prepared.shape, prepared.num_classes, **mcfg["params"])
+    label = f"checkpoint {source} (model {mcfg['name']!r}, arch {mcfg['arch']!r})"
+    fit_state(model, read_state(source), label, prepared.shape, prepared.num_classes)
+    model.to(device)
+    test_loader, path_name = prepared.loader("test", mode=cfg["loader"], batch_size=512, seed=0, train=False,
+                                             device=device)
+    summary = {"name": mcfg["name"], "test_acc": evaluate(model, test_loader), "registered_from": str(source),
+               "seconds": round(time.perf_counter() - t0, 2), "loader": path_name}
+    log(f"[train] {mcfg['name']}: registered {source} (test acc {summary['test_acc']:.3f}), not trained")
+    return save_model(model, mcfg, summary, workdir)
+
+
+def save_model(model: torch.nn.Module, mcfg: dict[str, Any], summary: dict[str, Any],
+               workdir: Workdir) -> dict[str, Any]:
+    """models/<name>/model.pt (state dict, config, state hash, summary) and model.json, atomically."""
+    model_hash = state_hash(model, mcfg)
+    summary["hash"] = model_hash
+    model.cpu()
+    out = checkpoint_path(workdir, mcfg["name"])
+    atomic_save({"state_dict": model.state_dict(), "config": mcfg, "hash": model_hash, "summary": summary}, out)
+    atomic_write_text(out.parent / "model.json", json.dumps(summary | {"config": mcfg}, indent=2))
+    return summary
 
 
 def train_one(mcfg: dict[str, Any], prepared: Prepared, cfg: dict[str, Any], workdir: Workdir,
@@ -59,12 +99,7 @@ def train_one(mcfg: dict[str, Any], prepared: Prepared, cfg: dict[str, Any], wor
                "seconds": round(time.perf_counter() - t0, 2), "loader": path_name}
     if adversary is not None:
         summary["robust_test_acc"] = robust_accuracy(model, test_loader, adversary, prepared.bounds)
-    model_hash = state_hash(model, mcfg)
-    summary["hash"] = model_hash
-    model.cpu()
-    out = checkpoint_path(workdir, mcfg["name"])
-    atomic_save({"state_dict": model.state_dict(), "config": mcfg, "hash": model_hash, "summary": summary}, out)
-    atomic_write_text(out.parent / "model.json", json.dumps(summary | {"config": mcfg}, indent=2))
+    save_model(model, mcfg, summary, workdir)
     extra = f", robust acc {summary['robust_test_acc']:.3f}" if "robust_test_acc" in summary else ""
     log(f"[train] {mcfg['name']}: test acc {summary['test_acc']:.3f}{extra} (chance {summary['test_chance']:.3f}) "
         f"in {summary['seconds']:.1f}s ({path_name} loader)")
