@@ -38,4 +38,4 @@ def test_precompute_and_retrain_through_an_fsspec_url(run_workdir, tmp_path):
 def test_bad_store_value_is_a_config_error(run_workdir):
     ref, _ = run_workdir
     result = CliRunner().invoke(cli, ["retrain", "--workdir", str(ref), "--set", "store=[1, 2]"])
-    assert result.exit_code == 2 and "store must be a path or an fsspec URL" in result.output
+    assert result.exit_code == 2 and "config key store must be a string, got [1, 2]" in result.output

@@ -57,7 +57,9 @@ def check_params(fn: Callable, params: dict[str, Any], what: str, key: str, hint
     for name in params:
         if name not in valid:
             close = difflib.get_close_matches(name, valid, n=1, cutoff=0.6)
-            fix = hints.get(name) or (f"; did you mean {key}.{close[0]}?" if close else "")
+            if name in hints:  # the reason it does not apply says what to do
+                raise ConfigError(f"{what} takes no parameter {name!r}{hints[name]}")
+            fix = f"; did you mean {key}.{close[0]}?" if close else ""
             raise ConfigError(f"{what} takes no parameter {name!r}{fix} (its parameters: "
                               f"{', '.join(valid) or 'none'})")
 
