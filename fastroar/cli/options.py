@@ -128,7 +128,7 @@ def make_executor(executor: str, address: str | None, gpus_per_task: float, cpus
 
 
 def context(workdir: str, dataset: str | None, config_path: str | None, overrides: tuple[str, ...],
-            device: str | None, loader: str | None, progress: bool, create: bool = False):
+            device: str | None, loader: str | None, progress: bool, create: bool = False, verbose: bool = False):
     """The stage Context of a command: its config resolved (--device / --loader are --set shorthands)."""
     from fastroar.stages.contract import open_context
 
@@ -138,7 +138,13 @@ def context(workdir: str, dataset: str | None, config_path: str | None, override
     if loader:
         sets.append(f"loader={loader}")
     return open_context(workdir, dataset=dataset, config_path=config_path, overrides=sets, create=create,
-                        log=click.echo, progress=progress)
+                        log=click.echo, progress=progress, verbose=verbose)
+
+
+VERBOSE_OPTION = click.option(
+    "--verbose", "-v", is_flag=True,
+    help="Print where each retrain task's time goes: compute (training, evaluation) and the rest (rank "
+         "loading, setup, recording) per job.")
 
 
 RECIPE_OPTION = config_option(
