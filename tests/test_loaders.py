@@ -146,20 +146,86 @@ def test_verify_detects_corruption_and_truncation(data, tmp_path):
     assert isinstance(BetonError("x"), ValueError)
 
 
-def test_interrupted_write_leaves_nothing(tmp_path, monkeypatch):
+@pytest.mark.parametrize("writer", ["plain", "ffcv"])
+def test_interrupted_write_leaves_nothing(tmp_path, monkeypatch, writer):
+    """An exception inside either writer (NumPy's in-process one for arrays, FFCV's for num_workers or lazy
+    inputs) leaves nothing behind: no partial file, no sidecar, no temporary."""
     import ffcv.writer
+
+    import fastroar.engine.beton as beton
 
     path = str(tmp_path / "half.beton")
 
-    def boom(self, *args, **kwargs):
-        with open(self.fname, "wb") as f:
+    def boom(self_or_path, *args, **kwargs):
+        with open(getattr(self_or_path, "fname", self_or_path), "wb") as f:
             f.write(b"partial")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(ffcv.writer.DatasetWriter, "from_indexed_dataset", boom)
+    if writer == "ffcv":
+        monkeypatch.setattr(ffcv.writer.DatasetWriter, "from_indexed_dataset", boom)
+    else:
+        monkeypatch.setattr(beton, "_write_plain", boom)
     with pytest.raises(KeyboardInterrupt):
-        write_beton(path, np.zeros((4, 1, 2, 2), np.uint8), np.arange(4), progress=False)
+        write_beton(path, np.zeros((4, 1, 2, 2), np.uint8), np.arange(4), progress=False,
+                    num_workers=1 if writer == "ffcv" else None)
     assert os.listdir(tmp_path) == []
+
+
+def test_format_constants_are_ffcvs():
+    import ffcv.fields.base
+    import ffcv.fields.ndarray
+    import ffcv.types
+
+    import fastroar.engine.beton as beton
+
+    assert beton.HEADER_TYPE == ffcv.types.HeaderType and beton.FFCV_VERSION == ffcv.types.CURRENT_VERSION
+    assert beton.FIELD_DESC_TYPE == ffcv.types.FieldDescType
+    assert beton.ALLOC_TABLE_TYPE == ffcv.types.ALLOC_TABLE_TYPE
+    assert beton.NDARRAY_ARGS_TYPE == ffcv.fields.ndarray.NDArrayArgsType
+    assert FIELD_DESC_ARGS == ffcv.fields.base.ARG_TYPE.itemsize
+    handlers = ffcv.types.TYPE_ID_HANDLER
+    assert handlers[beton.NDARRAY_TYPE_ID] is ffcv.fields.NDArrayField
+    assert handlers[beton.INT_TYPE_ID] is ffcv.fields.IntField and handlers[0] is ffcv.fields.FloatField
+
+
+FIELD_DESC_ARGS = 1024
+
+
+@pytest.mark.parametrize("n,shape,dtype", [(1797, (1, 16, 8), np.uint8), (5, (3, 4, 4), np.float32),
+                                           (9000, (1, 28, 28), np.uint8), (3, (3, 300, 400), np.uint8)])
+def test_plain_writer_writes_ffcvs_bytes(tmp_path, n, shape, dtype):
+    """The in-process NumPy writer produces byte for byte what FFCV's DatasetWriter writes with one worker
+    (several pages, a page tail, float32, a sample of over a page's half), and FFCV's Reader and Loader
+    read it back; our reader also reads FFCV's multi-worker files (samples not in page order)."""
+    from ffcv.fields import IntField, NDArrayField
+    from ffcv.reader import Reader
+    from ffcv.writer import DatasetWriter
+
+    import fastroar.engine.beton as beton
+
+    rng = np.random.default_rng(n)
+    images = (rng.integers(0, 256, (n, *shape)) if dtype == np.uint8 else rng.standard_normal((n, *shape))
+              ).astype(dtype)
+    labels = rng.integers(0, 10, n)
+    ours = str(tmp_path / "ours.beton")
+    meta = write_beton(ours, images, labels, progress=False)
+    page = beton._page_size(images[0].nbytes, n)
+    for workers in (1, 2):
+        theirs = str(tmp_path / f"ffcv{workers}.beton")
+        fields = {"image": NDArrayField(dtype=np.dtype(dtype), shape=shape), "label": IntField()}
+        DatasetWriter(theirs, fields, page_size=page, num_workers=workers).from_indexed_dataset(
+            beton._Samples(images, labels, str(tmp_path / "errors")), chunksize=max(1, n // 7))
+        if workers == 1:
+            with open(ours, "rb") as a, open(theirs, "rb") as b:
+                assert a.read() == b.read()
+        got, got_labels = read_beton(theirs)
+        assert got.tobytes() == images.tobytes() and np.array_equal(got_labels, labels)
+        mapped, mapped_labels = beton.map_beton(theirs)
+        assert np.array_equal(mapped[[n - 1, 0]], images[[n - 1, 0]]) and np.array_equal(mapped_labels, labels)
+    reader = Reader(ours)
+    assert int(reader.num_samples) == n and tuple(reader.handlers["image"].shape) == shape
+    assert np.array_equal(reader.metadata[reader.metadata.dtype.names[1]], labels)
+    assert verify_beton(ours) == meta and beton.beton_layout(ours) == (n, shape, np.dtype(dtype))
 
 
 def test_write_rejects_bad_input(tmp_path):

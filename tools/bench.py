@@ -6,6 +6,7 @@ Sections live in tools/bench_*.py; each exposes ``rows(quick: bool) -> list[Row]
 
     python tools/bench.py            # full mode (the README quotes this)
     python tools/bench.py --quick    # under 2 minutes on a 2-core CPU machine
+    python tools/bench.py --only e2e # `fastroar run` against a plain PyTorch pipeline (minutes; not in the default set)
 """
 from __future__ import annotations
 
@@ -67,6 +68,7 @@ def main() -> int:
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     rows: list[Row] = []
     for section in args.only or SECTIONS:
+        section = section if section.startswith("bench_") else f"bench_{section}"
         try:
             mod = importlib.import_module(section)
         except ModuleNotFoundError as e:

@@ -6,8 +6,8 @@ import time
 
 import click
 
-from fastroar.cli.options import (CHECKPOINT_OPTION, FILL_OPTION, RECIPE_OPTION, common_options, context,
-                                  executor_options, fail_cleanly, parse_levels, scores_option)
+from fastroar.cli.options import (CHECKPOINT_OPTION, FILL_OPTION, RECIPE_OPTION, VERBOSE_OPTION, common_options,
+                                  context, executor_options, fail_cleanly, parse_levels, scores_option)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -72,14 +72,15 @@ def precompute(workdir, dataset, config_path, overrides, device, loader, progres
 @click.option("--attribution", "attributions", multiple=True, help="Only this attribution (repeatable).")
 @FILL_OPTION
 @RECIPE_OPTION
+@VERBOSE_OPTION
 @executor_options
 @fail_cleanly
 def retrain(workdir, dataset, config_path, overrides, device, loader, progress, levels, direction, seeds,
-            models, attributions, executor) -> None:
+            models, attributions, verbose, executor) -> None:
     """Retrain fresh models on top-k / bottom-k unmasked data; one result record per job."""
     from fastroar.stages.retrain import retrain as retrain_stage
 
-    ctx = context(workdir, dataset, config_path, overrides, device, loader, progress)
+    ctx = context(workdir, dataset, config_path, overrides, device, loader, progress, verbose=verbose)
     directions = ["top", "bottom"] if direction == "both" else [direction]
     retrain_stage(ctx, executor=executor(),
                   models=models or None, attributions=attributions or None, levels=levels, directions=directions,
@@ -147,15 +148,19 @@ def replicate(workdir, dataset, config_path, overrides, device, loader, progress
 @RECIPE_OPTION
 @CHECKPOINT_OPTION
 @scores_option
+@VERBOSE_OPTION
 @fail_cleanly
-def run(workdir, dataset, config_path, overrides, device, loader, progress, checkpoints) -> None:
+def run(workdir, dataset, config_path, overrides, device, loader, progress, checkpoints, verbose) -> None:
     """prepare -> train -> precompute -> retrain -> report for one config (finished stages are skipped)."""
     from fastroar.stages.run import run as run_stage
 
     t0 = time.perf_counter()
     ctx = context(workdir, dataset, config_path, overrides, device, loader, progress, create=True,
-                  checkpoints=checkpoints)
+                  checkpoints=checkpoints, verbose=verbose)
     run_stage(ctx)
+    if verbose:
+        click.echo("[run] stage wall times: " + ", ".join(f"{name} {sec:.2f}s" for name, sec in ctx.timings.items()
+                                                         if name != "run"))
     click.echo(f"[run] done in {time.perf_counter() - t0:.1f}s; everything is in {ctx.wd.root}")
 
 

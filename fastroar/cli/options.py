@@ -157,7 +157,7 @@ def make_executor(executor: str, address: str | None, gpus_per_task: float, cpus
 
 def context(workdir: str, dataset: str | None, config_path: str | None, overrides: tuple[str, ...],
             device: str | None, loader: str | None, progress: bool, create: bool = False,
-            checkpoints: dict[str, str] | None = None):
+            checkpoints: dict[str, str] | None = None, verbose: bool = False):
     """The stage Context of a command: its config resolved (--device / --loader are --set shorthands)."""
     from fastroar.stages.contract import open_context
 
@@ -169,7 +169,7 @@ def context(workdir: str, dataset: str | None, config_path: str | None, override
     if progress is None:
         progress = sys.stderr.isatty()
     return open_context(workdir, dataset=dataset, config_path=config_path, overrides=sets, create=create,
-                        log=click.echo, progress=progress, checkpoints=checkpoints)
+                        log=click.echo, progress=progress, checkpoints=checkpoints, verbose=verbose)
 
 
 def _name_path(ctx, param, values) -> dict[str, str]:
@@ -204,6 +204,12 @@ CHECKPOINT_OPTION = click.option(
     "--checkpoint", "checkpoints", multiple=True, metavar="NAME=PATH", callback=_name_path,
     help="Register a trained model of your own as base model NAME instead of training it (repeatable): a "
          "saved state dict or whole nn.Module that fits model.arch. Config: models: [{name: NAME, checkpoint: PATH}].")
+
+
+VERBOSE_OPTION = click.option(
+    "--verbose", "-v", is_flag=True,
+    help="Print where each retrain task's time goes: compute (training, evaluation) and the rest (rank "
+         "loading, setup, recording) per job.")
 
 
 RECIPE_OPTION = config_option(

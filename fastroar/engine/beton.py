@@ -3,12 +3,21 @@
 Each file holds two fields, ``image`` (an ``NDArrayField`` of the images' (C, H, W) shape, uint8 or
 float32) and ``label`` (an ``IntField``). Beside it, ``<path>.json`` records the sample count, shape,
 dtype, file size and SHA-256, so that a truncated or corrupted file is caught before training on it.
-Writes are atomic: the file is built as ``<path>.tmp`` and renamed into place only once complete.
+Writes are atomic: the file is built as ``<path>.<pid>.tmp`` and renamed into place only once complete.
+
+Importing ffcv costs 10-15 s on a 2-core machine (it compiles Numba code at import), and its writer
+starts worker processes; both are built for ImageNet, not for a split of a few thousand small images.
+So a split given as an in-memory array is written here with NumPy alone (``_write_plain``): the same
+bytes FFCV's writer produces with one worker (header, field descriptors, per-sample metadata, pages
+filled in sample order and zero-padded, allocation table), which FFCV's Reader and Loader read as their
+own (tests/test_loaders.py compares the two writers byte for byte). Lazy inputs (image folders, loaded
+one sample at a time) still go through FFCV's writer and its processes. The header, metadata and
+samples are read back with NumPy too (``_layout``), so the resident path never imports ffcv.
 """
 from __future__ import annotations
 
 import contextlib
-from dataclasses import replace
+from dataclasses import dataclass, replace
 import functools
 import glob
 import hashlib
@@ -24,6 +33,19 @@ from fastroar.errors import BetonError
 
 IMAGE_DTYPES = (np.dtype(np.uint8), np.dtype(np.float32))
 _MIN_PAGE, _DEFAULT_PAGE = 1 << 21, 1 << 23  # FFCV's smallest page (2 MiB) and its default (8 MiB)
+
+# FFCV's file format (ffcv/types.py, ffcv/fields/ndarray.py, format version 2), spelled out so that plain
+# NumPy can write and read it; tests/test_loaders.py checks these against ffcv's own definitions.
+FFCV_VERSION = 2
+HEADER_TYPE = np.dtype([("version", "<u2"), ("num_fields", "<u2"), ("page_size", "<u4"),
+                        ("num_samples", "<u8"), ("alloc_table_ptr", "<u8")], align=True)
+FIELD_DESC_TYPE = np.dtype([("type_id", "<u1"), ("name", ("<u1", 16)), ("arguments", ("<u1", (1024,)))],
+                           align=True)
+ALLOC_TABLE_TYPE = np.dtype([("sample_id", "<u8"), ("ptr", "<u8"), ("size", "<u8")])
+NDARRAY_ARGS_TYPE = np.dtype([("shape", "<u8", 32), ("type_length", "<u8")])
+NDARRAY_TYPE_ID, INT_TYPE_ID = 4, 1          # FFCV's NDArrayField and IntField
+_FIELD_META = {NDARRAY_TYPE_ID: np.dtype("<u8"), INT_TYPE_ID: np.dtype("<i8"),   # per-sample metadata
+               0: np.dtype("<f8")}                                            # (FloatField)
 
 
 def _fix(path: str) -> str:
@@ -141,18 +163,73 @@ def _page_size(sample_bytes: int, n: int) -> int:
     return page
 
 
+def _field_descriptors(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """The two field descriptors FFCV writes for {"image": NDArrayField(dtype, shape), "label": IntField()}."""
+    desc = np.zeros(2, FIELD_DESC_TYPE)
+    for i, (name, type_id) in enumerate((("image", NDARRAY_TYPE_ID), ("label", INT_TYPE_ID))):
+        desc[i]["type_id"] = type_id
+        encoded = np.frombuffer(name.encode("ascii"), "<u1")
+        desc[i]["name"][:len(encoded)] = encoded
+    args = np.zeros(1, NDARRAY_ARGS_TYPE)
+    args["shape"][0][:len(shape)] = np.asarray(shape, "<u8")
+    encoded_type = np.frombuffer(json.dumps(np.dtype(dtype).descr).encode("ascii"), "<u1")
+    args["type_length"][0] = len(encoded_type)
+    blob = np.concatenate([args.view("<u1"), encoded_type])
+    desc[0]["arguments"][:len(blob)] = blob
+    return desc
+
+
+def _write_plain(path: str, images: np.ndarray, labels: np.ndarray, page_size: int) -> None:
+    """Writes what FFCV's DatasetWriter writes with one worker, in this process, with NumPy only.
+
+    FFCV's layout: header; field descriptors; per-sample metadata (image pointer, label); zeros up to the
+    first page boundary; pages of page_size bytes, each holding whole samples in sample order (a sample
+    that does not fit the page's remaining space starts the next page), zero-padded; the allocation table
+    (sample id, pointer, size) in sample order; the header's alloc_table_ptr points at it."""
+    n = len(labels)
+    nbytes = int(np.prod(images.shape[1:])) * images.dtype.itemsize
+    desc = _field_descriptors(tuple(images.shape[1:]), images.dtype)
+    meta_type = np.dtype([("", _FIELD_META[NDARRAY_TYPE_ID]), ("", _FIELD_META[INT_TYPE_ID])], align=True)
+    meta_start = HEADER_TYPE.itemsize + desc.nbytes
+    data_start = -(-(meta_start + n * meta_type.itemsize) // page_size) * page_size
+    per_page = page_size // nbytes
+    pages = -(-n // per_page)
+    index = np.arange(n, dtype=np.uint64)
+    ptr = data_start + (index // per_page) * page_size + (index % per_page) * nbytes
+    meta = np.zeros(n, meta_type)
+    meta[meta_type.names[0]] = ptr
+    meta[meta_type.names[1]] = labels
+    table = np.zeros(n, ALLOC_TABLE_TYPE)
+    table["sample_id"], table["ptr"], table["size"] = index, ptr, nbytes
+    header = np.zeros(1, HEADER_TYPE)
+    header["version"], header["num_fields"], header["page_size"] = FFCV_VERSION, 2, page_size
+    header["num_samples"], header["alloc_table_ptr"] = n, data_start + pages * page_size
+    flat = images.reshape(n, -1).view(np.uint8)
+    with open(path, "wb") as f:
+        f.write(header.tobytes())
+        f.write(desc.tobytes())
+        f.write(meta.tobytes())
+        f.write(bytes(data_start - f.tell()))
+        page = np.zeros(page_size, np.uint8)
+        for p in range(pages):
+            block = flat[p * per_page:(p + 1) * per_page].reshape(-1)
+            page[:block.size] = block
+            page[block.size:] = 0
+            f.write(page.data)
+        f.write(table.tobytes())
+
+
 def write_beton(path: str, images: np.ndarray, labels: np.ndarray, *, progress: bool = True,
                 num_workers: int | None = None) -> dict[str, Any]:
     """Writes (N, C, H, W) images (uint8 or float32) and (N,) integer labels to an FFCV .beton at `path`.
 
-    `images` may be an ndarray or a lazy array-like (``shape``, ``dtype``, ``ndim``, ``images[i]``, e.g.
-    fastroar.datasets.folder.LazyImages): samples are then loaded one by one in the writer's processes,
-    never all at once. An exception loading a sample is raised here (nothing is left at `path`).
+    An ndarray is written in this process with NumPy (``_write_plain``: FFCV's one-worker bytes, no ffcv
+    import, no processes) unless `num_workers` asks for FFCV's writer. `images` may also be a lazy
+    array-like (``shape``, ``dtype``, ``ndim``, ``images[i]``, e.g. fastroar.datasets.folder.LazyImages):
+    samples are then loaded one by one in FFCV's writer processes, never all at once. An exception
+    loading a sample is raised here (nothing is left at `path`).
     Returns the metadata {n, shape, dtype, size_bytes, sha256}, also written to ``path + '.json'``.
     """
-    from ffcv.fields import IntField, NDArrayField
-    from ffcv.writer import DatasetWriter
-
     path = os.fspath(path)
     lazy = not isinstance(images, np.ndarray) and all(hasattr(images, a) for a in ("shape", "dtype", "ndim"))
     images = images if lazy else np.asarray(images)
@@ -176,16 +253,12 @@ def write_beton(path: str, images: np.ndarray, labels: np.ndarray, *, progress: 
     tmp, sidecar_tmp, errors = (f"{path}.{os.getpid()}.{suffix}" for suffix in ("tmp", "json.tmp", "errors"))
     for stale in _orphans(path):
         os.remove(stale)
-    workers = num_workers or max(1, min(os.cpu_count() or 1, 8, (len(labels) + 999) // 1000))
-    writer = DatasetWriter(tmp, {"image": NDArrayField(dtype=images.dtype, shape=shape), "label": IntField()},
-                           page_size=_page_size(sample_bytes, len(labels)), num_workers=workers)
+    page_size = _page_size(sample_bytes, len(labels))
     try:
-        with _writer_progress(progress):
-            writer.from_indexed_dataset(_Samples(images, labels, errors),
-                                        chunksize=max(1, min(1000, len(labels) // workers)))
-        failure = _first_failure(errors)
-        if failure is not None:
-            raise failure
+        if lazy or num_workers:
+            _write_ffcv(tmp, images, labels, shape, page_size, errors, progress, num_workers)
+        else:
+            _write_plain(tmp, images, labels, page_size)
         meta = {"n": int(len(labels)), "shape": list(shape), "dtype": images.dtype.name,
                 "size_bytes": os.path.getsize(tmp), "sha256": _sha256(tmp)}
         with open(sidecar_tmp, "w") as f:
@@ -200,6 +273,23 @@ def write_beton(path: str, images: np.ndarray, labels: np.ndarray, *, progress: 
                 os.remove(stale)
         raise
     return meta
+
+
+def _write_ffcv(tmp: str, images: Any, labels: np.ndarray, shape: tuple[int, ...], page_size: int, errors: str,
+                progress: bool, num_workers: int | None) -> None:
+    """FFCV's DatasetWriter with its worker processes (lazy inputs: samples loaded in the workers)."""
+    from ffcv.fields import IntField, NDArrayField
+    from ffcv.writer import DatasetWriter
+
+    workers = num_workers or max(1, min(os.cpu_count() or 1, 8, (len(labels) + 999) // 1000))
+    writer = DatasetWriter(tmp, {"image": NDArrayField(dtype=images.dtype, shape=shape), "label": IntField()},
+                           page_size=page_size, num_workers=workers)
+    with _writer_progress(progress):
+        writer.from_indexed_dataset(_Samples(images, labels, errors),
+                                    chunksize=max(1, min(1000, len(labels) // workers)))
+    failure = _first_failure(errors)
+    if failure is not None:
+        raise failure
 
 
 def beton_meta(path: str) -> dict[str, Any]:
@@ -235,7 +325,7 @@ def verify_beton(path: str, *, checksum: bool = True) -> dict[str, Any]:
 @functools.lru_cache(maxsize=None)
 def stored_bytes_decoder() -> type:
     """StoredBytes, the decoder of an image field into its stored bytes, defined on first use (importing
-    ffcv takes seconds). The masked loader and read_beton both decode through it."""
+    ffcv takes seconds). The masked loader decodes through it."""
     from ffcv.fields.ndarray import NDArrayDecoder
     from ffcv.pipeline.allocation_query import AllocationQuery
     from ffcv.pipeline.compiler import Compiler
@@ -269,48 +359,93 @@ def stored_bytes_decoder() -> type:
     return StoredBytes
 
 
-def beton_layout(path: str) -> tuple[int, tuple[int, ...], np.dtype]:
-    """(N, (C, H, W), dtype) of a base .beton, read from its header; BetonError when it is not one."""
-    from ffcv.reader import Reader
+@dataclass(frozen=True)
+class Layout:
+    """A base .beton's header, read with NumPy: sample count, image shape and dtype, and per sample the
+    image's byte offset in the file and its label."""
 
+    n: int
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    pointers: np.ndarray   # (N,) uint64
+    labels: np.ndarray     # (N,) int64
+
+
+def _layout(path: str) -> Layout:
+    """The Layout of a base .beton (fields "image": NDArrayField uint8/float32, "label": IntField);
+    BetonError naming the fix when the file is missing, damaged or not one."""
     if not os.path.exists(path):
         raise BetonError(f"{path} does not exist; rerun `fastroar prepare`")
+    bad = (f"{path} has no uint8/float32 'image' and 'label' fields; delete it (and {path}.json) and rerun "
+           f"`fastroar prepare`")
     try:
-        reader = Reader(path)
-    except Exception as e:  # FFCV raises assorted errors on a damaged header
+        header = np.fromfile(path, HEADER_TYPE, count=1)
+        if len(header) != 1 or int(header[0]["version"]) != FFCV_VERSION:
+            raise ValueError("no FFCV format-2 header")
+        header = header[0]
+        num_fields, n = int(header["num_fields"]), int(header["num_samples"])
+        desc = np.fromfile(path, FIELD_DESC_TYPE, count=num_fields, offset=HEADER_TYPE.itemsize)
+        if len(desc) != num_fields:
+            raise ValueError("truncated field descriptors")
+        names = [bytes(d["name"]).split(b"\0", 1)[0].decode("ascii") for d in desc]
+        types = [int(d["type_id"]) for d in desc]
+        if any(t not in _FIELD_META for t in types):
+            raise ValueError(f"field types {types} are not FFCV's ndarray/int/float fields")
+        meta_type = np.dtype([("", _FIELD_META[t]) for t in types], align=True)
+        meta = np.fromfile(path, meta_type, count=n, offset=HEADER_TYPE.itemsize + desc.nbytes)
+        if len(meta) != n:
+            raise ValueError(f"truncated metadata ({len(meta)} of {n} samples)")
+    except (OSError, ValueError, UnicodeDecodeError) as e:
         raise BetonError(f"{path} is not a readable .beton ({type(e).__name__}: {e}); delete it (and "
                          f"{path}.json) and rerun `fastroar prepare`") from e
-    field = reader.handlers.get("image")
-    dtype = np.dtype(getattr(field, "dtype", np.void))
-    if field is None or "label" not in reader.handlers or dtype not in (np.uint8, np.float32):
-        raise BetonError(f"{path} has no uint8/float32 'image' and 'label' fields; delete it (and "
-                         f"{path}.json) and rerun `fastroar prepare`")
-    return int(reader.num_samples), tuple(int(s) for s in field.shape), dtype
+    if "image" not in names or "label" not in names:
+        raise BetonError(bad)
+    image, label = names.index("image"), names.index("label")
+    if types[image] != NDARRAY_TYPE_ID or types[label] != INT_TYPE_ID:
+        raise BetonError(bad)
+    args = desc[image]["arguments"]
+    head = args[:NDARRAY_ARGS_TYPE.itemsize].view(NDARRAY_ARGS_TYPE)[0]
+    try:
+        descr = json.loads(bytes(args[NDARRAY_ARGS_TYPE.itemsize:][:int(head["type_length"])]).decode("ascii"))
+        dtype = np.dtype([tuple(x) for x in descr])["f0"]
+    except (ValueError, TypeError, KeyError, IndexError) as e:
+        raise BetonError(bad) from e
+    if dtype not in IMAGE_DTYPES:
+        raise BetonError(bad)
+    shape = [int(v) for v in head["shape"]]
+    while shape and shape[-1] == 0:
+        shape.pop()
+    return Layout(n, tuple(shape), np.dtype(dtype), np.asarray(meta[meta_type.names[image]], np.uint64),
+                  np.asarray(meta[meta_type.names[label]], np.int64))
 
 
-def read_beton(path: str, *, batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-    """All (images (N, C, H, W) in the stored dtype, labels (N,) int64) of a .beton, in file order."""
-    from ffcv.fields.basics import IntDecoder
-    from ffcv.loader import Loader, OrderOption
-    from ffcv.transforms import ToTensor
+def beton_layout(path: str) -> tuple[int, tuple[int, ...], np.dtype]:
+    """(N, (C, H, W), dtype) of a base .beton, read from its header; BetonError when it is not one."""
+    lay = _layout(os.fspath(path))
+    return lay.n, lay.shape, lay.dtype
 
+
+def read_beton(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """All (images (N, C, H, W) in the stored dtype, labels (N,) int64) of a .beton, in file order.
+
+    Read with NumPy through the header's per-sample pointers: runs of consecutive samples (a page of
+    FFCV's one-worker layout, a chunk of its multi-worker one) are copied as one block."""
     path = os.fspath(path)
-    n, shape, dtype = beton_layout(path)
-    StoredBytes = stored_bytes_decoder()
-    loader = Loader(path, batch_size=batch_size, num_workers=1, order=OrderOption.SEQUENTIAL, drop_last=False,
-                    os_cache=True, pipelines={"image": [StoredBytes(), ToTensor()], "label": [IntDecoder(), ToTensor()]})
-    images = np.empty((n, *shape), dtype=dtype)
-    flat = images.reshape(n, -1).view(np.uint8)
-    labels = np.empty(n, dtype=np.int64)
-    at = 0
-    for x, y in loader:  # buffers are reused by the loader: copy each batch out
-        b = x.shape[0]
-        flat[at:at + b] = x.numpy()
-        labels[at:at + b] = y.numpy().reshape(-1)
-        at += b
-    if at != n:
-        raise BetonError(f"{path}: read {at} of {n} samples; {_fix(path)}")
-    return images, labels
+    lay = _layout(path)
+    nbytes = int(np.prod(lay.shape)) * lay.dtype.itemsize
+    size = os.path.getsize(path)
+    ptr = lay.pointers.astype(np.int64)
+    if lay.n and (int(ptr.min()) < 0 or int(ptr.max()) + nbytes > size):
+        raise BetonError(f"{path}: a sample lies beyond the end of the file ({size:,} bytes); {_fix(path)}")
+    images = np.empty((lay.n, *lay.shape), dtype=lay.dtype)
+    flat = images.reshape(lay.n, -1).view(np.uint8)
+    data = np.memmap(path, dtype=np.uint8, mode="r") if lay.n else None
+    breaks = np.flatnonzero(np.diff(ptr) != nbytes) + 1 if lay.n else []
+    for a, b in zip(np.r_[0, breaks], np.r_[breaks, lay.n]):
+        start = int(ptr[a])
+        flat[a:b] = data[start:start + (b - a) * nbytes].reshape(b - a, nbytes)
+    del data
+    return images, lay.labels.copy()
 
 
 def read_beton_cached(path: str) -> tuple[np.ndarray, np.ndarray]:
@@ -370,10 +505,5 @@ class MappedImages:
 
 def map_beton(path: str) -> tuple[MappedImages, np.ndarray]:
     """(images as a MappedImages view, labels (N,) int64) of a base .beton written by write_beton."""
-    from ffcv.reader import Reader
-
-    path = os.fspath(path)
-    n, shape, dtype = beton_layout(path)
-    meta = Reader(path).metadata  # per sample: the image's data pointer (NDArrayField), the label (IntField)
-    image_field, label_field = meta.dtype.names[:2]
-    return MappedImages(path, meta[image_field], shape, dtype), np.asarray(meta[label_field], np.int64)
+    lay = _layout(os.fspath(path))
+    return MappedImages(os.fspath(path), lay.pointers, lay.shape, lay.dtype), lay.labels

@@ -40,6 +40,7 @@ class Context:
     progress: bool = True
     timings: dict[str, float] = field(default_factory=dict)
     save_config: bool = True  # False inside `run`, which saves the config once, when all its stages succeeded
+    verbose: bool = False     # stages print where their time goes (retrain: compute vs the rest, per job)
 
 
 def resolve_config(workdir: str | Path | None = None, *, dataset: str | None = None,
@@ -56,12 +57,14 @@ def resolve_config(workdir: str | Path | None = None, *, dataset: str | None = N
 
 def open_context(workdir: str | Path, *, dataset: str | None = None, config_path: str | None = None,
                  overrides: Sequence[str] = (), create: bool = False, log: Callable[[str], None] = print,
-                 progress: bool = True, checkpoints: Mapping[str, str] | None = None) -> Context:
+                 progress: bool = True, checkpoints: Mapping[str, str] | None = None,
+                 verbose: bool = False) -> Context:
     """The Context of a stage call: the config resolved and validated before anything is created, so a bad
     option creates no workdir; create=True makes the workdir (stages that start a study: prepare, run)."""
     cfg = resolve_config(workdir, dataset=dataset, config_path=config_path, overrides=overrides,
                          checkpoints=checkpoints)
-    return Context(cfg, Workdir(workdir, create=create, store=cfg.get("store")), log, progress)
+    return Context(cfg, Workdir(workdir, create=create, store=cfg.get("store")), log, progress,
+                   verbose=verbose)
 
 
 def save_config(ctx: Context) -> None:

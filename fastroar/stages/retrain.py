@@ -40,6 +40,7 @@ from fastroar.training.loop import Recipe, evaluate, train_model
 
 
 DEFAULT_BATCH_MODELS = 16
+TIMING_KEY = "_timing"   # a task's time breakdown (seconds) on its first record; never written to the log
 
 
 def plan(cfg: dict[str, Any], workdir: Workdir, **selection: Any) -> list[Job]:
@@ -147,17 +148,24 @@ def run_group(jobs: Sequence[Job], cfg: dict[str, Any], workdir: Workdir,
     # the stack holds both splits whole (stackable() checked they fit): read the rank maps once
     split = {s: (*prepared.arrays(s), np.asarray(_ranks(store, first.model, first.attribution, s)[:]))
              for s in ("train", "test")}
+    timing = {"ranks": time.perf_counter() - t0}
     results = train_stacked(first.arch, first.arch_params, prepared.shape, prepared.num_classes,
                             split["train"], split["test"], [Spec(j.k, j.direction, j.seed, j.fill) for j in jobs],
-                            recipe, device)
-    seconds = (time.perf_counter() - t0) / len(jobs)
-    return [_record(j, recipe, r["accuracy"], r, seconds, "resident", device, len(jobs))
-            for j, r in zip(jobs, results)]
+                            recipe, device, timings=timing)
+    total = time.perf_counter() - t0
+    timing["task"] = total
+    seconds = total / len(jobs)
+    records = [_record(j, recipe, r["accuracy"], r, seconds, "resident", device, len(jobs))
+               for j, r in zip(jobs, results)]
+    records[0][TIMING_KEY] = timing   # the task's breakdown, taken off before the record is written
+    return records
 
 
 def run_job_task(job: Job, cfg: dict[str, Any], workdir: Workdir) -> dict[str, Any]:
     """An executor task: one job, everything loaded from the (shared) workdir."""
-    return run_job(job, cfg, workdir)
+    record = run_job(job, cfg, workdir)
+    record.pop(TIMING_KEY, None)
+    return record
 
 
 def run_group_task(jobs: list[Job], cfg: dict[str, Any], workdir: Workdir) -> list[dict[str, Any]]:
@@ -192,10 +200,29 @@ def retrain(ctx: Context, *, executor=None, **selection: Any) -> list[dict[str, 
     memory = f", about {task_memory(cfg, prepared, max(map(len, tasks))) / 2**20:,.0f} MiB per task" if tasks else ""
     log(f"[retrain] {len(jobs)} jobs: {len(jobs) - len(todo)} already done, {len(todo)} to run "
         f"in {len(tasks)} tasks ({executor.name} executor, recipe {retrain_recipe(cfg).name}{memory})")
-    for records in executor.map(run_group_task, [(group, cfg, workdir) for group in tasks], progress, "retrain"):
+    t_stage = time.perf_counter()
+    compute = rest = 0.0
+    for i, records in enumerate(executor.map(run_group_task, [(group, cfg, workdir) for group in tasks], progress,
+                                             "retrain")):
+        timing = records[0].pop(TIMING_KEY, None)
+        t_write = time.perf_counter()
         for record in records:
             append_result(results_path, record)
             fault_point("retrain.after_append")
+        if timing is not None:
+            busy = timing["train"] + timing["eval"]
+            other = timing["task"] - busy + time.perf_counter() - t_write
+            compute, rest = compute + busy, rest + other
+            if ctx.verbose:
+                log(f"[retrain] task {i + 1}/{len(tasks)}: {len(records)} jobs; compute {busy:.2f}s (train "
+                    f"{timing['train']:.2f}s, eval {timing['eval']:.2f}s), the rest {other:.3f}s = "
+                    f"{1000 * other / len(records):.1f} ms/job (ranks {timing['ranks']:.3f}s, setup "
+                    f"{timing['setup']:.3f}s, recording {time.perf_counter() - t_write:.3f}s)")
+    if ctx.verbose and tasks:
+        wall = time.perf_counter() - t_stage
+        log(f"[retrain] {len(todo)} jobs in {wall:.2f}s: compute {compute:.2f}s, outside compute "
+            f"{wall - compute:.2f}s = {1000 * (wall - compute) / len(todo):.1f} ms/job (in tasks {rest:.2f}s, "
+            f"executor and stage {wall - compute - rest:.2f}s)")
     done = read_results(results_path)
     paths = sorted({done[j.key]["loader"] for j in jobs if j.key in done})
     log(f"[retrain] {sum(j.key in done for j in jobs)}/{len(jobs)} jobs recorded in {results_path} "

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import math
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -273,13 +274,16 @@ class _Split:
 def train_stacked(arch: str, arch_params: dict[str, Any], shape: Sequence[int], num_classes: int,
                   train: tuple[np.ndarray, np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray, np.ndarray],
                   specs: Sequence[Spec], recipe: Recipe, device: torch.device | str = "cpu",
-                  test_batch_size: int = 512, return_models: bool = False) -> list[dict[str, Any]]:
+                  test_batch_size: int = 512, return_models: bool = False,
+                  timings: dict[str, float] | None = None) -> list[dict[str, Any]]:
     """Trains one model per spec on (images, labels, ranks) of train, evaluates on test's; per spec a dict
-    {accuracy, train_acc, loss} (plus "state_dict" when return_models), in the order of `specs`."""
+    {accuracy, train_acc, loss} (plus "state_dict" when return_models), in the order of `specs`.
+    `timings`, when given, receives the seconds of "setup" (data, models), "train" and "eval"."""
     if not batchable(arch):
         raise ValueError(f"train_stacked handles {', '.join(BATCHABLE_ARCHS)}, not {arch!r}")
     if not specs:
         return []
+    t0 = time.perf_counter()
     device = torch.device(device)
     real = len(specs)
     specs = list(specs) + ([specs[0]] if real == 1 else [])  # a stack of 1 takes another matmul kernel
@@ -296,6 +300,7 @@ def train_stacked(arch: str, arch_params: dict[str, Any], shape: Sequence[int], 
     scratch = [torch.empty_like(p) for p in params] if device.type != "cpu" else []
     cd = torch.bfloat16 if recipe.uses_autocast(device) else torch.float32
     step = 0
+    t1 = time.perf_counter()
     loss_sum = torch.zeros(len(specs), device=device)
     correct = torch.zeros(len(specs), dtype=torch.long, device=device)
     for epoch in range(recipe.epochs):
@@ -318,7 +323,10 @@ def train_stacked(arch: str, arch_params: dict[str, Any], shape: Sequence[int], 
             step += 1
     train_loss = [v / n for v in loss_sum.tolist()]
     train_acc = [c / n for c in correct.tolist()]
+    t2 = time.perf_counter()
     accuracy = evaluate_stacked(stack, test, specs, device, test_batch_size, cd)
+    if timings is not None:
+        timings.update(setup=t1 - t0, train=t2 - t1, eval=time.perf_counter() - t2)
     out = []
     for i in range(real):
         rec = {"accuracy": accuracy[i], "train_acc": train_acc[i], "loss": train_loss[i]}

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fastroar.engine.beton import BetonError, beton_meta, read_beton_cached
+from fastroar.engine.beton import BetonError, beton_layout, beton_meta, read_beton_cached
 from fastroar.engine.loaders.masked import make_loader, validate_mask_args
 from fastroar.engine.loaders.resident import ResidentLoader
 
@@ -44,10 +44,8 @@ def _beton_shape(path: str) -> tuple[int, tuple[int, ...]]:
     except BetonError:
         if not os.path.exists(path):
             raise
-    from ffcv.reader import Reader
-
-    reader = Reader(path)
-    return int(reader.num_samples), tuple(int(s) for s in reader.handlers["image"].shape)
+    n, shape, _ = beton_layout(path)
+    return n, shape
 
 
 def choose_path(mode: str, n: int, shape: tuple[int, ...], rank_itemsize: int | None, device: torch.device,

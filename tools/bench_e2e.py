@@ -1,0 +1,140 @@
+"""End to end: `fastroar run` on the default config (blockdigits, fresh workdir, interpreter start and
+imports included) against tools/plain_pipeline.py, the same study in plain PyTorch, timed in the same run.
+
+Also each stage's wall time (`fastroar run --verbose`), the stacked retrain's achieved GFLOP/s against
+torch.mm of the retrain's layer products at the stack's size (M x B rows) timed in this run, and the
+compute-limit estimate: the study's matmul FLOPs divided by this machine's large-product torch.mm speed.
+Runs alternate (fastroar, plain, fastroar, ...) and the best of each is kept; the matmul speeds are
+timed before and after every run and the best kept (machines here are shared: on a loaded machine the
+compute-limit estimate is the optimistic one, and the GFLOP/s ratios compare different moments).
+
+FLOPs counted (multiply-adds x 2) for mlp2 width 256 on 16x8 inputs, P = 128*256 + 256*256 + 256*10
+weights: a training step costs 6P per sample (forward 2P, backward 4P less the first layer's input
+gradient), a PGD step 6P (forward and input gradient), an evaluation 2P.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+
+from bench import Row, best_time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+D, WIDTH, CLASSES = 128, 256, 10
+P = D * WIDTH + WIDTH * WIDTH + WIDTH * CLASSES
+N_TRAIN, N_TEST = 1438, 359
+BASE_EPOCHS, RETRAIN_EPOCHS, JOBS, PGD_STEPS = 30, 15, 80, 5
+STACK, BATCH = 16, 64
+
+
+def study_flops() -> dict[str, float]:
+    step = 6 * P - 2 * D * WIDTH
+    base = BASE_EPOCHS * N_TRAIN * (2 * step + PGD_STEPS * (6 * P)) + 2 * N_TEST * 2 * P * (1 + PGD_STEPS)
+    retrain = JOBS * (RETRAIN_EPOCHS * N_TRAIN * step + N_TEST * 2 * P)
+    attrib = 2 * (N_TRAIN + N_TEST) * 4 * P
+    return {"base": base, "retrain": retrain, "attribution": attrib, "total": base + retrain + attrib}
+
+
+def mm_gflops(size: int = 2048) -> float:
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    return 2 * size ** 3 / best_time(lambda: torch.mm(a, b), repeat=3, min_time=0.3) / 1e9
+
+
+def mm_same_size_gflops() -> float:
+    """torch.mm over the retrain's products at the stack's size: forward, weight and input gradients of the
+    three layers with M*B = 1024 rows, as single large products."""
+    rows = STACK * BATCH
+    dims = [(D, WIDTH), (WIDTH, WIDTH), (WIDTH, CLASSES)]
+    xs = [torch.randn(rows, i) for i, _ in dims]
+    ws = [torch.randn(i, o) for i, o in dims]
+    gs = [torch.randn(rows, o) for _, o in dims]
+
+    def step():
+        for x, w, g in zip(xs, ws, gs):
+            torch.mm(x, w)
+            torch.mm(x.t(), g)
+        for w, g in list(zip(ws, gs))[1:]:
+            torch.mm(g, w.t())
+
+    flops = rows * (6 * P - 2 * D * WIDTH)
+    return flops / best_time(step, repeat=3, min_time=0.3) / 1e9
+
+
+def run_fastroar() -> tuple[float, dict[str, float], float | None]:
+    """(wall seconds, stage wall times, retrain compute seconds) of `fastroar run` in a fresh workdir."""
+    wd = tempfile.mkdtemp(prefix="fastroar-e2e-")
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    try:
+        t0 = time.perf_counter()
+        out = subprocess.run([sys.executable, "-m", "fastroar.cli", "run", "--workdir", wd, "--no-progress",
+                              "--verbose"], env=env, cwd=ROOT, capture_output=True, text=True)
+        wall = time.perf_counter() - t0
+    finally:
+        shutil.rmtree(wd, ignore_errors=True)
+    if out.returncode:
+        raise RuntimeError(f"fastroar run failed:\n{out.stdout}\n{out.stderr}")
+    stages = {m[1]: float(m[2]) for m in re.finditer(r"(\w+) ([\d.]+)s", _line(out.stdout, "[run] stage wall times"))}
+    m = re.search(r"compute ([\d.]+)s, outside compute", out.stdout)
+    return wall, stages, float(m[1]) if m else None
+
+
+def run_plain() -> float:
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    t0 = time.perf_counter()
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "plain_pipeline.py")], env=env, cwd=ROOT,
+                         capture_output=True, text=True)
+    if out.returncode:
+        raise RuntimeError(f"plain pipeline failed:\n{out.stdout}\n{out.stderr}")
+    return time.perf_counter() - t0
+
+
+def _line(text: str, prefix: str) -> str:
+    return next((line for line in text.splitlines() if line.startswith(prefix)), "")
+
+
+def rows(quick: bool) -> list[Row]:
+    reps = 1 if quick else 2
+    flops = study_flops()
+    fast, plain, mm, same = [], [], [], []
+    for _ in range(reps):   # interleaved: the two pipelines and the matmul speeds see the same load
+        for run, into in ((run_fastroar, fast), (run_plain, plain)):
+            mm.append(mm_gflops())
+            same.append(mm_same_size_gflops())
+            into.append(run())
+    mm.append(mm_gflops())
+    same.append(mm_same_size_gflops())
+    wall, stages, compute = min(fast, key=lambda r: r[0])
+    plain_wall, mm_speed, same_speed = min(plain), max(mm), max(same)
+    limit = flops["total"] / (mm_speed * 1e9)
+    section = "e2e blockdigits (default config)"
+    out = [
+        Row(section, "plain PyTorch pipeline", plain_wall, "s", "plain PyTorch pipeline", 1.0,
+            "Dataset masking in __getitem__, DataLoader, one model at a time"),
+        Row(section, "fastroar run", wall, "s", "plain PyTorch pipeline", plain_wall / wall,
+            f"target >= 5x; best of {reps}, imports and interpreter start included"),
+        Row(section, "compute-limit estimate", limit, "s", "fastroar run", wall / limit,
+            f"{flops['total'] / 1e12:.2f} TFLOP / {mm_speed:.0f} GFLOP/s (torch.mm 2048^2); ratio = run / "
+            f"estimate, target <= 3x; useful-compute share {limit / wall:.0%}"),
+    ]
+    for name, sec in stages.items():
+        out.append(Row(section, f"stage {name}", sec, "s", "fastroar run", sec / wall, "share of the run's wall time"))
+    retrain_wall = stages.get("retrain")
+    if retrain_wall:
+        speed = flops["retrain"] / retrain_wall / 1e9
+        out.append(Row("retrain GEMM speed", "stacked retrain (stage wall)", speed, "GFLOP/s",
+                       "torch.mm same size", speed / same_speed,
+                       f"{flops['retrain'] / 1e12:.2f} TFLOP in {retrain_wall:.1f}s; target >= 0.5x"))
+    if compute:
+        speed = flops["retrain"] / compute / 1e9
+        out.append(Row("retrain GEMM speed", "stacked retrain (train+eval only)", speed, "GFLOP/s",
+                       "torch.mm same size", speed / same_speed, f"{compute:.1f}s in training and evaluation"))
+    out.append(Row("retrain GEMM speed", "torch.mm same size", same_speed, "GFLOP/s", "torch.mm same size", 1.0,
+                   f"the retrain's products with {STACK}x{BATCH} rows; torch.mm 2048^2: {mm_speed:.0f} GFLOP/s"))
+    return out
