@@ -17,7 +17,7 @@ import numpy as np
 from fastroar.errors import ConfigError
 
 DIRECTIONS = ("top", "bottom")
-RECIPES = ("paper", "fast")
+RECIPES = ("paper", "fast", "airbench")
 UINT16_MAX_D = 65536
 PIXEL_SCALE = 255.0  # uint8 pixel -> model input: x / PIXEL_SCALE
 

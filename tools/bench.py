@@ -7,6 +7,7 @@ Sections live in tools/bench_*.py; each exposes ``rows(quick: bool) -> list[Row]
     python tools/bench.py            # full mode (the README quotes this)
     python tools/bench.py --quick    # under 2 minutes on a 2-core CPU machine
     python tools/bench.py --only e2e # `fastroar run` against a plain PyTorch pipeline (minutes; not in the default set)
+    python tools/bench.py --sweep cifar10|imagenet10 [sweep options]   # tools/sweep.py: timed end-to-end run
 """
 from __future__ import annotations
 
@@ -61,6 +62,13 @@ def print_table(rows: list[Row]) -> None:
 
 
 def main() -> int:
+    if "--sweep" in sys.argv[1:]:   # measured end-to-end sweeps live in tools/sweep.py
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import sweep
+
+        argv = sys.argv[1:]
+        i = argv.index("--sweep")
+        return sweep.main(argv[:i] + argv[i + 1:])
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smaller sizes, fewer repeats (< 2 minutes)")
     ap.add_argument("--only", nargs="*", default=None, help="run only these sections, e.g. bench_kernels")

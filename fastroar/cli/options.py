@@ -213,8 +213,9 @@ VERBOSE_OPTION = click.option(
 
 
 RECIPE_OPTION = config_option(
-    "--recipe", key="retrain.recipe", type=click.Choice(["paper", "fast"]),
-    help="Retraining schedule: paper (the config's) or fast (short one-cycle, label smoothing, bf16 on GPU); "
+    "--recipe", key="retrain.recipe", type=click.Choice(["paper", "fast", "airbench"]),
+    help="Retraining schedule: paper (the config's), fast (short one-cycle, label smoothing, bf16 on GPU) or "
+         "airbench (airbench94's hyperparameters, for model.arch airbench); "
          "config key retrain.recipe, recorded in every result.")
 
 FILL_OPTION = config_option(

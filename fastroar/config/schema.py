@@ -54,7 +54,7 @@ class Recipe(Section):
     weight_decay: Number = Field(5e-4, ge=0)
     warmup_epochs: Number = Field(0.0, ge=0)
     label_smoothing: Number = Field(0.0, ge=0, lt=1)
-    name: Literal["paper", "fast"] = "paper"
+    name: Literal["paper", "fast", "airbench"] = "paper"
     schedule: Literal["cosine", "onecycle"] = "cosine"
     autocast: StrictBool = False
     channels_last: StrictBool = False
@@ -92,7 +92,7 @@ class Retrain(Recipe):
 
     directions: list[Literal["top", "bottom"]] = Field(["top", "bottom"], min_length=1, max_length=2)
     seeds: StrictInt = Field(1, ge=1, le=MAX_SEEDS)
-    recipe: Literal["paper", "fast"] = "paper"
+    recipe: Literal["paper", "fast", "airbench"] = "paper"
     batch_models: StrictInt = Field(16, ge=1, le=MAX_MODELS_PER_GROUP)
     fast_epochs: Optional[StrictInt] = Field(None, ge=1, le=100_000)
     fill: Annotated[Any, AfterValidator(_fill)] = "zero"

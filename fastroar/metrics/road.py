@@ -13,6 +13,11 @@ Imputation (per channel plane of an (..., H, W) image; known pixels stay fixed):
   This is one sparse linear system per plane (all planes of a call solved as one block-diagonal
   system with ``scipy.sparse.linalg.spsolve``). If a plane keeps at least one pixel the system is
   non-singular (every connected group of removed pixels touches a kept one);
+- on a device (``solver="torch"``, what the estimate stage uses when the device is CUDA) the same system
+  is solved matrix-free by conjugate gradients in float64, all planes of a call at once: the matrix is
+  symmetric (w_pq = w_qp) and, with an anchor per connected group, positive definite; each plane's
+  iteration stops when its residual falls below 1e-12 of its right-hand side (equal to the sparse direct
+  solve to 1e-5, tests/test_road_torch.py);
 - a plane that keeps no pixel at all has no anchor: its pixels are set to 0 (DiffROAR's fill value);
 - then Gaussian noise N(0, sigma^2) is added to the removed pixels only (seeded; values are not clipped).
 
@@ -73,14 +78,65 @@ def _solve_planes(x: np.ndarray, keep: np.ndarray) -> np.ndarray:
     return out
 
 
+CG_RTOL = 1e-12          # per plane: stop when ||r|| <= CG_RTOL * ||b||
+CG_CHECK_EVERY = 16      # iterations between convergence checks (each check is a host sync on a device)
+
+
+def _stencil(u, torch_mod):
+    """sum_q w_pq u_q over the in-image neighbours q of every pixel p of (P, H, W) planes (zero padding)."""
+    F = torch_mod.nn.functional
+    k = torch_mod.tensor([[1 / 12, 1 / 6, 1 / 12], [1 / 6, 0.0, 1 / 6], [1 / 12, 1 / 6, 1 / 12]],
+                         dtype=u.dtype, device=u.device).view(1, 1, 3, 3)
+    return F.conv2d(u.unsqueeze(1), k, padding=1).squeeze(1)
+
+
+def solve_planes_torch(x, keep, max_iter: int | None = None):
+    """Noise-free imputation of (P, H, W) planes (torch tensors, any device; every plane keeps >= 1
+    pixel) by conjugate gradients on the system of ``_solve_planes``, in float64; returns float64."""
+    import torch
+
+    x = x.to(torch.float64)
+    unknown = ~keep.to(torch.bool)
+    uf = unknown.to(torch.float64)
+    P, H, W = x.shape
+    diag = _stencil(torch.ones_like(x), torch)               # sum of the in-image neighbours' weights
+    b = _stencil(x * (1.0 - uf), torch) * uf                  # known neighbours, moved to the right side
+
+    def apply(v):                                             # A v on the unknowns (v is 0 elsewhere)
+        return (diag * v - _stencil(v, torch)) * uf
+
+    u = torch.zeros_like(x)
+    r = b.clone()
+    p = r.clone()
+    rr = (r * r).sum((1, 2))
+    stop = (CG_RTOL * b.flatten(1).norm(dim=1)) ** 2
+    limit = max_iter or max(100, 4 * H * W)
+    for it in range(limit):
+        ap = apply(p)
+        pap = (p * ap).sum((1, 2))
+        alpha = torch.where(pap > 0, rr / torch.where(pap > 0, pap, 1.0), 0.0).view(P, 1, 1)
+        u = u + alpha * p
+        r = r - alpha * ap
+        rr_new = (r * r).sum((1, 2))
+        beta = torch.where(rr > 0, rr_new / torch.where(rr > 0, rr, 1.0), 0.0).view(P, 1, 1)
+        p = r + beta * p
+        rr = rr_new
+        if it % CG_CHECK_EVERY == CG_CHECK_EVERY - 1 and bool((rr <= stop).all()):
+            break
+    return torch.where(unknown, u, x)
+
+
 def impute(x: np.ndarray, keep: np.ndarray, noise: float = 0.0,
-           seed: int | Sequence[int] = 0) -> np.ndarray:
+           seed: int | Sequence[int] = 0, solver: str = "scipy", device: Any = None) -> np.ndarray:
     """x (..., H, W) with the coordinates where keep is False replaced by noisy linear imputation.
 
     keep has x's shape (bool); noise is the absolute standard deviation sigma added to imputed pixels
     (0 = none), drawn from ``np.random.default_rng(seed)`` in the array's flat order. Returns a new
-    float array (x's dtype when floating, else float32); computed in float64.
+    float array (x's dtype when floating, else float32); computed in float64. solver "scipy": sparse
+    direct solves on the CPU; "torch": conjugate gradients on `device` (default: CPU), every plane at once.
     """
+    if solver not in ("scipy", "torch"):
+        raise ValueError(f"solver must be 'scipy' or 'torch', got {solver!r}")
     x = np.asarray(x)
     keep = np.asarray(keep, bool)
     if x.shape != keep.shape:
@@ -94,6 +150,13 @@ def impute(x: np.ndarray, keep: np.ndarray, noise: float = 0.0,
     anchored = kp.any(axis=(1, 2))
     out = np.zeros_like(planes)  # planes with no kept pixel stay 0
     which = np.flatnonzero(anchored)
+    if solver == "torch" and len(which):
+        import torch
+
+        dev = torch.device(device or "cpu")
+        solved = solve_planes_torch(torch.from_numpy(planes[which]).to(dev), torch.from_numpy(kp[which]).to(dev))
+        out[which] = solved.cpu().numpy()
+        which = which[:0]
     per_plane = max(1, MAX_UNKNOWNS_PER_SOLVE // (H * W))
     for s in range(0, len(which), per_plane):
         sel = which[s:s + per_plane]
@@ -105,10 +168,10 @@ def impute(x: np.ndarray, keep: np.ndarray, noise: float = 0.0,
 
 
 def impute_ranked(x: np.ndarray, ranks: np.ndarray, k: float, direction: str, noise: float = 0.0,
-                  seed: int | Sequence[int] = 0) -> np.ndarray:
+                  seed: int | Sequence[int] = 0, solver: str = "scipy", device: Any = None) -> np.ndarray:
     """x (N, C, H, W) keeping the top-k or bottom-k coordinates of `ranks` (N, C*H*W), the rest imputed."""
     keep = keep_mask_reference(np.asarray(ranks), k, direction).reshape(x.shape)
-    return impute(x, keep, noise, seed)
+    return impute(x, keep, noise, seed, solver, device)
 
 
 def accuracy(model, x: np.ndarray, labels: np.ndarray, batch_size: int = 1024) -> float:
@@ -127,7 +190,8 @@ def accuracy(model, x: np.ndarray, labels: np.ndarray, batch_size: int = 1024) -
 
 
 def road_levels(model, x: np.ndarray, labels: np.ndarray, ranks: np.ndarray, levels: Sequence[float],
-                sigma: float, seed: int = 0, acc: Callable | None = None) -> list[dict[str, float]]:
+                sigma: float, seed: int = 0, acc: Callable | None = None, solver: str = "scipy",
+                device: Any = None) -> list[dict[str, float]]:
     """Per level: acc on top-k-kept / bottom-k-kept imputed inputs and their difference (ROAD(k)).
 
     Noise for (k, direction) is seeded by [seed, round(k * 1e6), 0 for top / 1 for bottom], so a level's
@@ -139,7 +203,8 @@ def road_levels(model, x: np.ndarray, labels: np.ndarray, ranks: np.ndarray, lev
     for k in levels:
         res: dict[str, float] = {"k": float(k)}
         for code, direction in enumerate(("top", "bottom")):
-            imputed = impute_ranked(x, ranks, k, direction, sigma, seed=[int(seed), int(round(k * 1e6)), code])
+            imputed = impute_ranked(x, ranks, k, direction, sigma, seed=[int(seed), int(round(k * 1e6)), code],
+                                    solver=solver, device=device)
             res[f"acc_{direction}"] = float(acc(model, imputed, labels))
         res["road"] = res["acc_top"] - res["acc_bottom"]
         out.append(res)

@@ -5,6 +5,9 @@
 - ``linear``: a linear classifier (Theorem 1's baseline);
 - ``resnet18``: torchvision's ResNet18; ``stem: small`` (default: 3x3 stride-1, no max-pool, for small inputs)
   or ``stem: imagenet`` (torchvision's 7x7 stride-2 stem and max-pool, for 112-224 px images);
+- ``airbench``: the airbench94 CIFAR-10 network (Keller Jordan, "94% on CIFAR-10 in 3.29 seconds on a
+  single GPU", 2024, github.com/KellerJordan/airbench), written here from the published description;
+  ``widths`` (default [64, 256, 256]) sizes its three conv groups;
 - ``torchvision:<name>``: any torchvision classification model (``torchvision.models.get_model``, random
   init, ``num_classes`` of the data); its first convolution takes the data's channels, and with
   ``small_input: true`` becomes a 3x3 stride-1 convolution and a max-pool right after it is dropped (the
@@ -59,11 +62,85 @@ def resnet18(shape: tuple[int, ...], num_classes: int, stem: str = "small") -> n
     return model
 
 
+class _ConvGroup(nn.Module):
+    """airbench's block: conv 3x3 -> max-pool 2 -> BN -> GELU -> conv 3x3 -> BN -> GELU (pool skipped
+    when the input is already down to 1 pixel on a side, so small inputs still fit)."""
+
+    def __init__(self, cin: int, cout: int, pool: bool, bn_momentum: float) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1, bias=False)
+        self.pool = nn.MaxPool2d(2) if pool else nn.Identity()
+        self.norm1 = _bias_only_bn(cout, bn_momentum)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+        self.norm2 = _bias_only_bn(cout, bn_momentum)
+        self.activ = nn.GELU()
+        for conv in (self.conv1, self.conv2):   # identity on the first input channels, as airbench's init
+            w = conv.weight.data
+            nn.init.dirac_(w[:w.size(1)])
+
+    def forward(self, x):
+        x = self.activ(self.norm1(self.pool(self.conv1(x))))
+        return self.activ(self.norm2(self.conv2(x)))
+
+
+def _bias_only_bn(channels: int, momentum: float) -> nn.BatchNorm2d:
+    """airbench's BatchNorm: learned bias, scale fixed at 1 (a frozen weight), momentum 0.6, eps 1e-12."""
+    bn = nn.BatchNorm2d(channels, eps=1e-12, momentum=momentum)
+    bn.weight.requires_grad_(False)
+    return bn
+
+
+class _Scale(nn.Module):
+    def __init__(self, factor: float) -> None:
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x):
+        return x * self.factor
+
+
+def airbench(shape: tuple[int, ...], num_classes: int, widths: list[int] | tuple[int, ...] = (64, 256, 256),
+             bn_momentum: float = 0.6, scaling_factor: float = 1 / 9) -> nn.Module:
+    """The airbench94 network (Keller Jordan, "94% on CIFAR-10 in 3.29 seconds on a single GPU", 2024;
+    https://github.com/KellerJordan/airbench), implemented from its description:
+
+    a 2x2 "whitening" conv (2 * channels * 4 filters, bias, no padding) and GELU; three conv groups of
+    widths 64 / 256 / 256 (conv, max-pool 2, BN, GELU, conv, BN, GELU; BatchNorm with a fixed unit scale,
+    learned bias, momentum 0.6); a global max-pool (airbench's 3x3 max-pool on CIFAR's 3x3 maps); a
+    bias-free linear head whose logits are scaled by 1/9. With the default widths, on 3x32x32 inputs and 10
+    classes: 1,971,640 trainable parameters (1,972,792 with the fixed BN scales) (tests/test_airbench.py).
+
+    Differences from airbench94: the whitening conv starts from torch's default initialisation and is
+    trained like every other layer (airbench sets it from the training images' patch covariance and
+    freezes it; a model builder sees no data); the channel count follows the data; a group's max-pool is
+    skipped once its input has a side of 1 (inputs smaller than 32 px). Its training recipe is
+    ``--recipe airbench`` (fastroar.training.loop.airbench_recipe).
+    """
+    c, h, w = (int(s) for s in shape[-3:]) if len(shape) >= 3 else (1, 1, int(shape[-1]))
+    if h < 2 or w < 2:
+        raise ConfigError(f"airbench needs images of at least 2x2 pixels, got shape {tuple(shape)}")
+    widths = [int(v) for v in widths]
+    if len(widths) != 3:
+        raise ConfigError(f"airbench widths must list 3 group widths, got {widths}")
+    whiten = 2 * c * 4
+    layers: list[nn.Module] = [nn.Conv2d(c, whiten, 2, padding=0, bias=True), nn.GELU()]
+    h, w, cin = h - 1, w - 1, whiten
+    for width in widths:
+        pool = h >= 2 and w >= 2
+        layers.append(_ConvGroup(cin, width, pool, bn_momentum))
+        if pool:
+            h, w = h // 2, w // 2
+        cin = width
+    layers += [nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(cin, num_classes, bias=False), _Scale(scaling_factor)]
+    return nn.Sequential(*layers)
+
+
 BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "linear": lambda shape, num_classes: mlp(shape, num_classes, []),
     "mlp1": lambda shape, num_classes, width=1000: mlp(shape, num_classes, [width]),
     "mlp2": lambda shape, num_classes, width=256: mlp(shape, num_classes, [width, width]),
     "resnet18": resnet18,
+    "airbench": airbench,
 }
 
 

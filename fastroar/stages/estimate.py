@@ -12,7 +12,7 @@ from fastroar.errors import ConfigError, MissingInputError
 from fastroar.keys import digest
 from fastroar.method import check_level, to_model_input
 from fastroar.metrics.road import DEFAULT_NOISE, METHOD, road_levels, value_range
-from fastroar.stages.artifacts import identity, load_model, load_prepared, select
+from fastroar.stages.artifacts import identity, load_model, load_prepared, resolve_device, select
 from fastroar.stages.contract import Context, stage
 
 
@@ -38,6 +38,8 @@ def estimate(ctx: Context, *, models: Sequence[str] | None = None, attributions:
     x = to_model_input(images).numpy()
     sigma = float(noise) * value_range(prepared, x)
     path = workdir.road_path
+    device = resolve_device(cfg["device"])
+    solver = "torch" if device.type == "cuda" else "scipy"   # imputation solve on the device (same result to 1e-5)
     done = read_results(path)
     records = []
     for name in models:
@@ -58,7 +60,8 @@ def estimate(ctx: Context, *, models: Sequence[str] | None = None, attributions:
                 ranks = entry.split("test").read("ranks")  # checksums verified
                 t0 = time.perf_counter()
                 for k in todo:
-                    (res,) = road_levels(model, x, labels, ranks, [k], sigma, seed=seed)
+                    (res,) = road_levels(model, x, labels, ranks, [k], sigma, seed=seed, solver=solver,
+                                         device=device)
                     rec = keyed[k] | res | {
                         "key": keys[k], "n_test": len(labels), "seconds": round(time.perf_counter() - t0, 3),
                         "fastroar_version": __version__, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}

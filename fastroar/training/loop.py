@@ -113,6 +113,48 @@ def fast_recipe(paper: Recipe, epochs: int | None = None, n_train: int | None = 
     return Recipe(**fields)
 
 
+AIRBENCH_EPOCHS = 10          # airbench94 trains 9.9 epochs; whole epochs here
+AIRBENCH_BATCH = 1024
+AIRBENCH_MOMENTUM = 0.85
+AIRBENCH_LR = 11.5            # per 1024 examples, summed loss, before the Nesterov kilostep scaling
+AIRBENCH_WD = 0.0153          # per 1024 examples, decoupled from the learning rate
+AIRBENCH_WARMUP_FRACTION = 0.2
+AIRBENCH_LABEL_SMOOTHING = 0.2
+
+
+def airbench_recipe(paper: Recipe, epochs: int | None = None, n_train: int | None = None,
+                    compile: bool | None = None) -> Recipe:
+    """airbench94's optimisation (Keller Jordan 2024, github.com/KellerJordan/airbench), for model.arch
+    airbench, in this Recipe's terms: 10 epochs (or `epochs`), batch 1024 (smaller for small train splits,
+    as fast_recipe: a power of two keeping >= 64 steps per epoch), Nesterov SGD with momentum 0.85,
+    label smoothing 0.2, bf16 autocast and channels_last (CUDA only).
+
+    airbench's loss is summed over the batch and its learning rate divided by the Nesterov step scale
+    1024 * (1 + 1 / (1 - momentum)); for the batch-mean loss used here that is
+    lr = 11.5 / (1 + 1 / 0.15) * batch / 1024 = 1.5 at batch 1024, and its decoupled weight decay 0.0153
+    becomes torch's coupled weight_decay = 0.0153 / 11.5 (the same decay per step at any batch size).
+    Its triangular schedule (0.2 -> 1 -> 0.07 of the peak, peak at 20 %) becomes the one-cycle schedule
+    with the peak at 20 % of training. Not carried over (one learning rate per Recipe, no augmentation in
+    masked retraining): the 64x learning rate of BatchNorm biases, the whitening layer's frozen weights,
+    Lookahead, flip / translate augmentation and test-time augmentation."""
+    n = int(epochs) if epochs else AIRBENCH_EPOCHS
+    batch = AIRBENCH_BATCH
+    if n_train:
+        steps_fit = int(n_train) // FAST_MIN_STEPS
+        fit = 1 << (steps_fit.bit_length() - 1) if steps_fit else 1
+        batch = max(1, min(AIRBENCH_BATCH, fit))
+    fields = paper.to_dict() | {
+        "name": "airbench", "epochs": n, "batch_size": batch,
+        "lr": AIRBENCH_LR / (1 + 1 / (1 - AIRBENCH_MOMENTUM)) * batch / AIRBENCH_BATCH,
+        "momentum": AIRBENCH_MOMENTUM, "weight_decay": AIRBENCH_WD / AIRBENCH_LR,
+        "schedule": "onecycle", "warmup_epochs": AIRBENCH_WARMUP_FRACTION * n,
+        "label_smoothing": AIRBENCH_LABEL_SMOOTHING, "autocast": True, "channels_last": True,
+    }
+    if compile is not None:
+        fields["compile"] = bool(compile)
+    return Recipe(**fields)
+
+
 def lr_factor(step: int, total: int, warmup: int, schedule: str = "cosine") -> float:
     if warmup and step < warmup:
         return (step + 1) / warmup
