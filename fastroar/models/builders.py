@@ -20,16 +20,14 @@
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
-import os
-import re
 import sys
 from typing import Any, Callable
 
 from torch import nn
 
 from fastroar.errors import ConfigError, UserCodeError
+from fastroar.references import import_reference, is_reference
 
 
 def mlp(shape: tuple[int, ...], num_classes: int, widths: list[int]) -> nn.Module:
@@ -144,7 +142,6 @@ BUILDERS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
-FACTORY = re.compile(r"^(?P<module>[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*):(?P<attr>[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)$")
 ARCH_FORMS = "torchvision:<name>, timm:<name> or module:callable"
 
 
@@ -163,21 +160,7 @@ def _timm():
 
 
 def _factory(arch: str) -> Callable[..., nn.Module]:
-    match = FACTORY.match(arch)
-    if os.getcwd() not in sys.path and "" not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        obj: Any = importlib.import_module(match["module"])
-    except ImportError as e:
-        raise ConfigError(f"model architecture {arch!r}: cannot import module {match['module']!r} ({e}); "
-                          "put it on PYTHONPATH or run from its directory") from e
-    for part in match["attr"].split("."):
-        if not hasattr(obj, part):
-            raise ConfigError(f"model architecture {arch!r}: module {match['module']!r} has no {match['attr']!r}")
-        obj = getattr(obj, part)
-    if not callable(obj):
-        raise ConfigError(f"model architecture {arch!r} is not callable")
-    return obj
+    return import_reference(arch, what="model architecture")
 
 
 def check_arch(arch: Any) -> str:
@@ -194,7 +177,7 @@ def check_arch(arch: Any) -> str:
         if not timm.is_model(arch.split(":", 1)[1]):
             raise ConfigError(f"timm has no model {arch.split(':', 1)[1]!r}")
         return arch
-    if isinstance(arch, str) and FACTORY.match(arch):
+    if is_reference(arch):
         _factory(arch)
         return arch
     raise ConfigError(f"unknown model architecture {arch!r}; choose one of: {', '.join(sorted(BUILDERS))}, "

@@ -327,13 +327,14 @@ def train_stacked(arch: str, arch_params: dict[str, Any], shape: Sequence[int], 
     accuracy = evaluate_stacked(stack, test, specs, device, test_batch_size, cd)
     if timings is not None:
         timings.update(setup=t1 - t0, train=t2 - t1, eval=time.perf_counter() - t2)
-    out = []
-    for i in range(real):
-        rec = {"accuracy": accuracy[i], "train_acc": train_acc[i], "loss": train_loss[i]}
-        if return_models:
-            rec["state_dict"] = stack.state_dict(i)
-        out.append(rec)
-    return out
+    return stack_records(accuracy[:real], train_acc, train_loss, stack.state_dict if return_models else None)
+
+
+def stack_records(accuracy: Sequence[float], train_acc: Sequence[float], loss: Sequence[float],
+                  state_dict: Callable[[int], dict] | None = None) -> list[dict[str, Any]]:
+    """One result per model of a stack, in order (with its weights when state_dict is given)."""
+    return [{"accuracy": a, "train_acc": t, "loss": l, **({"state_dict": state_dict(i)} if state_dict else {})}
+            for i, (a, t, l) in enumerate(zip(accuracy, train_acc, loss))]
 
 
 @torch.no_grad()

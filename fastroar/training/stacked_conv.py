@@ -46,6 +46,7 @@ from torch.func import functional_call, stack_module_state, vmap
 from fastroar.engine.loaders.resident import epoch_order, resident_ranks
 from fastroar.method import keep_range, model_input_array
 from fastroar.models import build_model
+from fastroar.training.batched import stack_records
 from fastroar.training.loop import Recipe, lr_factor
 
 
@@ -170,13 +171,7 @@ def train_stacked_conv(arch: str, arch_params: dict[str, Any], shape: Sequence[i
     train_loss = [v / max(1, n) for v in loss_sum.tolist()]
     train_acc = [c / max(1, n) for c in correct.tolist()]
     accuracy = evaluate_conv_stack(stack, test, specs, shape, device, test_batch_size, amp)
-    out = []
-    for i in range(m):
-        rec = {"accuracy": accuracy[i], "train_acc": train_acc[i], "loss": train_loss[i]}
-        if return_models:
-            rec["state_dict"] = stack.state_dict(i)
-        out.append(rec)
-    return out
+    return stack_records(accuracy, train_acc, train_loss, stack.state_dict if return_models else None)
 
 
 @torch.no_grad()
