@@ -39,3 +39,28 @@ def test_workdir_of_0_1_0_resumes_without_recomputing(tmp_path):
     assert "32 jobs: 32 already done, 0 to run" in out
     assert digest_tree(wd, kept) == before   # nothing rewritten
     assert (wd / "report" / "diffroar.csv").read_text() == old_csv
+
+
+def test_models_and_records_of_0_1_0_are_reproduced_exactly(tmp_path):
+    """Retraining a base model and some jobs of the 0.1.0 workdir gives the same weights (model hash) and
+    the same accuracies, bit for bit: nothing in the restructure changed the numbers."""
+    import json
+    import shutil
+
+    from fastroar.engine.results import read_results
+
+    with tarfile.open(ARCHIVE) as tar:
+        tar.extractall(tmp_path, filter="data")
+    wd = tmp_path / "oldwd"
+    old_hash = json.loads((wd / "models" / "robust" / "model.json").read_text())["hash"]
+    old = read_results(wd / "results" / "results.jsonl")
+    shutil.rmtree(wd / "models" / "robust")
+    (wd / "results" / "results.jsonl").unlink()
+    runner = CliRunner()
+    assert runner.invoke(cli, ["train", "--workdir", str(wd), "--no-progress", *tiny_args()]).exit_code == 0
+    assert json.loads((wd / "models" / "robust" / "model.json").read_text())["hash"] == old_hash
+    result = runner.invoke(cli, ["retrain", "--workdir", str(wd), "--no-progress", "--model", "standard",
+                                 "--k", "0.25", *tiny_args()])
+    assert result.exit_code == 0, result.output
+    new = read_results(wd / "results" / "results.jsonl")
+    assert len(new) == 8 and all(new[k]["accuracy"] == old[k]["accuracy"] for k in new)

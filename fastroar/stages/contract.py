@@ -10,6 +10,7 @@ workdir's saved config.yaml, else the default dataset; then ``--set`` overrides.
 - it holds the workdir's lock for that stage (a second process running the same stage on the same
   workdir is refused; the OS drops the lock when its holder dies, even by SIGKILL);
 - it times the stage (``ctx.timings[name]``);
+- it pins torch to one CPU thread, so results do not depend on the machine's core count;
 - with ``saves_config=True`` it writes the config to <workdir>/config.yaml only once the stage has
   succeeded, so a stage that fails leaves the saved config as it was;
 - a workdir that this call created and the failed stage left empty is removed again.
@@ -72,12 +73,24 @@ def save_config(ctx: Context) -> None:
     atomic_write_text(ctx.wd.root / "config.yaml", yaml.safe_dump(ctx.cfg, sort_keys=False))
 
 
+def _one_cpu_thread() -> None:
+    """One intra-op torch thread on the CPU, in every stage process. A float sum split over N threads is
+    rounded differently for each N, and PGD training amplifies that into different models: with a fixed
+    count, a config gives the same records on any machine (and the records of fastroar 0.1.0, whose FFCV
+    import set this as a side effect). Numba's kernels and CUDA keep their own parallelism."""
+    import torch
+
+    if torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
+
+
 def stage(name: str, *, saves_config: bool = False) -> Callable:
     """Decorator of a stage function ``fn(ctx, **options)``: lock, timing and the saved config (module doc)."""
 
     def decorate(fn: Callable) -> Callable:
         @functools.wraps(fn)
         def wrapper(ctx: Context, **options: Any) -> Any:
+            _one_cpu_thread()
             try:
                 with stage_lock(ctx.wd, name):
                     fault_point(f"stage.{name}")  # tests: pause or kill here, lock held
