@@ -93,3 +93,11 @@ def test_perfectly_leaking_attribution_gives_one_tenth(leakage_data):
     assert p_top == pytest.approx(0.2, abs=0.04)
     assert got == pytest.approx(leakage_diffroar_expectation(p_top, 0.0), abs=0.04)
     assert got == pytest.approx(0.1, abs=0.05)
+
+
+def test_a_score_of_models_at_chance_never_reads_as_agreement():
+    from fastroar.stages.replicate import _agree_trained
+
+    assert _agree_trained({"test_acc": 1.0, "chance": 0.5}, "yes") == "yes"
+    verdict = _agree_trained({"test_acc": 0.52, "chance": 0.5}, "yes")
+    assert verdict.startswith("not comparable") and "acc 0.52, chance 0.50" in verdict
