@@ -165,7 +165,7 @@ setup(
     install_requires=[
         "numpy>=2", "numba>=0.60", "zarr>=3", "click>=8.1", "PyYAML>=6", "tqdm>=4.66", "matplotlib>=3.8",
         "scikit-learn>=1.4", "scipy>=1.11", "pillow>=10", "captum>=0.7", "kornia>=0.7", "torchvision",
-        "ffcv>=1.0.2", "pandas>=2",
+        "ffcv>=1.0.2", "pandas>=2", "pydantic>=2.5",
     ],
     extras_require={"ray": ["ray>=2.40"], "test": ["pytest>=8"], "timm": ["timm"]},
     entry_points={"console_scripts": ["fastroar=fastroar.cli:main"]},
