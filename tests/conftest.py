@@ -32,3 +32,13 @@ def run_workdir(tmp_path_factory):
     wd = tmp_path_factory.mktemp("run")
     result = CliRunner().invoke(cli, ["run", "--workdir", str(wd), "--no-progress", *tiny_args()])
     return wd, result
+
+
+@pytest.fixture
+def copy(run_workdir, tmp_path):
+    """A private copy of the finished tiny run, to damage or extend."""
+    import shutil
+
+    dst = tmp_path / "wd"
+    shutil.copytree(run_workdir[0], dst)
+    return dst

@@ -31,15 +31,6 @@ def fails_cleanly(args: list[str], wd: Path, *messages: str) -> str:
     return result.output
 
 
-@pytest.fixture
-def copy(run_workdir, tmp_path) -> Path:
-    """A private copy of the finished tiny run, to damage."""
-    wd, _ = run_workdir
-    dst = tmp_path / "wd"
-    shutil.copytree(wd, dst)
-    return dst
-
-
 def beton(wd: Path, split: str) -> Path:
     (path,) = (wd / "data").glob(f"*/{split}.beton")
     return path

@@ -5,7 +5,6 @@ DiffROAR table; each bad input ends in one line, exit 2, no traceback, and leave
 """
 from __future__ import annotations
 
-import shutil
 import sys
 from pathlib import Path
 
@@ -69,14 +68,6 @@ def table_rows(output: str, model: str, attribution: str) -> list[list[str]]:
     """DiffROAR table rows (k, acc_top, acc_bottom, diffroar, std, runs) of one (model, attribution)."""
     table = output.split("DiffROAR (")[1].split("\n\n")[0]
     return [line.split()[2:] for line in table.splitlines() if line.split()[:2] == [model, attribution]]
-
-
-@pytest.fixture
-def copy(run_workdir, tmp_path) -> Path:
-    wd, _ = run_workdir
-    dst = tmp_path / "wd"
-    shutil.copytree(wd, dst)
-    return dst
 
 
 @pytest.fixture
