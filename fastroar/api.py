@@ -16,7 +16,6 @@ the same way. Progress bars are tqdm's auto kind: widgets in a notebook, text in
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,11 +24,11 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import torch
 from torch import nn
 
-from fastroar.engine.results import read_results
 from fastroar.engine.workspace import atomic_save
 from fastroar.errors import ConfigError, MissingInputError
+from fastroar.keys import file_sha256
 from fastroar.metrics.diffroar import diffroar_rows
-from fastroar.stages.artifacts import dataset_key, fill_value, load_prepared
+from fastroar.stages.artifacts import load_prepared, sweep_records
 from fastroar.stages.contract import Context, open_context
 from fastroar.stages.run import run
 
@@ -60,10 +59,6 @@ def _set(key: str, value: Any) -> str:
     return f"{key}={json.dumps(value)}"  # JSON is YAML: strings, lists and dicts come back as they were
 
 
-def _file_sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _model_file(model: nn.Module, workdir: Path, name: str) -> Path:
     """The module's state dict saved under <workdir>/inputs/<name>.pt (rewritten only when it changed, so
     that a second evaluate of the same model finds its registration unchanged)."""
@@ -72,7 +67,7 @@ def _model_file(model: nn.Module, workdir: Path, name: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     torch.save(state, tmp)
-    if path.exists() and _file_sha(path) == _file_sha(tmp):
+    if path.exists() and file_sha256(path) == file_sha256(tmp):
         tmp.unlink()
     else:
         tmp.replace(path)
@@ -139,8 +134,8 @@ def evaluate(model_or_checkpoint: nn.Module | str | Path | None = None, dataset:
 
 def load_results(workdir: str | Path = "fastroar-work", *, recipe: str | None = None,
                  fill: str | float | None = None) -> Results:
-    """The results in `workdir` as evaluate returns them: those of its saved config's dataset, recipe and
-    fill (as `fastroar report` shows), or of `recipe` / `fill` when given."""
+    """The results in `workdir` as evaluate returns them: the records of its saved config's jobs, found
+    by job key as `fastroar report` finds them (or of that config with `recipe` / `fill` when given)."""
     root = Path(workdir)
     if not (root / "config.yaml").is_file():
         raise MissingInputError(f"{root} has no config.yaml: not a fastroar workdir, or nothing has run there")
@@ -153,13 +148,8 @@ def _results(ctx: Context) -> Results:
     import pandas as pd
 
     cfg, wd = ctx.cfg, ctx.wd
-    recipe = cfg["retrain"].get("recipe", "paper")
-    fill = fill_value(cfg, load_prepared(cfg, wd))
-    key = dataset_key(cfg)
-    records = sorted((r for r in read_results(wd.results_path).values()
-                      if r.get("dataset_key") == key and r.get("recipe_name", "paper") == recipe
-                      and r.get("fill", 0.0) == fill),
-                     key=lambda r: (r["model"], r["attribution"], r["k"], r["direction"] != "top", r["seed"]))
+    _, mine, _, _ = sweep_records(cfg, wd, load_prepared(cfg, wd))  # by job key, as `fastroar report`
+    records = sorted(mine, key=lambda r: (r["model"], r["attribution"], r["k"], r["direction"] != "top", r["seed"]))
     runs = pd.DataFrame([{c: r.get(c) for c in RUN_COLUMNS} for r in records], columns=list(RUN_COLUMNS))
     summary = pd.DataFrame(diffroar_rows(records), columns=list(SUMMARY_COLUMNS))
     return Results(runs, summary, wd.root)

@@ -20,7 +20,6 @@ import contextlib
 from dataclasses import dataclass, replace
 import functools
 import glob
-import hashlib
 import json
 import os
 import pickle
@@ -30,6 +29,7 @@ import numpy as np
 
 from fastroar.engine.faults import fault_point
 from fastroar.errors import BetonError
+from fastroar.keys import file_sha256
 
 IMAGE_DTYPES = (np.dtype(np.uint8), np.dtype(np.float32))
 _MIN_PAGE, _DEFAULT_PAGE = 1 << 21, 1 << 23  # FFCV's smallest page (2 MiB) and its default (8 MiB)
@@ -50,14 +50,6 @@ _FIELD_META = {NDARRAY_TYPE_ID: np.dtype("<u8"), INT_TYPE_ID: np.dtype("<i8"),  
 
 def _fix(path: str) -> str:
     return f"delete it (and {path}.json) and rerun `fastroar prepare`"
-
-
-def _sha256(path: str, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 class _Samples:
@@ -260,7 +252,7 @@ def write_beton(path: str, images: np.ndarray, labels: np.ndarray, *, progress: 
         else:
             _write_plain(tmp, images, labels, page_size)
         meta = {"n": int(len(labels)), "shape": list(shape), "dtype": images.dtype.name,
-                "size_bytes": os.path.getsize(tmp), "sha256": _sha256(tmp)}
+                "size_bytes": os.path.getsize(tmp), "sha256": file_sha256(tmp)}
         with open(sidecar_tmp, "w") as f:
             json.dump(meta, f, indent=2)
         fault_point("beton.after_write")
@@ -317,7 +309,7 @@ def verify_beton(path: str, *, checksum: bool = True) -> dict[str, Any]:
     if size != meta["size_bytes"]:
         raise BetonError(f"{path} is {size:,} bytes, expected {meta['size_bytes']:,} (truncated or "
                          f"overwritten); {_fix(path)}")
-    if checksum and _sha256(path) != meta["sha256"]:
+    if checksum and file_sha256(path) != meta["sha256"]:
         raise BetonError(f"{path} is corrupted (SHA-256 does not match {path}.json); {_fix(path)}")
     return meta
 

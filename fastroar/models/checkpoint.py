@@ -8,7 +8,6 @@ differs.
 """
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -16,14 +15,6 @@ import torch
 from torch import nn
 
 from fastroar.errors import ConfigError, UserCodeError
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def read_state(path: str | Path) -> dict[str, torch.Tensor]:
@@ -75,4 +66,4 @@ def fit_state(model: nn.Module, state: dict[str, torch.Tensor], label: str, shap
     return model
 
 
-__all__ = ["file_sha256", "read_state", "fit_state"]
+__all__ = ["read_state", "fit_state"]

@@ -19,12 +19,12 @@ from fastroar.attribution.scores import scan
 from fastroar.attribution.user import function_identity, is_reference
 from fastroar.engine.beton import map_beton, read_beton_cached, verify_beton
 from fastroar.engine.loaders import open_loader
+from fastroar.engine.results import read_results_checked
 from fastroar.engine.workspace import SPLITS, Workdir
 from fastroar.errors import ConfigError, FastroarError, MissingInputError, StoreMismatchError
-from fastroar.keys import digest
+from fastroar.keys import digest, file_sha256
 from fastroar.method import pixel_scale
 from fastroar.models import build_model, state_hash
-from fastroar.models.checkpoint import file_sha256
 from fastroar.training.jobs import Job, sweep
 from fastroar.training.loop import Recipe, airbench_recipe, fast_recipe
 
@@ -170,6 +170,7 @@ def model_warnings(cfg: dict[str, Any], ckpt: dict[str, Any], chance: float, n_t
                        f"({adv.get('norm')}, eps {adv.get('eps')}) {robust:.3f} is at chance {chance:.3f} "
                        f"(within {tol:.3f})")
     return out
+
 
 def model_config(cfg: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
     """Everything a base model depends on (its checkpoint is reused only when this matches). A model
@@ -345,3 +346,16 @@ def sweep_jobs(cfg: dict[str, Any], workdir: Workdir, prepared: Prepared, *, mod
     recipe = retrain_recipe(cfg, prepared.size("train")).to_dict()
     return sweep(cfg, hashes, prepared.meta["key"], recipe, models, attributions, levels, directions, seeds,
                  fill=fill_value(cfg, prepared))
+
+
+def sweep_records(cfg: dict[str, Any], workdir: Workdir, prepared: Prepared
+                  ) -> tuple[list[Job], list[dict[str, Any]], list[dict[str, Any]], list[int]]:
+    """(the config's jobs, their records, the records of other settings, unreadable line numbers) of the
+    workdir's results log: a record belongs to the config when its job key is one of the config's jobs
+    (base-model hashes, data, recipe, fill, ... all enter the key), so settings are never mixed."""
+    jobs = sweep_jobs(cfg, workdir, prepared)
+    records, unreadable = read_results_checked(workdir.results_path)
+    wanted = {j.key for j in jobs}
+    mine = [records[j.key] for j in jobs if j.key in records]
+    others = [r for key, r in records.items() if key not in wanted]
+    return jobs, mine, others, unreadable

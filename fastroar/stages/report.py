@@ -7,15 +7,15 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
-import torch
 
-from fastroar.engine.results import read_results, read_results_checked
+from fastroar.engine.results import read_results
 from fastroar.engine.store import RankStore
 from fastroar.engine.workspace import Workdir, atomic_write
 from fastroar.errors import MissingInputError
@@ -23,7 +23,7 @@ from fastroar.metrics.aq import attribution_quality, majority_rate
 from fastroar.metrics.diffroar import diffroar_rows
 from fastroar.metrics.localization import localization
 from fastroar.metrics.road import DEFAULT_NOISE
-from fastroar.stages.artifacts import Prepared, checkpoint_path, identity, load_prepared, model_warnings, sweep_jobs
+from fastroar.stages.artifacts import Prepared, checkpoint_path, identity, load_prepared, model_warnings, sweep_records
 from fastroar.stages.contract import Context, stage
 from fastroar.training.jobs import Job
 
@@ -116,10 +116,11 @@ def base_model_rows(cfg: dict[str, Any], workdir: Workdir, prepared: Prepared) -
     chance = majority_rate(labels)
     rows = []
     for spec in cfg["models"]:
-        path = checkpoint_path(workdir, spec["name"])
-        if not path.exists():
+        info = checkpoint_path(workdir, spec["name"]).with_name("model.json")  # the summary train wrote beside it
+        if not info.exists():
             continue
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        summary = json.loads(info.read_text())
+        ckpt = {"summary": summary, "config": summary["config"]}   # what model_warnings reads of a checkpoint
         sm = ckpt["summary"]
         adv = spec.get("adversary")
         rows.append({"model": spec["name"], "adversary": f"{adv['norm']} eps {adv['eps']}" if adv else "-",
@@ -139,11 +140,7 @@ def report(ctx: Context) -> dict[str, Any]:
     """
     cfg, workdir, log = ctx.cfg, ctx.wd, ctx.log
     prepared = load_prepared(cfg, workdir)
-    jobs = sweep_jobs(cfg, workdir, prepared)
-    records, unreadable = read_results_checked(workdir.results_path)
-    wanted = {j.key: j for j in jobs}
-    mine = [records[key] for key in wanted if key in records]
-    others = [r for key, r in records.items() if key not in wanted]
+    jobs, mine, others, unreadable = sweep_records(cfg, workdir, prepared)
     notes = []
     if unreadable:
         notes.append(f"[report] {len(unreadable)} unreadable line(s) of {workdir.results_path} skipped (line "
