@@ -161,13 +161,6 @@ def run_group(jobs: Sequence[Job], cfg: dict[str, Any], workdir: Workdir,
     return records
 
 
-def run_job_task(job: Job, cfg: dict[str, Any], workdir: Workdir) -> dict[str, Any]:
-    """An executor task: one job, everything loaded from the (shared) workdir."""
-    record = run_job(job, cfg, workdir)
-    record.pop(TIMING_KEY, None)
-    return record
-
-
 def run_group_task(jobs: list[Job], cfg: dict[str, Any], workdir: Workdir) -> list[dict[str, Any]]:
     """An executor task: a group of jobs (one stack, or one job alone); their records."""
     if len(jobs) == 1:
@@ -195,8 +188,8 @@ def retrain(ctx: Context, *, executor=None, **selection: Any) -> list[dict[str, 
     results_path = workdir.results_path
     done = read_results(results_path)
     todo = [j for j in jobs if j.key not in done]
-    tasks = groups(todo, cfg, load_prepared(cfg, workdir), resolve_device(cfg["device"])) if todo else []
     prepared = load_prepared(cfg, workdir)
+    tasks = groups(todo, cfg, prepared, resolve_device(cfg["device"])) if todo else []
     memory = f", about {task_memory(cfg, prepared, max(map(len, tasks))) / 2**20:,.0f} MiB per task" if tasks else ""
     log(f"[retrain] {len(jobs)} jobs: {len(jobs) - len(todo)} already done, {len(todo)} to run "
         f"in {len(tasks)} tasks ({executor.name} executor, recipe {retrain_recipe(cfg).name}{memory})")
