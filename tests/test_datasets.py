@@ -30,6 +30,21 @@ def test_blockdigits_blocks_hold_the_digit_and_the_null_pattern():
     assert 0.4 < n_top / 1797 < 0.6  # signal on top or bottom at random
 
 
+def test_digits_read_from_the_shipped_file_equal_load_digits(monkeypatch):
+    """The digits table is read straight from scikit-learn's file (no sklearn import); it must equal
+    load_digits exactly, and the fallback (file moved) must give the same."""
+    from fastroar.datasets import blockdigits
+
+    digits = load_digits()
+    want_images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
+    images, labels = blockdigits.load_digit_blocks()
+    assert np.array_equal(images, want_images) and np.array_equal(labels, digits.target)
+    assert labels.dtype == np.int64 and images.dtype == np.uint8
+    monkeypatch.setattr(blockdigits.importlib.util, "find_spec", lambda name: None)
+    images2, labels2 = blockdigits.load_digit_blocks()
+    assert np.array_equal(images2, want_images) and np.array_equal(labels2, digits.target)
+
+
 def test_blockdigits_top_and_seeding():
     top = build_dataset("blockdigits-top")
     assert top.train.signal.reshape(-1, 16, 8)[:, :8].all()
