@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 from fastroar.errors import ConfigError
 from fastroar.method import RECIPES
 from fastroar.training.pgd import Adversary, pgd_attack
+from fastroar.training.sgd import SGD
 
 
 SCHEDULES = ("cosine", "onecycle")
@@ -176,12 +177,10 @@ def train_model(model: nn.Module, loader: Iterable, recipe: Recipe, *, adversary
     if channels_last:
         model.to(memory_format=torch.channels_last)
     forward = torch.compile(model) if recipe.compile else model
-    opt = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
-                          weight_decay=recipe.weight_decay, nesterov=recipe.momentum > 0)
+    opt = SGD(model.parameters(), momentum=recipe.momentum, weight_decay=recipe.weight_decay,
+              nesterov=recipe.momentum > 0)
     steps_per_epoch = len(loader)  # type: ignore[arg-type]
-    total = recipe.epochs * steps_per_epoch
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: lr_factor(s, total, int(recipe.warmup_epochs * steps_per_epoch), recipe.schedule))
+    step = 0
     stats = {"loss": float("nan"), "train_acc": float("nan")}
     bar = tqdm(range(recipe.epochs), desc=desc, disable=not progress, leave=False, unit="epoch")
     for _ in bar:
@@ -197,10 +196,10 @@ def train_model(model: nn.Module, loader: Iterable, recipe: Recipe, *, adversary
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=recipe.uses_autocast(device)):
                 logits = forward(x)
                 loss = F.cross_entropy(logits.float(), y, label_smoothing=recipe.label_smoothing)
-            opt.zero_grad(set_to_none=True)
+            opt.zero_grad()
             loss.backward()
-            opt.step()
-            sched.step()
+            opt.step(recipe.lr_at(step, steps_per_epoch))
+            step += 1
             loss_sum += loss.detach() * len(y)
             correct += (logits.detach().argmax(1) == y).sum()
             seen += len(y)
