@@ -1,6 +1,9 @@
 """The local executor with worker processes (one per GPU on a multi-GPU machine; --workers N here):
-the same store and the same result records as in-process execution."""
+the same store and the same result records as in-process execution; and tasks on threads in this process
+(the default for stacked MLP groups on the CPU): the same records as one task at a time."""
 from __future__ import annotations
+
+import shutil
 
 import numpy as np
 from click.testing import CliRunner
@@ -46,3 +49,37 @@ def test_workers_only_with_the_local_executor(run_workdir):
     ref, _ = run_workdir
     result = CliRunner().invoke(cli, ["retrain", "--workdir", str(ref), "--executor", "ray", "--workers", "2"])
     assert result.exit_code == 2 and "--workers applies to --executor local" in result.output
+
+
+def test_threaded_retrain_equals_one_task_at_a_time(run_workdir, copy):
+    """The default local executor runs the stacked MLP groups on one thread per core; every record (accuracy,
+    train accuracy, loss) must equal that of the same sweep run one task at a time (--threads 1)."""
+    ref, result = run_workdir
+    assert "on 2 threads" in result.output or "on " not in result.output  # 1-core machines run one at a time
+    shutil.rmtree(copy / "results")
+    out = invoke("retrain", "--workdir", str(copy), "--threads", "1")
+    assert out.exit_code == 0, out.output
+    assert "threads" not in out.output.split("[retrain]")[1].split("\n")[0]
+    got = read_results(copy / "results" / "results.jsonl")
+    want = read_results(ref / "results" / "results.jsonl")
+    assert set(got) == set(want) and len(got) == 32   # 2 models x 2 attributions x 2 levels x 2 directions x 2 seeds
+    for key, rec in got.items():
+        for field in ("accuracy", "train_acc", "loss"):
+            assert rec[field] == want[key][field], (key, field)
+
+
+def test_retrain_on_two_threads_says_so_and_equals_the_reference(run_workdir, copy):
+    ref, _ = run_workdir
+    shutil.rmtree(copy / "results")
+    out = invoke("retrain", "--workdir", str(copy), "--threads", "2", "--model", "robust")
+    assert out.exit_code == 0, out.output
+    assert "(local executor on 2 threads," in out.output
+    got = read_results(copy / "results" / "results.jsonl")
+    want = read_results(ref / "results" / "results.jsonl")
+    assert len(got) == 16 and all(rec["loss"] == want[key]["loss"] for key, rec in got.items())
+
+
+def test_threads_only_with_the_local_executor(run_workdir):
+    ref, _ = run_workdir
+    result = CliRunner().invoke(cli, ["retrain", "--workdir", str(ref), "--executor", "ray", "--threads", "2"])
+    assert result.exit_code == 2 and "--threads applies to --executor local" in result.output

@@ -131,15 +131,20 @@ def executor_options(fn: Callable) -> Callable:
         click.option("--workers", type=click.IntRange(min=1), default=None,
                      help="local executor: worker processes (default: one per GPU when there are several, "
                           "else this process)."),
+        click.option("--threads", type=click.IntRange(min=1), default=None,
+                     help="local executor, in this process: threads for tasks that can share it (the stacked "
+                          "MLP retrain groups on the CPU; default: one per usable CPU core)."),
     ]
 
     @functools.wraps(fn)
     def command(*args: Any, executor: str, address: str | None, ray_auth_token_file: str | None,
-                gpus_per_task: float, cpus_per_task: float, workers: int | None, **kwargs: Any) -> Any:
-        if workers is not None and executor != "local":
-            raise click.UsageError("--workers applies to --executor local (Ray places tasks itself)")
+                gpus_per_task: float, cpus_per_task: float, workers: int | None, threads: int | None,
+                **kwargs: Any) -> Any:
+        for flag, value in (("--workers", workers), ("--threads", threads)):
+            if value is not None and executor != "local":
+                raise click.UsageError(f"{flag} applies to --executor local (Ray places tasks itself)")
         build = functools.partial(make_executor, executor, address, gpus_per_task, cpus_per_task, workers,
-                                  ray_auth_token_file)
+                                  ray_auth_token_file, threads)
         return fn(*args, executor=build, **kwargs)
 
     for option in reversed(options):
@@ -148,11 +153,11 @@ def executor_options(fn: Callable) -> Callable:
 
 
 def make_executor(executor: str, address: str | None, gpus_per_task: float, cpus_per_task: float,
-                  workers: int | None = None, ray_auth_token_file: str | None = None):
+                  workers: int | None = None, ray_auth_token_file: str | None = None, threads: int | None = None):
     from fastroar.engine.executors import get_executor
 
     return get_executor(executor, address=address, num_gpus=gpus_per_task, num_cpus=cpus_per_task,
-                        workers=workers, auth_token_file=ray_auth_token_file)
+                        workers=workers, auth_token_file=ray_auth_token_file, threads=threads)
 
 
 def context(workdir: str, dataset: str | None, config_path: str | None, overrides: tuple[str, ...],

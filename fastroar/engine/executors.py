@@ -1,7 +1,8 @@
 """Executors: where independent tasks run. Each maps a top-level function over argument tuples and yields
 results as tasks finish (any order); the caller records them, so a task's result is written exactly once.
 
-- ``local``: one after another in this process;
+- ``local``: one after another in this process; or, for tasks that may share the process (the caller says
+  so: ``map(..., threadsafe=True)``), on one thread per usable CPU core; or in worker processes;
 - ``ray``: one Ray task each, on a local Ray instance or the cluster at ``address``; tasks are retried
   by Ray when a worker dies (and on OSError, e.g. a shared-storage hiccup).
 """
@@ -21,12 +22,24 @@ from fastroar.errors import ConfigError, FastroarError
 @dataclass
 class LocalExecutor:
     """Tasks on this machine: in this process (workers=1), or in `workers` spawned processes, worker i
-    pinned to local GPU i mod #GPUs (one process per GPU by default when there are several)."""
+    pinned to local GPU i mod #GPUs (one process per GPU by default when there are several).
+
+    In this process, tasks the caller marks ``threadsafe`` run on `threads` threads (default: one per
+    usable CPU core). They are for CPU tasks that hold the GIL little (torch and Numba kernels release
+    it), run torch on their own thread (the stages pin torch to one intra-op thread, so a task's ops run
+    where it runs and its numbers do not depend on the others) and touch no process-wide state but under
+    a lock (fastroar.models.build_seeded)."""
 
     workers: int = 1
+    threads: int | None = None
     name = "local"
 
-    def map(self, fn: Callable, items: Sequence[tuple], progress: bool = True, desc: str = "") -> Iterator[Any]:
+    def map(self, fn: Callable, items: Sequence[tuple], progress: bool = True, desc: str = "",
+            threadsafe: bool = False) -> Iterator[Any]:
+        threads = self.threads_for(len(items), threadsafe)
+        if threads > 1:
+            yield from _map_threads(fn, items, threads, progress, desc)
+            return
         if self.workers <= 1 or len(items) <= 1:
             for args in tqdm(items, desc=desc, disable=not progress, unit="task"):
                 yield fn(*args)
@@ -41,13 +54,45 @@ class LocalExecutor:
         with cf.ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_pin_worker,
                                     initargs=(slots,)) as pool:
             futures = [pool.submit(fn, *args) for args in items]
-            try:
-                for fut in tqdm(cf.as_completed(futures), total=len(futures), desc=desc, disable=not progress,
-                                unit="task"):
-                    yield fut.result()
-            finally:  # on an error or Ctrl-C: drop what has not started; finished results were yielded
-                for fut in futures:
-                    fut.cancel()
+            yield from _as_completed(futures, progress, desc)
+
+
+    def threads_for(self, tasks: int, threadsafe: bool) -> int:
+        """How many threads map() runs `tasks` tasks on (1: one after another, or in worker processes)."""
+        if not threadsafe or self.workers > 1:
+            return 1
+        return max(1, min(self.threads or usable_cores(), tasks))
+
+
+def _map_threads(fn: Callable, items: Sequence[tuple], threads: int, progress: bool, desc: str) -> Iterator[Any]:
+    import concurrent.futures as cf
+
+    pool = cf.ThreadPoolExecutor(threads, thread_name_prefix="fastroar-task")
+    try:
+        yield from _as_completed([pool.submit(fn, *args) for args in items], progress, desc)
+    finally:  # an error or Ctrl-C: tasks not started are dropped; running ones finish unrecorded
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _as_completed(futures: list, progress: bool, desc: str) -> Iterator[Any]:
+    """Results in the order tasks finish; on an error or Ctrl-C, drops what has not started (finished results
+    were yielded, and so recorded by the caller)."""
+    import concurrent.futures as cf
+
+    try:
+        for fut in tqdm(cf.as_completed(futures), total=len(futures), desc=desc, disable=not progress, unit="task"):
+            yield fut.result()
+    finally:
+        for fut in futures:
+            fut.cancel()
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, which containers and taskset narrow)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def _pin_worker(slots) -> None:
@@ -107,7 +152,9 @@ class RayExecutor:
             raise FastroarError(f"could not start or reach a Ray cluster {where}: {first}. Start one with "
                                 "`ray start --head` and pass its address, or use --executor local") from None
 
-    def map(self, fn: Callable, items: Sequence[tuple], progress: bool = True, desc: str = "") -> Iterator[Any]:
+    def map(self, fn: Callable, items: Sequence[tuple], progress: bool = True, desc: str = "",
+            threadsafe: bool = False) -> Iterator[Any]:
+        """One Ray task per item (`threadsafe` is for the local executor; Ray places tasks itself)."""
         import ray
 
         self.connect()
@@ -310,13 +357,16 @@ def _first_line(error: BaseException) -> str:
 
 
 def get_executor(name: str, address: str | None = None, num_gpus: float = 0.0, num_cpus: float = 1.0,
-                 workers: int | None = None, auth_token_file: str | None = None):
+                 workers: int | None = None, auth_token_file: str | None = None, threads: int | None = None):
     if name == "local":
         if address or auth_token_file:
             raise ConfigError("--address and --ray-auth-token-file only apply to --executor ray")
-        if workers is not None and workers < 1:
-            raise ConfigError(f"--workers must be >= 1, got {workers}")
-        return LocalExecutor(workers=workers or default_workers())
+        for flag, value in (("--workers", workers), ("--threads", threads)):
+            if value is not None and value < 1:
+                raise ConfigError(f"{flag} must be >= 1, got {value}")
+        return LocalExecutor(workers=workers or default_workers(), threads=threads)
+    if threads is not None:
+        raise ConfigError("--threads only applies to --executor local")
     if name == "ray":
         if num_gpus < 0 or num_cpus <= 0:
             raise ConfigError(f"resources per task must be positive (got cpus={num_cpus}, gpus={num_gpus})")

@@ -22,8 +22,10 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+import threading
 from typing import Any, Callable
 
+import torch
 from torch import nn
 
 from fastroar.errors import ConfigError, UserCodeError
@@ -239,6 +241,18 @@ def build_model(arch: str, shape: tuple[int, ...], num_classes: int, **kwargs: A
     if not isinstance(model, nn.Module):
         raise UserCodeError(f"model factory {arch!r} returned {type(model).__name__}, not a torch nn.Module")
     return model
+
+
+_GLOBAL_RNG = threading.Lock()
+
+
+def build_seeded(seed: int, arch: str, shape: tuple[int, ...], num_classes: int, **kwargs: Any) -> nn.Module:
+    """``torch.manual_seed(seed)`` then ``build_model``: how every path initialises the model of a seed. Both
+    steps use torch's global generator, so they hold a lock: the local executor may build stacks on several
+    threads at once (fastroar.engine.executors.LocalExecutor)."""
+    with _GLOBAL_RNG:
+        torch.manual_seed(int(seed))
+        return build_model(arch, shape, num_classes, **kwargs)
 
 
 def state_hash(model: nn.Module, config: dict[str, Any]) -> str:

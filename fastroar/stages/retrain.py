@@ -30,7 +30,7 @@ from fastroar.engine.store import RankStore, SplitArrays
 from fastroar.engine.workspace import SPLITS, Workdir
 from fastroar.errors import MissingInputError
 from fastroar.method import rank_dtype
-from fastroar.models import build_model
+from fastroar.models import build_model, build_seeded
 from fastroar.stages.artifacts import (Prepared, identity, load_prepared, resolve_device, retrain_recipe,
                                        sweep_jobs)
 from fastroar.stages.contract import Context, stage
@@ -88,8 +88,7 @@ def run_job(job: Job, cfg: dict[str, Any], workdir: Workdir, prepared: Prepared 
     test_loader, _ = prepared.loader(
         "test", mode=cfg["loader"], batch_size=512, seed=0, train=False, device=device,
         ranks=_ranks(store, job.model, job.attribution, "test"), **mask)
-    torch.manual_seed(job.seed)
-    model = build_model(job.arch, prepared.shape, prepared.num_classes, **job.arch_params).to(device)
+    model = build_seeded(job.seed, job.arch, prepared.shape, prepared.num_classes, **job.arch_params).to(device)
     stats = train_model(model, train_loader, recipe, desc=f"retrain {job.direction}-{job.k}", progress=progress)
     accuracy = evaluate(model, test_loader, recipe)
     return _record(job, recipe, accuracy, stats, time.perf_counter() - t0, path_name, device, 1)
@@ -189,14 +188,21 @@ def retrain(ctx: Context, *, executor=None, **selection: Any) -> list[dict[str, 
     done = read_results(results_path)
     todo = [j for j in jobs if j.key not in done]
     prepared = load_prepared(cfg, workdir)
-    tasks = groups(todo, cfg, prepared, resolve_device(cfg["device"])) if todo else []
+    device = resolve_device(cfg["device"])
+    # largest groups first: tasks running side by side then finish together
+    tasks = sorted(groups(todo, cfg, prepared, device), key=len, reverse=True) if todo else []
+    # stacked MLP groups on the CPU share this process well: torch and Numba kernels release the GIL, and
+    # a model's numbers do not depend on what runs beside it (one torch thread per task)
+    threadsafe = device.type == "cpu" and all(stackable(g[0], cfg, prepared, device) for g in tasks)
     memory = f", about {task_memory(cfg, prepared, max(map(len, tasks))) / 2**20:,.0f} MiB per task" if tasks else ""
+    threads = executor.threads_for(len(tasks), threadsafe) if hasattr(executor, "threads_for") else 1
+    on = f" on {threads} threads" if threads > 1 else ""
     log(f"[retrain] {len(jobs)} jobs: {len(jobs) - len(todo)} already done, {len(todo)} to run "
-        f"in {len(tasks)} tasks ({executor.name} executor, recipe {retrain_recipe(cfg).name}{memory})")
+        f"in {len(tasks)} tasks ({executor.name} executor{on}, recipe {retrain_recipe(cfg).name}{memory})")
     t_stage = time.perf_counter()
     compute = rest = 0.0
     for i, records in enumerate(executor.map(run_group_task, [(group, cfg, workdir) for group in tasks], progress,
-                                             "retrain")):
+                                             "retrain", threadsafe=threadsafe)):
         timing = records[0].pop(TIMING_KEY, None)
         t_write = time.perf_counter()
         for record in records:

@@ -15,7 +15,7 @@ import torch
 from fastroar.engine.workspace import Workdir, atomic_save, atomic_write_text
 from fastroar.errors import StoreMismatchError
 from fastroar.metrics.aq import majority_rate
-from fastroar.models import build_model, state_hash
+from fastroar.models import build_model, build_seeded, state_hash
 from fastroar.models.checkpoint import fit_state, read_state
 from fastroar.stages.artifacts import (Prepared, checkpoint_file, checkpoint_path, config_diff, load_prepared,
                                        model_config, resolve_device)
@@ -85,8 +85,7 @@ def train_one(mcfg: dict[str, Any], prepared: Prepared, cfg: dict[str, Any], wor
               device: torch.device, progress: bool, log) -> dict[str, Any]:
     recipe = Recipe(**mcfg["recipe"])
     adversary = Adversary(**mcfg["adversary"]) if mcfg["adversary"] else None
-    torch.manual_seed(mcfg["seed"])
-    model = build_model(mcfg["arch"], prepared.shape, prepared.num_classes, **mcfg["params"]).to(device)
+    model = build_seeded(mcfg["seed"], mcfg["arch"], prepared.shape, prepared.num_classes, **mcfg["params"]).to(device)
     t0 = time.perf_counter()
     train_loader, path_name = prepared.loader("train", mode=cfg["loader"], batch_size=recipe.batch_size,
                                               seed=mcfg["seed"], train=True, device=device)

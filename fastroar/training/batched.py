@@ -35,11 +35,11 @@ from torch import nn
 
 from fastroar.engine.loaders.resident import epoch_order, resident_ranks
 from fastroar.method import keep_range, model_input_array
-from fastroar.models import build_model
+from fastroar.models import build_seeded
 from fastroar.training.loop import Recipe
 
 BATCHABLE_ARCHS = ("linear", "mlp1", "mlp2")
-PARALLEL_GATHER = 1 << 20     # coordinates per batch from which the CPU gather runs on all cores
+PARALLEL_GATHER = 1 << 20     # coordinates per batch from which the CPU gather may run on all cores
 
 
 @dataclass(frozen=True)
@@ -99,10 +99,7 @@ class StackedMLP:
     def build(cls, arch: str, arch_params: dict[str, Any], shape: Sequence[int], num_classes: int,
               seeds: Sequence[int], device: torch.device) -> "StackedMLP":
         """Each model initialised exactly as the single-model path does: manual_seed(seed), build_model."""
-        modules = []
-        for seed in seeds:
-            torch.manual_seed(int(seed))
-            modules.append(build_model(arch, tuple(shape), num_classes, **arch_params))
+        modules = [build_seeded(seed, arch, tuple(shape), num_classes, **arch_params) for seed in seeds]
         stack = cls(modules)
         stack.params = [p.to(device) for p in stack.params]
         return stack
@@ -133,7 +130,9 @@ class StackedMLP:
         for i in reversed(range(self.layers)):
             h = acts[i]
             if cd == torch.float32:
-                torch.bmm(h.transpose(1, 2), g, out=grads[2 * i])
+                # the transposed activations made contiguous first: MKL runs this product up to 2x faster
+                # so, and gives the same bits (tests/test_batched.py, tests/test_format_compat.py)
+                torch.bmm(h.transpose(1, 2).contiguous(), g, out=grads[2 * i])
             else:
                 grads[2 * i].copy_(torch.bmm(h.transpose(1, 2).to(cd), g.to(cd)))
             torch.sum(g, 1, out=grads[2 * i + 1])
@@ -168,7 +167,7 @@ def _sgd_step(params: list[torch.Tensor], grads: list[torch.Tensor], bufs: list[
     """torch.optim.SGD's update (weight decay, Nesterov momentum) in place; one rounding per element op, so
     no element's result depends on where it lies in the stacked tensor (vector body or tail)."""
     if params[0].device.type == "cpu":
-        sgd = _kernels()[2]
+        sgd = _kernels()[2 if _may_use_threads() else 3]
         f32 = np.float32
         for p, g, buf in zip(params, grads, bufs):
             sgd(p.view(-1).numpy(), g.view(-1).numpy(), buf.view(-1).numpy(), f32(lr), f32(recipe.weight_decay),
@@ -223,7 +222,6 @@ def _kernels():
     gather_parallel = njit(parallel=True, nogil=True, cache=True)(gather_masked)
     gather_serial = njit(nogil=True, cache=True)(gather_masked)
 
-    @njit(parallel=True, nogil=True, cache=True)
     def sgd(p, g, buf, lr, wd, mom, first):  # pragma: no cover - compiled
         """torch.optim.SGD (weight decay, Nesterov momentum) on flat float32 arrays, one pass, no FMA."""
         for i in prange(p.size):
@@ -236,7 +234,15 @@ def _kernels():
                 gi = gi + mom * bi
             p[i] = p[i] - lr * gi
 
-    return gather_parallel, gather_serial, sgd
+    return (gather_parallel, gather_serial, njit(parallel=True, nogil=True, cache=True)(sgd),
+            njit(nogil=True, cache=True)(sgd))
+
+
+def _may_use_threads() -> bool:
+    """Whether the CPU kernels may spread over cores: as torch may (the stages pin torch to one thread per
+    task, and the local executor runs tasks on several threads, each kernel then serial). Serial and
+    parallel kernels give the same bits: they are element-wise."""
+    return torch.get_num_threads() > 1
 
 
 class _Split:
@@ -266,7 +272,7 @@ class _Split:
         if self.device.type != "cpu":
             return _masked_batch(self.x, self.ranks, idx, self.lo, self.hi, self.fill)
         out = torch.empty((*idx.shape, self.d), dtype=torch.float32)
-        kernel = _kernels()[0 if out.numel() >= PARALLEL_GATHER else 1]   # small batches: no thread wake-ups
+        kernel = _kernels()[0 if out.numel() >= PARALLEL_GATHER and _may_use_threads() else 1]
         kernel(self.x.numpy(), self.ranks_np, idx.numpy(), self.lo, self.hi, self.fill.numpy(), out.numpy())
         return out
 
