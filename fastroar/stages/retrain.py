@@ -37,6 +37,7 @@ from fastroar.stages.contract import Context, stage
 from fastroar.training.batched import Spec, batchable, train_stacked
 from fastroar.training.jobs import Job
 from fastroar.training.loop import Recipe, evaluate, train_model
+from fastroar.training.stacked_conv import train_stacked_conv
 
 
 DEFAULT_BATCH_MODELS = 16
@@ -104,10 +105,25 @@ def _record(job: Job, recipe: Recipe, accuracy: float, stats: dict[str, Any], se
     }
 
 
+def stacks_conv(cfg: dict[str, Any], device: torch.device) -> bool:
+    """retrain.stack_conv: whether non-MLP architectures train in stacks. auto = on CUDA only: on the CPU
+    a vmapped stack's grouped convolutions are no faster than M models in turn (tools/bench_training.py),
+    and the CPU default keeps the records one model per task gives."""
+    value = cfg["retrain"].get("stack_conv", "auto")
+    return device.type == "cuda" if value == "auto" else bool(value)
+
+
+def stack_trainer(arch: str):
+    """The trainer of a stack of `arch` models: batched matmuls for MLPs (fastroar.training.batched), a
+    torch.func vmap stack for any other architecture (fastroar.training.stacked_conv). Same signature."""
+    return train_stacked if batchable(arch) else train_stacked_conv
+
+
 def stackable(job: Job, cfg: dict[str, Any], prepared: Prepared, device: torch.device) -> bool:
-    """Whether the job trains in a stack: an MLP whose train and test splits (with their rank maps) take
-    the resident path (the engine's one rule, fastroar.engine.loaders.choose_path)."""
-    if not batchable(job.arch):
+    """Whether the job trains in a stack: an MLP, or any other architecture when retrain.stack_conv is on,
+    whose train and test splits (with their rank maps) take the resident path (the engine's one rule,
+    fastroar.engine.loaders.choose_path)."""
+    if not (batchable(job.arch) or stacks_conv(cfg, device)):
         return False
     n = sum(prepared.size(s) for s in SPLITS)
     return choose_path(cfg["loader"], n, prepared.shape, rank_dtype(prepared.d).itemsize, device) == "resident"
@@ -149,9 +165,10 @@ def run_group(jobs: Sequence[Job], cfg: dict[str, Any], workdir: Workdir,
     split = {s: (*prepared.arrays(s), np.asarray(_ranks(store, first.model, first.attribution, s)[:]))
              for s in ("train", "test")}
     timing = {"ranks": time.perf_counter() - t0}
-    results = train_stacked(first.arch, first.arch_params, prepared.shape, prepared.num_classes,
-                            split["train"], split["test"], [Spec(j.k, j.direction, j.seed, j.fill) for j in jobs],
-                            recipe, device, timings=timing)
+    results = stack_trainer(first.arch)(first.arch, first.arch_params, prepared.shape, prepared.num_classes,
+                                        split["train"], split["test"],
+                                        [Spec(j.k, j.direction, j.seed, j.fill) for j in jobs], recipe, device,
+                                        timings=timing)
     total = time.perf_counter() - t0
     timing["task"] = total
     seconds = total / len(jobs)
