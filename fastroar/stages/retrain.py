@@ -107,8 +107,8 @@ def _record(job: Job, recipe: Recipe, accuracy: float, stats: dict[str, Any], se
 
 def stacks_conv(cfg: dict[str, Any], device: torch.device) -> bool:
     """retrain.stack_conv: whether non-MLP architectures train in stacks. auto = on CUDA only: on the CPU
-    a vmapped stack's grouped convolutions are no faster than M models in turn (tools/bench_training.py),
-    and the CPU default keeps the records one model per task gives."""
+    a vmapped stack's grouped convolutions are about as fast as M models in turn (tools/bench_training.py's
+    conv rows), and the CPU default keeps the records one model per task gives."""
     value = cfg["retrain"].get("stack_conv", "auto")
     return device.type == "cuda" if value == "auto" else bool(value)
 
