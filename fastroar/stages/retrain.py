@@ -4,12 +4,24 @@ Train and test splits are both unmasked by the same scheme (top-k or bottom-k of
 attribution ranks); coordinates outside the kept set are zero. Finished jobs are found by key in the
 results log and not run again, so an interrupted sweep resumes where it stopped.
 
-MLP jobs (linear, mlp1, mlp2) on device-resident data are trained together: the todo jobs of one
-(base model, attribution, architecture, recipe) go in groups of up to ``retrain.batch_models`` to one
-executor task, which trains the group as one stack of models (fastroar.training.batched) and returns
-one record per job. A model's result does not depend on its group, so a killed group reruns only its
-missing jobs and gets the records the uninterrupted run would have. Other jobs (resnet18, or data
-streamed through FFCV) run one model per task.
+Jobs on device-resident data are trained together: the todo jobs of one (base model, attribution,
+architecture, recipe, fill) go in groups of up to ``retrain.batch_models`` to one executor task, which
+trains the group as one stack of models and returns one record per job (its ``group_size`` says how
+many shared the stack; the job's key does not: stacking is an execution detail). One rule,
+``stack_trainer``, picks the stack's trainer by architecture:
+
+- MLPs (linear, mlp1, mlp2) always stack (fastroar.training.batched). A model's result does not depend
+  on its group (bit for bit on the CPU), so a killed group reruns only its missing jobs and gets the
+  records the uninterrupted run would have.
+- Any other architecture (resnet18, airbench, a module:callable net, ...) stacks when
+  ``retrain.stack_conv`` is on (fastroar.training.stacked_conv, a torch.func vmap stack): ``true``,
+  ``false``, or ``auto`` (default) = on CUDA only. On the CPU the stack is about as fast as the models in
+  turn (tools/bench_training.py), so the CPU default runs them one per task, as before. Stacked, a
+  model's result depends on its group only within float rounding (grouped convolutions sum in another
+  order); a killed group still reruns only its missing jobs. On a GPU its speed is not measured: no GPU
+  lent.
+
+Everything else (data streamed through FFCV, or conv models with stack_conv off) runs one model per task.
 """
 from __future__ import annotations
 
