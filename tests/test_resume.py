@@ -21,12 +21,15 @@ from tests.conftest import tiny_args
 SUBSET = ["--model", "standard", "--attribution", "gradient"]
 
 
-def fastroar(workdir: Path, *args: str, kill_at: str | None = None) -> subprocess.CompletedProcess:
+def fastroar(workdir: Path, *args: str, kill_at: str | None = None,
+             settings: list[str] | None = None) -> subprocess.CompletedProcess:
+    """`fastroar ARGS` in a subprocess on the tiny settings (or `settings`, --set options), killed at kill_at."""
     env = dict(os.environ, TQDM_DISABLE="1")
     env.pop("FASTROAR_KILL_AT", None)
     if kill_at:
         env["FASTROAR_KILL_AT"] = kill_at
-    cmd = [sys.executable, "-m", "fastroar.cli", *args, "--workdir", str(workdir), "--no-progress", *tiny_args()]
+    cmd = [sys.executable, "-m", "fastroar.cli", *args, "--workdir", str(workdir), "--no-progress",
+           *(tiny_args() if settings is None else settings)]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
 
 

@@ -1,10 +1,18 @@
-"""Retraining throughput: M MLPs trained as one stack vs the same M trained one after another.
+"""Retraining throughput: M models trained as one stack vs the same M trained one after another.
 
 CPU rows (and one CUDA row when a GPU is present): M = 10 jobs of one sweep (5 levels x top/bottom,
 seeds 0..9) on the same synthetic data, as the retrain stage would run them: the single-model path
 (ResidentLoader + train_model + evaluate, as run_job trains a job it does not stack) one job after
 another, against fastroar.training.batched's stack. Both must agree (the same test accuracy per job)
 or the row says by how much. Throughput counts every model's training images: M x epochs x N / s.
+
+Conv rows: the same comparison for M = 4 conv models and fastroar.training.stacked_conv's torch.func
+stack (what retrain.stack_conv turns on): a miniature ResNet (torchvision's BasicBlock) at 3x16x16 on
+the CPU, and on CUDA also resnet18 at 3x32x32; the section names the device. On the CPU the stack is
+about as fast as M models in turn, which is why retrain.stack_conv's auto stacks on CUDA only. These
+small conv models stay near chance on this data, so float rounding (grouped convolutions sum in another
+order; the thread count alone does too) can flip a few test predictions over more steps: the row gives
+the largest accuracy difference then.
 
 GPU row (when CUDA is present): wall time of a CIFAR-10-shaped DiffROAR curve, ResNet18, 5 levels x 2
 directions x 5 seeds = 50 trainings on synthetic 32x32x3 data (50k train, 10k test images, random rank
@@ -24,6 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench import Row  # noqa: E402
 
 M = 10
+CONV_M = 4
 LEVELS = [0.05, 0.1, 0.2, 0.3, 0.5]
 
 
@@ -95,15 +104,30 @@ def _sequential(arch, params, shape, classes, train, test, specs, recipe, device
     return accs
 
 
-def _compare(case, quick: bool, device: str) -> list[Row]:
-    """Rows of one case: M sequential single-model trainings vs one stack of M, interleaved, best of each."""
+def tiny_resnet(shape, num_classes, width=16):
+    """resnet18 in miniature (a `module:callable` architecture): stem conv + BatchNorm, one basic block,
+    one strided basic block, pooled linear head; torchvision's BasicBlock, as resnet18's."""
+    from torch import nn
+    from torchvision.models.resnet import BasicBlock
+
+    down = nn.Sequential(nn.Conv2d(width, 2 * width, 1, stride=2, bias=False), nn.BatchNorm2d(2 * width))
+    return nn.Sequential(nn.Conv2d(shape[0], width, 3, padding=1, bias=False), nn.BatchNorm2d(width),
+                         nn.ReLU(inplace=True), BasicBlock(width, width),
+                         BasicBlock(width, 2 * width, stride=2, downsample=down),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2 * width, num_classes))
+
+
+def _compare(case, quick: bool, device: str, trainer=None, m: int = M) -> list[Row]:
+    """Rows of one case: m sequential single-model trainings vs one stack of m (trained by `trainer`,
+    default the MLP stack), interleaved, best of each."""
     from fastroar.training.batched import train_stacked
     from fastroar.training.loop import Recipe
 
+    trainer = trainer or train_stacked
     name, shape, classes, n, arch, params, batch = case
     train, test = _data(n, shape, classes, 0), _data(500, shape, classes, 1)
     recipe = Recipe(epochs=2 if quick else 4, batch_size=batch, lr=0.05, weight_decay=5e-4)
-    specs = _specs()
+    specs = _specs()[:m]
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     t_seq = t_stk = float("inf")
     for _ in range(2 if quick else 3):  # interleaved, best of each: this machine's load comes and goes
@@ -112,18 +136,18 @@ def _compare(case, quick: bool, device: str) -> list[Row]:
         sync()
         t_seq = min(t_seq, time.perf_counter() - t0)
         t0 = time.perf_counter()
-        stacked = train_stacked(arch, params, shape, classes, train, test, specs, recipe, device)
+        stacked = trainer(arch, params, shape, classes, train, test, specs, recipe, device)
         sync()
         t_stk = min(t_stk, time.perf_counter() - t0)
-    images = M * recipe.epochs * n
+    images = m * recipe.epochs * n
     diff = max(abs(r["accuracy"] - a) for r, a in zip(stacked, seq))
     where = "" if device == "cpu" else f" ({torch.cuda.get_device_name()})"
-    section = f"retrain {M}x {arch} {name} d={int(np.prod(shape))}{where}"
+    section = f"retrain {m}x {arch.rpartition(':')[2]} {name} d={int(np.prod(shape))}{where}"
     ctx = f"{recipe.epochs} epochs x {n} img, batch {batch}; " + (
         "accuracies equal" if diff == 0 else f"max |accuracy difference| {diff:.4f}")
-    return [Row(section, f"{M} sequential (single-model path)", images / t_seq, "img/s", f"{M} sequential", 1.0,
+    return [Row(section, f"{m} sequential (single-model path)", images / t_seq, "img/s", f"{m} sequential", 1.0,
                 f"{t_seq:.2f}s"),
-            Row(section, f"{M} stacked, one data pass", images / t_stk, "img/s", f"{M} sequential", t_seq / t_stk,
+            Row(section, f"{m} stacked, one data pass", images / t_stk, "img/s", f"{m} sequential", t_seq / t_stk,
                 f"{t_stk:.2f}s; {ctx}")]
 
 
@@ -137,6 +161,22 @@ def _mlp_rows(quick: bool) -> list[Row]:
     rows = [row for case in cases for row in _compare(case, quick, "cpu")]
     if torch.cuda.is_available():
         rows += _compare(("cifar-shaped", (3, 32, 32), 10, 5000, "mlp2", {"width": 256}, 128), quick, "cuda")
+    return rows
+
+
+def _conv_rows(quick: bool) -> list[Row]:
+    """M stacked conv models (torch.func vmap) vs M sequential: on the CPU, and on CUDA when present."""
+    from fastroar.training.stacked_conv import train_stacked_conv
+
+    # (name, shape, classes, n_train, arch, params, batch); the CPU case's name says where it ran (a CUDA
+    # row's section names the GPU)
+    tiny = ("16px on {}", (3, 16, 16), 10, 256 if quick else 512, "bench_training:tiny_resnet", {}, 32)
+    torch.set_num_threads(2)
+    rows = _compare((tiny[0].format("cpu"), *tiny[1:]), quick, "cpu", train_stacked_conv, CONV_M)
+    if torch.cuda.is_available():
+        cifar = ("cifar-shaped", (3, 32, 32), 10, 2048 if quick else 8192, "resnet18", {}, 256)
+        for case in ((tiny[0].format("cuda"), *tiny[1:]), cifar):
+            rows += _compare(case, quick, "cuda", train_stacked_conv, CONV_M)
     return rows
 
 
@@ -182,7 +222,7 @@ def _curve_row(quick: bool) -> list[Row]:
 
 
 def rows(quick: bool) -> list[Row]:
-    out = _mlp_rows(quick)
+    out = _mlp_rows(quick) + _conv_rows(quick)
     if torch.cuda.is_available():
         out += _curve_row(quick)
     return out
@@ -191,4 +231,6 @@ def rows(quick: bool) -> list[Row]:
 if __name__ == "__main__":
     from bench import print_table
 
-    print_table(rows("--quick" in sys.argv))
+    quick = "--quick" in sys.argv
+    # `python tools/bench_training.py [--quick] conv`: the conv stacking rows alone
+    print_table(_conv_rows(quick) if "conv" in sys.argv[1:] else rows(quick))

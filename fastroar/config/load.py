@@ -155,6 +155,7 @@ def validate(cfg: dict[str, Any]) -> dict[str, Any]:
         value = rt.setdefault(key, default)
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
             raise ConfigError(f"retrain.{key} must be an integer >= 1, got {value!r}")
+    rt.setdefault("stack_conv", "auto")   # its values (auto, true, false) are checked by the schema
     cfg.setdefault("precompute", {}).setdefault("batch_size", 256)
     if cfg.setdefault("loader", "auto") not in LOADERS:
         raise ConfigError(f"loader must be one of {LOADERS}, got {cfg['loader']!r}")

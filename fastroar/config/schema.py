@@ -30,6 +30,13 @@ def _fill(value: Any) -> Any:
     raise ValueError("must be zero, mean or a number")
 
 
+def _stack_conv(value: Any) -> Any:
+    # isinstance, not `in`: 1 == True and 0 == False would let integers through
+    if value == "auto" or isinstance(value, bool):
+        return value
+    raise ValueError("must be auto, true or false")
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -96,6 +103,7 @@ class Retrain(Recipe):
     batch_models: StrictInt = Field(16, ge=1, le=MAX_MODELS_PER_GROUP)
     fast_epochs: Optional[StrictInt] = Field(None, ge=1, le=100_000)
     fill: Annotated[Any, AfterValidator(_fill)] = "zero"
+    stack_conv: Annotated[Any, AfterValidator(_stack_conv)] = "auto"   # conv models in stacks: auto = on CUDA
 
 
 class Config(Section):

@@ -4,12 +4,24 @@ Train and test splits are both unmasked by the same scheme (top-k or bottom-k of
 attribution ranks); coordinates outside the kept set are zero. Finished jobs are found by key in the
 results log and not run again, so an interrupted sweep resumes where it stopped.
 
-MLP jobs (linear, mlp1, mlp2) on device-resident data are trained together: the todo jobs of one
-(base model, attribution, architecture, recipe) go in groups of up to ``retrain.batch_models`` to one
-executor task, which trains the group as one stack of models (fastroar.training.batched) and returns
-one record per job. A model's result does not depend on its group, so a killed group reruns only its
-missing jobs and gets the records the uninterrupted run would have. Other jobs (resnet18, or data
-streamed through FFCV) run one model per task.
+Jobs on device-resident data are trained together: the todo jobs of one (base model, attribution,
+architecture, recipe, fill) go in groups of up to ``retrain.batch_models`` to one executor task, which
+trains the group as one stack of models and returns one record per job (its ``group_size`` says how
+many shared the stack; the job's key does not: stacking is an execution detail). One rule,
+``stack_trainer``, picks the stack's trainer by architecture:
+
+- MLPs (linear, mlp1, mlp2) always stack (fastroar.training.batched). A model's result does not depend
+  on its group (bit for bit on the CPU), so a killed group reruns only its missing jobs and gets the
+  records the uninterrupted run would have.
+- Any other architecture (resnet18, airbench, a module:callable net, ...) stacks when
+  ``retrain.stack_conv`` is on (fastroar.training.stacked_conv, a torch.func vmap stack): ``true``,
+  ``false``, or ``auto`` (default) = on CUDA only. On the CPU the stack is about as fast as the models in
+  turn (tools/bench_training.py), so the CPU default runs them one per task, as before. Stacked, a
+  model's result depends on its group only within float rounding (grouped convolutions sum in another
+  order); a killed group still reruns only its missing jobs. On a GPU its speed is not measured: no GPU
+  lent.
+
+Everything else (data streamed through FFCV, or conv models with stack_conv off) runs one model per task.
 """
 from __future__ import annotations
 
@@ -37,6 +49,7 @@ from fastroar.stages.contract import Context, stage
 from fastroar.training.batched import Spec, batchable, train_stacked
 from fastroar.training.jobs import Job
 from fastroar.training.loop import Recipe, evaluate, train_model
+from fastroar.training.stacked_conv import train_stacked_conv
 
 
 DEFAULT_BATCH_MODELS = 16
@@ -103,10 +116,25 @@ def _record(job: Job, recipe: Recipe, accuracy: float, stats: dict[str, Any], se
     }
 
 
+def stacks_conv(cfg: dict[str, Any], device: torch.device) -> bool:
+    """retrain.stack_conv: whether non-MLP architectures train in stacks. auto = on CUDA only: on the CPU
+    a vmapped stack's grouped convolutions are about as fast as M models in turn (tools/bench_training.py's
+    conv rows), and the CPU default keeps the records one model per task gives."""
+    value = cfg["retrain"].get("stack_conv", "auto")
+    return device.type == "cuda" if value == "auto" else bool(value)
+
+
+def stack_trainer(arch: str):
+    """The trainer of a stack of `arch` models: batched matmuls for MLPs (fastroar.training.batched), a
+    torch.func vmap stack for any other architecture (fastroar.training.stacked_conv). Same signature."""
+    return train_stacked if batchable(arch) else train_stacked_conv
+
+
 def stackable(job: Job, cfg: dict[str, Any], prepared: Prepared, device: torch.device) -> bool:
-    """Whether the job trains in a stack: an MLP whose train and test splits (with their rank maps) take
-    the resident path (the engine's one rule, fastroar.engine.loaders.choose_path)."""
-    if not batchable(job.arch):
+    """Whether the job trains in a stack: an MLP, or any other architecture when retrain.stack_conv is on,
+    whose train and test splits (with their rank maps) take the resident path (the engine's one rule,
+    fastroar.engine.loaders.choose_path)."""
+    if not (batchable(job.arch) or stacks_conv(cfg, device)):
         return False
     n = sum(prepared.size(s) for s in SPLITS)
     return choose_path(cfg["loader"], n, prepared.shape, rank_dtype(prepared.d).itemsize, device) == "resident"
@@ -148,9 +176,10 @@ def run_group(jobs: Sequence[Job], cfg: dict[str, Any], workdir: Workdir,
     split = {s: (*prepared.arrays(s), np.asarray(_ranks(store, first.model, first.attribution, s)[:]))
              for s in ("train", "test")}
     timing = {"ranks": time.perf_counter() - t0}
-    results = train_stacked(first.arch, first.arch_params, prepared.shape, prepared.num_classes,
-                            split["train"], split["test"], [Spec(j.k, j.direction, j.seed, j.fill) for j in jobs],
-                            recipe, device, timings=timing)
+    results = stack_trainer(first.arch)(first.arch, first.arch_params, prepared.shape, prepared.num_classes,
+                                        split["train"], split["test"],
+                                        [Spec(j.k, j.direction, j.seed, j.fill) for j in jobs], recipe, device,
+                                        timings=timing)
     total = time.perf_counter() - t0
     timing["task"] = total
     seconds = total / len(jobs)
