@@ -221,8 +221,10 @@ def retrain(ctx: Context, *, executor=None, **selection: Any) -> list[dict[str, 
     # largest groups first: tasks running side by side then finish together
     tasks = sorted(groups(todo, cfg, prepared, device), key=len, reverse=True) if todo else []
     # stacked MLP groups on the CPU share this process well: torch and Numba kernels release the GIL, and
-    # a model's numbers do not depend on what runs beside it (one torch thread per task)
-    threadsafe = device.type == "cpu" and all(stackable(g[0], cfg, prepared, device) for g in tasks)
+    # a model's numbers do not depend on what runs beside it (one torch thread per task, no global RNG
+    # after the locked seeded build). Conv stacks are left out: their layers may draw from torch's RNG.
+    threadsafe = device.type == "cpu" and all(batchable(g[0].arch) and stackable(g[0], cfg, prepared, device)
+                                              for g in tasks)
     memory = f", about {task_memory(cfg, prepared, max(map(len, tasks))) / 2**20:,.0f} MiB per task" if tasks else ""
     threads = executor.threads_for(len(tasks), threadsafe) if hasattr(executor, "threads_for") else 1
     on = f" on {threads} threads" if threads > 1 else ""

@@ -17,7 +17,7 @@ large kernels instead of M small ones. Each model sees exactly what it would see
 
 Gradients: the loss of the stack is the sum of the M per-model mean losses; the models share no
 parameter, so one backward pass gives every model the gradient of its own loss, and
-``torch.optim.SGD`` on the stacked tensors is the element-wise update each model would get alone.
+SGD on the stacked tensors (fastroar.training.sgd, torch.optim.SGD's update) is the element-wise update each model would get alone.
 
 BatchNorm: running statistics stay per model. The buffers are stacked like the parameters and passed
 to the vmapped ``functional_call`` with the model in training mode; BatchNorm's in-place running-stat
@@ -46,9 +46,10 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from fastroar.engine.loaders.resident import epoch_order, resident_ranks
 from fastroar.method import keep_range, model_input_array
-from fastroar.models import build_model
+from fastroar.models import build_seeded
 from fastroar.training.batched import stack_records
-from fastroar.training.loop import Recipe, lr_factor
+from fastroar.training.loop import Recipe
+from fastroar.training.sgd import SGD
 
 
 class _Data:
@@ -104,10 +105,7 @@ class ConvStack:
     def build(cls, arch: str, arch_params: dict[str, Any], shape: Sequence[int], num_classes: int,
               seeds: Sequence[int], device: torch.device) -> "ConvStack":
         """Each model initialised as the single-model path does: manual_seed(seed), then build_model."""
-        modules = []
-        for seed in seeds:
-            torch.manual_seed(int(seed))
-            modules.append(build_model(arch, tuple(shape), num_classes, **arch_params))
+        modules = [build_seeded(seed, arch, tuple(shape), num_classes, **arch_params) for seed in seeds]
         stack = cls(modules)
         trainable = {k for k, p in modules[0].named_parameters() if p.requires_grad}   # e.g. airbench's fixed BN scales
         stack.params = {k: v.to(device).requires_grad_(k in trainable) for k, v in stack.params.items()}
@@ -144,12 +142,10 @@ def train_stacked_conv(arch: str, arch_params: dict[str, Any], shape: Sequence[i
     data = _Data(train, specs, shape, device)
     m, n, bs = len(specs), data.n, recipe.batch_size
     stack = ConvStack.build(arch, arch_params, shape, num_classes, [s.seed for s in specs], device)
-    opt = torch.optim.SGD(list(stack.params.values()), lr=recipe.lr, momentum=recipe.momentum,
-                          weight_decay=recipe.weight_decay, nesterov=recipe.momentum > 0)
+    opt = SGD(stack.params.values(), momentum=recipe.momentum, weight_decay=recipe.weight_decay,
+              nesterov=recipe.momentum > 0)
     steps_per_epoch = -(-n // bs)
-    total = recipe.epochs * steps_per_epoch
-    warmup = int(recipe.warmup_epochs * steps_per_epoch)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, warmup, recipe.schedule))
+    step = 0
     amp = recipe.uses_autocast(device)
     loss_sum = torch.zeros(m, device=device)
     correct = torch.zeros(m, dtype=torch.long, device=device)
@@ -166,10 +162,10 @@ def train_stacked_conv(arch: str, arch_params: dict[str, Any], shape: Sequence[i
             per_sample = F.cross_entropy(logits.float().flatten(0, 1), yb.reshape(-1), reduction="none",
                                          label_smoothing=recipe.label_smoothing)
             losses = per_sample.view(m, b).mean(1)          # each model's mean loss, as F.cross_entropy's
-            opt.zero_grad(set_to_none=True)
+            opt.zero_grad()
             losses.sum().backward()                          # independent models: each gets its own gradient
-            opt.step()
-            sched.step()
+            opt.step(recipe.lr_at(step, steps_per_epoch))
+            step += 1
             loss_sum += losses.detach() * b
             correct += (logits.detach().argmax(2) == yb).sum(1)
     train_loss = [v / max(1, n) for v in loss_sum.tolist()]
