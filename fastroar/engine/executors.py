@@ -70,8 +70,18 @@ def _map_threads(fn: Callable, items: Sequence[tuple], threads: int, progress: b
     pool = cf.ThreadPoolExecutor(threads, thread_name_prefix="fastroar-task")
     try:
         yield from _as_completed([pool.submit(fn, *args) for args in items], progress, desc)
-    finally:  # an error or Ctrl-C: tasks not started are dropped; running ones finish unrecorded
-        pool.shutdown(wait=False, cancel_futures=True)
+    finally:  # an error or Ctrl-C: tasks not started are dropped; running ones finish, unrecorded, before
+        # the caller goes on (so nothing writes after the stage has released its lock)
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def thread_map(fn: Callable, items: Sequence[Any], threads: int) -> Iterator[Any]:
+    """fn(item) for each item, on `threads` threads (in order of finishing; in order when threads <= 1).
+    For work that may share the process (see LocalExecutor)."""
+    if threads <= 1 or len(items) <= 1:
+        yield from map(fn, items)
+        return
+    yield from _map_threads(fn, [(item,) for item in items], threads, False, "")
 
 
 def _as_completed(futures: list, progress: bool, desc: str) -> Iterator[Any]:

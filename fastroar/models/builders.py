@@ -19,11 +19,12 @@
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import sys
 import threading
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
@@ -246,12 +247,19 @@ def build_model(arch: str, shape: tuple[int, ...], num_classes: int, **kwargs: A
 _GLOBAL_RNG = threading.Lock()
 
 
-def build_seeded(seed: int, arch: str, shape: tuple[int, ...], num_classes: int, **kwargs: Any) -> nn.Module:
-    """``torch.manual_seed(seed)`` then ``build_model``: how every path initialises the model of a seed. Both
-    steps use torch's global generator, so they hold a lock: the local executor may build stacks on several
-    threads at once (fastroar.engine.executors.LocalExecutor)."""
+@contextlib.contextmanager
+def seeded_global_rng(seed: int) -> Iterator[None]:
+    """torch's global generator seeded with `seed`, and held for the block: model initialisation draws from
+    it, and the local executor and the train stage build models on several threads at once."""
     with _GLOBAL_RNG:
         torch.manual_seed(int(seed))
+        yield
+
+
+def build_seeded(seed: int, arch: str, shape: tuple[int, ...], num_classes: int, **kwargs: Any) -> nn.Module:
+    """``torch.manual_seed(seed)`` then ``build_model``, as one step (seeded_global_rng): how every path
+    initialises the model of a seed."""
+    with seeded_global_rng(seed):
         return build_model(arch, shape, num_classes, **kwargs)
 
 

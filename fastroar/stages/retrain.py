@@ -250,9 +250,12 @@ def retrain(ctx: Context, *, executor=None, **selection: Any) -> list[dict[str, 
                     f"{timing['setup']:.3f}s, recording {time.perf_counter() - t_write:.3f}s)")
     if ctx.verbose and tasks:
         wall = time.perf_counter() - t_stage
-        log(f"[retrain] {len(todo)} jobs in {wall:.2f}s: compute {compute:.2f}s, outside compute "
-            f"{wall - compute:.2f}s = {1000 * (wall - compute) / len(todo):.1f} ms/job (in tasks {rest:.2f}s, "
-            f"executor and stage {wall - compute - rest:.2f}s)")
+        # tasks side by side on `threads` threads: their seconds add up to at most threads x the wall
+        capacity = wall * threads
+        log(f"[retrain] {len(todo)} jobs in {wall:.2f}s on {threads} thread{'s' if threads > 1 else ''}: compute "
+            f"{compute:.2f}s, outside compute {capacity - compute:.2f}s = "
+            f"{1000 * (capacity - compute) / len(todo):.1f} ms/job (in tasks {rest:.2f}s, executor, stage and "
+            f"idle threads {capacity - compute - rest:.2f}s); thread-seconds, {compute / capacity:.0%} in compute")
     done = read_results(results_path)
     paths = sorted({done[j.key]["loader"] for j in jobs if j.key in done})
     log(f"[retrain] {sum(j.key in done for j in jobs)}/{len(jobs)} jobs recorded in {results_path} "

@@ -12,10 +12,12 @@ from typing import Any
 
 import torch
 
-from fastroar.engine.workspace import Workdir, atomic_save, atomic_write_text
+from fastroar.engine.executors import thread_map, usable_cores
+from fastroar.engine.loaders import choose_path
+from fastroar.engine.workspace import SPLITS, Workdir, atomic_save, atomic_write_text
 from fastroar.errors import StoreMismatchError
 from fastroar.metrics.aq import majority_rate
-from fastroar.models import build_model, build_seeded, state_hash
+from fastroar.models import BUILDERS, build_model, seeded_global_rng, state_hash
 from fastroar.models.checkpoint import fit_state, read_state
 from fastroar.stages.artifacts import (Prepared, checkpoint_file, checkpoint_path, config_diff, load_prepared,
                                        model_config, resolve_device)
@@ -30,7 +32,8 @@ def train(ctx: Context) -> list[dict[str, Any]]:
     cfg, workdir, progress, log = ctx.cfg, ctx.wd, ctx.progress, ctx.log
     prepared = load_prepared(cfg, workdir)
     device = resolve_device(cfg["device"])
-    summaries = []
+    summaries: dict[str, dict[str, Any]] = {}
+    to_train = []
     for spec in cfg["models"]:
         mcfg = model_config(cfg, spec)
         path = checkpoint_path(workdir, spec["name"])
@@ -41,15 +44,35 @@ def train(ctx: Context) -> list[dict[str, Any]]:
                     f"{path} was trained with another config ({config_diff(ckpt['config'], mcfg)}); delete "
                     f"{path.parent} to retrain it, or use another --workdir")
             log(f"[train] {spec['name']}: checkpoint exists ({ckpt['hash'][:12]}), skipped")
-            summaries.append(ckpt["summary"])
-            continue
-        if spec.get("checkpoint"):
-            summaries.append(register_one(mcfg, spec, prepared, cfg, workdir, device, log))
+            summaries[spec["name"]] = ckpt["summary"]
+        elif spec.get("checkpoint"):
+            summaries[spec["name"]] = register_one(mcfg, spec, prepared, cfg, workdir, device, log)
         else:
-            summaries.append(train_one(mcfg, prepared, cfg, workdir, device, progress, log))
+            to_train.append(mcfg)
+    threads = side_by_side(to_train, cfg, prepared, device)
+    if threads > 1:
+        log(f"[train] {len(to_train)} models on {threads} threads")
+    for summary in thread_map(lambda mcfg: train_one(mcfg, prepared, cfg, workdir, device, progress, log),
+                              to_train, threads):
+        summaries[summary["name"]] = summary
     if any(spec.get("checkpoint") for spec in cfg["models"]) and ctx.save_config:
         save_config(ctx)  # later stages learn the registered models' names from it
-    return summaries
+    return [summaries[spec["name"]] for spec in cfg["models"]]
+
+
+def side_by_side(to_train: list[dict[str, Any]], cfg: dict[str, Any], prepared: Prepared,
+                 device: torch.device) -> int:
+    """Threads the base models train on: one per model, up to the usable cores, when they can share this
+    process and still come out as trained alone, bit for bit: on the CPU (each runs torch on its own
+    thread, the stage pins torch to one), built-in architectures (their forward draws no randomness; the
+    adversary's random starts come from each model's own generator), data held resident (no loader
+    worker pool). Else 1: one after another."""
+    if device.type != "cpu" or len(to_train) < 2 or any(m["arch"] not in BUILDERS for m in to_train):
+        return 1
+    n = sum(prepared.size(s) for s in SPLITS)
+    if choose_path(cfg["loader"], n, prepared.shape, None, device) != "resident":
+        return 1
+    return min(len(to_train), usable_cores())
 
 
 def register_one(mcfg: dict[str, Any], spec: dict[str, Any], prepared: Prepared, cfg: dict[str, Any],
@@ -85,19 +108,24 @@ def train_one(mcfg: dict[str, Any], prepared: Prepared, cfg: dict[str, Any], wor
               device: torch.device, progress: bool, log) -> dict[str, Any]:
     recipe = Recipe(**mcfg["recipe"])
     adversary = Adversary(**mcfg["adversary"]) if mcfg["adversary"] else None
-    model = build_seeded(mcfg["seed"], mcfg["arch"], prepared.shape, prepared.num_classes, **mcfg["params"]).to(device)
+    with seeded_global_rng(mcfg["seed"]):
+        model = build_model(mcfg["arch"], prepared.shape, prepared.num_classes, **mcfg["params"])
+        # the adversary's random starts continue the stream the build left (what a run alone draws next from
+        # torch's global generator), from a generator of this model's own: models may train side by side
+        stream = torch.Generator().set_state(torch.get_rng_state()) if device.type == "cpu" else None
+    model.to(device)
     t0 = time.perf_counter()
     train_loader, path_name = prepared.loader("train", mode=cfg["loader"], batch_size=recipe.batch_size,
                                               seed=mcfg["seed"], train=True, device=device)
     test_loader, _ = prepared.loader("test", mode=cfg["loader"], batch_size=512, seed=0, train=False,
                                      device=device)
     stats = train_model(model, train_loader, recipe, adversary=adversary, bounds=prepared.bounds,
-                        desc=f"train {mcfg['name']}", progress=progress)
+                        desc=f"train {mcfg['name']}", progress=progress, generator=stream)
     summary = {"name": mcfg["name"], "test_acc": evaluate(model, test_loader),
                "test_chance": majority_rate(prepared.arrays("test")[1]), **stats,
                "seconds": round(time.perf_counter() - t0, 2), "loader": path_name}
     if adversary is not None:
-        summary["robust_test_acc"] = robust_accuracy(model, test_loader, adversary, prepared.bounds)
+        summary["robust_test_acc"] = robust_accuracy(model, test_loader, adversary, prepared.bounds, stream)
     save_model(model, mcfg, summary, workdir)
     extra = f", robust acc {summary['robust_test_acc']:.3f}" if "robust_test_acc" in summary else ""
     log(f"[train] {mcfg['name']}: test acc {summary['test_acc']:.3f}{extra} (chance {summary['test_chance']:.3f}) "

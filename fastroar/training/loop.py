@@ -170,8 +170,10 @@ def _prepare_input(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
 
 
 def train_model(model: nn.Module, loader: Iterable, recipe: Recipe, *, adversary: Adversary | None = None,
-                bounds: tuple[float, float] | None = None, desc: str = "train", progress: bool = True) -> dict:
-    """Trains `model` in place on batches (x, y) already on the model's device; returns final-epoch stats."""
+                bounds: tuple[float, float] | None = None, desc: str = "train", progress: bool = True,
+                generator: torch.Generator | None = None) -> dict:
+    """Trains `model` in place on batches (x, y) already on the model's device; returns final-epoch stats.
+    The adversary's random starts draw from `generator` (default: torch's global one)."""
     device = next(model.parameters()).device
     channels_last = recipe.uses_channels_last(device)
     if channels_last:
@@ -192,7 +194,7 @@ def train_model(model: nn.Module, loader: Iterable, recipe: Recipe, *, adversary
         for x, y in loader:
             x = _prepare_input(x, channels_last)
             if adversary is not None:
-                x = pgd_attack(model, x, y, adversary, bounds)
+                x = pgd_attack(model, x, y, adversary, bounds, generator)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=recipe.uses_autocast(device)):
                 logits = forward(x)
                 loss = F.cross_entropy(logits.float(), y, label_smoothing=recipe.label_smoothing)
@@ -226,12 +228,12 @@ def evaluate(model: nn.Module, loader: Iterable, recipe: Recipe | None = None) -
 
 
 def robust_accuracy(model: nn.Module, loader: Iterable, adversary: Adversary,
-                    bounds: tuple[float, float] | None = None) -> float:
-    """Accuracy under the PGD adversary."""
+                    bounds: tuple[float, float] | None = None, generator: torch.Generator | None = None) -> float:
+    """Accuracy under the PGD adversary (random starts from `generator`, default torch's global one)."""
     model.eval()
     correct, seen = 0, 0
     for x, y in loader:
-        x_adv = pgd_attack(model, x, y, adversary, bounds)
+        x_adv = pgd_attack(model, x, y, adversary, bounds, generator)
         with torch.no_grad():
             correct += int((model(x_adv).argmax(1) == y).sum())
         seen += len(y)

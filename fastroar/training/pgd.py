@@ -52,19 +52,21 @@ def project(delta: torch.Tensor, adv: Adversary) -> torch.Tensor:
 
 
 def pgd_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, adv: Adversary,
-               bounds: tuple[float, float] | None = None) -> torch.Tensor:
+               bounds: tuple[float, float] | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
     """Adversarial examples x + delta, ||delta|| <= eps, ascending the cross-entropy loss.
 
     The model runs in eval mode during the attack (batch-norm statistics untouched) and is restored after.
+    The random start draws from `generator` (default: torch's global one), with the ops of
+    torch.randn_like / uniform_: the same numbers for the same generator state.
     """
     was_training = model.training
     model.eval()
     x = x.detach()
     if adv.random_start:
         if adv.norm == "linf":
-            delta = torch.empty_like(x).uniform_(-adv.eps, adv.eps)
+            delta = torch.empty_like(x).uniform_(-adv.eps, adv.eps, generator=generator)
         else:
-            delta = project(torch.randn_like(x) * adv.eps, adv)
+            delta = project(torch.empty_like(x).normal_(generator=generator) * adv.eps, adv)
     else:
         delta = torch.zeros_like(x)
     if bounds is not None:
