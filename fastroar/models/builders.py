@@ -115,7 +115,7 @@ def airbench(shape: tuple[int, ...], num_classes: int, widths: list[int] | tuple
     trained like every other layer (airbench sets it from the training images' patch covariance and
     freezes it; a model builder sees no data); the channel count follows the data; a group's max-pool is
     skipped once its input has a side of 1 (inputs smaller than 32 px). Its training recipe is
-    ``--recipe airbench`` (fastroar.training.loop.airbench_recipe).
+    ``--recipe airbench`` (fastroar.training.airbench_recipe).
     """
     c, h, w = (int(s) for s in shape[-3:]) if len(shape) >= 3 else (1, 1, int(shape[-1]))
     if h < 2 or w < 2:

@@ -26,7 +26,7 @@ from fastroar.keys import digest, file_sha256
 from fastroar.method import pixel_scale
 from fastroar.models import build_model, state_hash
 from fastroar.training.jobs import Job, sweep
-from fastroar.training.loop import Recipe, airbench_recipe, fast_recipe
+from fastroar.training.settings import Recipe, airbench_recipe, fast_recipe
 
 
 # ---------------------------------------------------------------- data
@@ -267,7 +267,7 @@ def retrain_recipe(cfg: dict[str, Any], n_train: int | None = None) -> Recipe:
     """The retrain recipe: `paper` is the base models' recipe with the retrain section's overrides
     (epochs, lr, ...); `fast` turns that into a short one-cycle schedule (fastroar.training.fast_recipe;
     its batch size follows the train split's size `n_train`); `airbench` is airbench94's hyperparameters
-    (fastroar.training.loop.airbench_recipe, epochs overridden by retrain.fast_epochs)."""
+    (fastroar.training.airbench_recipe, epochs overridden by retrain.fast_epochs)."""
     rt = cfg["retrain"]
     over = {k: v for k, v in rt.items() if k in Recipe.__dataclass_fields__}
     recipe = Recipe(**{**train_settings(cfg), **over})
