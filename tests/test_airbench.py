@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from fastroar.config import load_config
 from fastroar.models import build_model
 from fastroar.stages.artifacts import retrain_recipe
-from fastroar.training.loop import Recipe, airbench_recipe, fast_recipe
+from fastroar.training.settings import Recipe, airbench_recipe, fast_recipe
 
 
 def test_airbench_shapes_and_parameter_count():

@@ -21,7 +21,8 @@ from fastroar.engine.kernels.reference import keep_mask_reference, rank_referenc
 from fastroar.engine.loaders.resident import ResidentLoader
 from fastroar.models import build_model
 from fastroar.training.batched import Spec, _masked_batch, _Split, keep_bounds, resident_ranks, train_stacked
-from fastroar.training.loop import Recipe, evaluate, fast_recipe, lr_factor, train_model
+from fastroar.training.loop import evaluate, train_model
+from fastroar.training.settings import Recipe, fast_recipe, lr_factor
 
 SHAPE = (2, 4, 4)       # d = 32
 CLASSES = 3

@@ -26,7 +26,8 @@ from fastroar.engine.kernels.reference import rank_reference
 from fastroar.engine.loaders.resident import ResidentLoader
 from fastroar.models import build_model
 from fastroar.training.batched import Spec
-from fastroar.training.loop import Recipe, evaluate, train_model
+from fastroar.training.loop import evaluate, train_model
+from fastroar.training.settings import Recipe
 from fastroar.training.stacked_conv import train_stacked_conv
 
 SHAPE = (3, 8, 8)

@@ -121,7 +121,7 @@ def _compare(case, quick: bool, device: str, trainer=None, m: int = M) -> list[R
     """Rows of one case: m sequential single-model trainings vs one stack of m (trained by `trainer`,
     default the MLP stack), interleaved, best of each."""
     from fastroar.training.batched import train_stacked
-    from fastroar.training.loop import Recipe
+    from fastroar.training.settings import Recipe
 
     trainer = trainer or train_stacked
     name, shape, classes, n, arch, params, batch = case
@@ -181,7 +181,7 @@ def _conv_rows(quick: bool) -> list[Row]:
 
 
 def _curve_row(quick: bool) -> list[Row]:
-    from fastroar.training.loop import Recipe, fast_recipe
+    from fastroar.training.settings import Recipe, fast_recipe
 
     runs_total = len(LEVELS) * 2 * 5
     runs = int(os.environ.get("FASTROAR_BENCH_CURVE_RUNS", 2 if quick else runs_total))

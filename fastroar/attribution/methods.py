@@ -15,22 +15,29 @@
   predicted label as target, scored by absolute value; its keyword parameters come from the config's
   ``attribution_params[<name>]`` and are recorded in the rank store;
 - ``module:function``: the user's own function ``fn(model, x, target, **params)`` (fastroar.attribution.user).
+
+torch is imported by the functions that compute scores: the registry (METHODS) and check_attribution import
+none, so config checks of built-in names cost no torch import.
 """
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
-import torch
-from torch import nn
 
 from fastroar.attribution.user import import_reference, is_reference, user_scores
 from fastroar.errors import ConfigError
 
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
 
 def input_gradient(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """|d logit_yhat(x) / dx| per coordinate, yhat = argmax of the logits, computed in eval mode."""
+    import torch
+
     was_training = model.training
     model.eval()
     x = x.detach().clone().requires_grad_(True)
@@ -45,6 +52,8 @@ def input_gradient(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 def _grad_of(model: nn.Module, x: torch.Tensor, objective: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
     """d objective(logits).sum() / dx in eval mode (samples do not interact, so each row is its own)."""
+    import torch
+
     was_training = model.training
     model.eval()
     x = x.detach().clone().requires_grad_(True)
@@ -67,6 +76,9 @@ def loss_gradient(model: nn.Module, x: torch.Tensor, labels: torch.Tensor | None
     """|d CE(logits, y) / dx| per sample, y the true labels."""
     if labels is None:
         raise ConfigError("attribution 'gradient:loss' needs the true labels (attribute(..., labels=y))")
+    import torch
+    from torch import nn
+
     y = torch.as_tensor(labels, device=x.device).long()
     def loss(z: torch.Tensor) -> torch.Tensor:
         return nn.functional.cross_entropy(z.float() if z.dtype in (torch.float16, torch.bfloat16) else z, y,
@@ -83,6 +95,8 @@ def signed_gradient(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 def random_scores(model: nn.Module | None, x: torch.Tensor, *, seed: int = 0,
                   indices: Sequence[int] | None = None) -> torch.Tensor:
     """Uniform scores, sample i's drawn from a generator seeded with (seed, indices[i])."""
+    import torch
+
     idx = range(len(x)) if indices is None else indices
     d = int(np.prod(x.shape[1:]))
     rows = [np.random.default_rng([int(seed), int(i)]).random(d, dtype=np.float32) for i in idx]
@@ -111,6 +125,8 @@ def _captum_class(name: str):
 
 def captum_scores(name: str, model: nn.Module, x: torch.Tensor, **params: Any) -> torch.Tensor:
     """|attribution| of a captum method for the model's predicted label."""
+    import torch
+
     match = CAPTUM.match(name)
     was_training = model.training
     model.eval()

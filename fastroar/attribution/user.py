@@ -13,14 +13,17 @@ from __future__ import annotations
 import hashlib
 import inspect
 import sys
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
-import torch
-from torch import nn
 
 from fastroar.errors import ConfigError, UserCodeError
 from fastroar.references import USER_REF, import_reference, is_reference  # noqa: F401  (re-exported)
+
+if TYPE_CHECKING:  # imported by user_scores, which runs the function: identities and checks need no torch
+    import torch
+    from torch import nn
+
 
 def source_hash(fn: Callable) -> str | None:
     """sha256 of the callable's source (None where inspect cannot read it, e.g. a C function)."""
@@ -42,6 +45,8 @@ def user_scores(name: str, model: nn.Module, x: torch.Tensor, *, indices: Sequen
 
     A failure (it raises, returns another shape, NaN or inf) is a UserCodeError naming the function and
     the batch (its image indices when given)."""
+    import torch
+
     fn = import_reference(name)
     idx = list(indices) if indices is not None else list(range(len(x)))
     where = f"the batch of images {idx[0]}..{idx[-1]}" if idx else "an empty batch"

@@ -52,7 +52,7 @@ class Model(Section):
 
 
 class Recipe(Section):
-    """The training recipe keys (fastroar.training.loop.Recipe checks their values in detail)."""
+    """The training recipe keys (fastroar.training.settings.Recipe checks their values in detail)."""
 
     epochs: StrictInt = Field(10, ge=1, le=100_000)
     batch_size: StrictInt = Field(128, ge=1, le=MAX_BATCH)

@@ -31,8 +31,6 @@ from __future__ import annotations
 from typing import Any, Callable, Sequence
 
 import numpy as np
-import scipy.sparse as sp
-from scipy.sparse.linalg import spsolve
 
 from fastroar.engine.kernels.reference import keep_mask_reference
 
@@ -48,6 +46,9 @@ MAX_UNKNOWNS_PER_SOLVE = 8192  # pixels per block-diagonal solve (measured: smal
 
 def _solve_planes(x: np.ndarray, keep: np.ndarray) -> np.ndarray:
     """Noise-free imputation of (P, H, W) float64 planes; every plane keeps >= 1 pixel."""
+    import scipy.sparse as sp  # here, not at import: reading ROAD's constants (the report does) needs no SciPy
+    from scipy.sparse.linalg import spsolve
+
     P, H, W = x.shape
     unknown = ~keep
     U = int(unknown.sum())

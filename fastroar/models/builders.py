@@ -24,16 +24,18 @@ import hashlib
 import json
 import sys
 import threading
-from typing import Any, Callable, Iterator
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from fastroar.errors import ConfigError, UserCodeError
 from fastroar.references import import_reference, is_reference
 
+if TYPE_CHECKING:  # torch is imported by the functions that build or seed a model, not by the registry
+    from torch import nn
+
 
 def mlp(shape: tuple[int, ...], num_classes: int, widths: list[int]) -> nn.Module:
+    from torch import nn
+
     d = 1
     for s in shape:
         d *= int(s)
@@ -49,6 +51,7 @@ def resnet18(shape: tuple[int, ...], num_classes: int, stem: str = "small") -> n
     """torchvision's ResNet18. stem="small" (default): 3x3 stride-1 first conv and no max-pool, for 8-32 px
     inputs, which a 7x7 stride-2 conv plus max-pool would shrink to nothing; stem="imagenet": torchvision's
     own stem (7x7 stride 2 + max-pool), what the paper used at 112 px (16x less compute there)."""
+    from torch import nn
     from torchvision.models import resnet18 as tv_resnet18
 
     if stem not in ("small", "imagenet"):
@@ -61,43 +64,6 @@ def resnet18(shape: tuple[int, ...], num_classes: int, stem: str = "small") -> n
     model.conv1 = nn.Conv2d(int(shape[0]), 64, kernel_size=3, stride=1, padding=1, bias=False)
     model.maxpool = nn.Identity()
     return model
-
-
-class _ConvGroup(nn.Module):
-    """airbench's block: conv 3x3 -> max-pool 2 -> BN -> GELU -> conv 3x3 -> BN -> GELU (pool skipped
-    when the input is already down to 1 pixel on a side, so small inputs still fit)."""
-
-    def __init__(self, cin: int, cout: int, pool: bool, bn_momentum: float) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1, bias=False)
-        self.pool = nn.MaxPool2d(2) if pool else nn.Identity()
-        self.norm1 = _bias_only_bn(cout, bn_momentum)
-        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
-        self.norm2 = _bias_only_bn(cout, bn_momentum)
-        self.activ = nn.GELU()
-        for conv in (self.conv1, self.conv2):   # identity on the first input channels, as airbench's init
-            w = conv.weight.data
-            nn.init.dirac_(w[:w.size(1)])
-
-    def forward(self, x):
-        x = self.activ(self.norm1(self.pool(self.conv1(x))))
-        return self.activ(self.norm2(self.conv2(x)))
-
-
-def _bias_only_bn(channels: int, momentum: float) -> nn.BatchNorm2d:
-    """airbench's BatchNorm: learned bias, scale fixed at 1 (a frozen weight), momentum 0.6, eps 1e-12."""
-    bn = nn.BatchNorm2d(channels, eps=1e-12, momentum=momentum)
-    bn.weight.requires_grad_(False)
-    return bn
-
-
-class _Scale(nn.Module):
-    def __init__(self, factor: float) -> None:
-        super().__init__()
-        self.factor = factor
-
-    def forward(self, x):
-        return x * self.factor
 
 
 def airbench(shape: tuple[int, ...], num_classes: int, widths: list[int] | tuple[int, ...] = (64, 256, 256),
@@ -115,7 +81,7 @@ def airbench(shape: tuple[int, ...], num_classes: int, widths: list[int] | tuple
     trained like every other layer (airbench sets it from the training images' patch covariance and
     freezes it; a model builder sees no data); the channel count follows the data; a group's max-pool is
     skipped once its input has a side of 1 (inputs smaller than 32 px). Its training recipe is
-    ``--recipe airbench`` (fastroar.training.loop.airbench_recipe).
+    ``--recipe airbench`` (fastroar.training.airbench_recipe).
     """
     c, h, w = (int(s) for s in shape[-3:]) if len(shape) >= 3 else (1, 1, int(shape[-1]))
     if h < 2 or w < 2:
@@ -123,16 +89,20 @@ def airbench(shape: tuple[int, ...], num_classes: int, widths: list[int] | tuple
     widths = [int(v) for v in widths]
     if len(widths) != 3:
         raise ConfigError(f"airbench widths must list 3 group widths, got {widths}")
+    from torch import nn
+
+    from fastroar.models.layers import ConvGroup, Scale
+
     whiten = 2 * c * 4
     layers: list[nn.Module] = [nn.Conv2d(c, whiten, 2, padding=0, bias=True), nn.GELU()]
     h, w, cin = h - 1, w - 1, whiten
     for width in widths:
         pool = h >= 2 and w >= 2
-        layers.append(_ConvGroup(cin, width, pool, bn_momentum))
+        layers.append(ConvGroup(cin, width, pool, bn_momentum))
         if pool:
             h, w = h // 2, w // 2
         cin = width
-    layers += [nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(cin, num_classes, bias=False), _Scale(scaling_factor)]
+    layers += [nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(cin, num_classes, bias=False), Scale(scaling_factor)]
     return nn.Sequential(*layers)
 
 
@@ -195,6 +165,8 @@ def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
 def adapt_stem(model: nn.Module, channels: int, small_input: bool) -> nn.Module:
     """The first Conv2d takes `channels` inputs; small_input: it becomes 3x3 stride 1 (padding 1) and a
     MaxPool2d before the second convolution becomes an identity (as resnet18's small stem)."""
+    from torch import nn
+
     convs = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
     if not convs:
         return model
@@ -239,6 +211,8 @@ def build_model(arch: str, shape: tuple[int, ...], num_classes: int, **kwargs: A
     except Exception as e:
         raise UserCodeError(f"model factory {arch!r} raised {type(e).__name__}: {e} (called as "
                             f"factory(shape={tuple(shape)}, num_classes={num_classes}, **{kwargs}))") from e
+    from torch import nn
+
     if not isinstance(model, nn.Module):
         raise UserCodeError(f"model factory {arch!r} returned {type(model).__name__}, not a torch nn.Module")
     return model
@@ -251,6 +225,8 @@ _GLOBAL_RNG = threading.Lock()
 def seeded_global_rng(seed: int) -> Iterator[None]:
     """torch's global generator seeded with `seed`, and held for the block: model initialisation draws from
     it, and the local executor and the train stage build models on several threads at once."""
+    import torch
+
     with _GLOBAL_RNG:
         torch.manual_seed(int(seed))
         yield

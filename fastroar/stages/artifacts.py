@@ -1,6 +1,10 @@
 """What stages hand each other: the prepared data, the base models, the rank store's identity of an
 attribution, the retrain recipe and the fill value. Each is derived from the config and the workdir in
 one place, so that every stage keys, finds and checks them the same way.
+
+torch and the loaders are imported by the functions that use them (devices, loaders, model weights):
+what `report` reads here (the prepared data's metadata, the models' hashes, the sweep's records) needs
+neither.
 """
 from __future__ import annotations
 
@@ -8,17 +12,14 @@ import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
-import torch
-from torch import nn
 
 from fastroar.attribution import METHODS
 from fastroar.attribution.scores import scan
 from fastroar.attribution.user import function_identity, is_reference
 from fastroar.engine.beton import map_beton, read_beton_cached, verify_beton
-from fastroar.engine.loaders import open_loader
 from fastroar.engine.results import read_results_checked
 from fastroar.engine.workspace import SPLITS, Workdir
 from fastroar.errors import ConfigError, FastroarError, MissingInputError, StoreMismatchError
@@ -26,7 +27,11 @@ from fastroar.keys import digest, file_sha256
 from fastroar.method import pixel_scale
 from fastroar.models import build_model, state_hash
 from fastroar.training.jobs import Job, sweep
-from fastroar.training.loop import Recipe, airbench_recipe, fast_recipe
+from fastroar.training.settings import Recipe, airbench_recipe, fast_recipe
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 
 # ---------------------------------------------------------------- data
@@ -51,6 +56,8 @@ def dataset_key(cfg: dict[str, Any]) -> str:
 
 def resolve_device(name: str) -> torch.device:
     """The config's device: auto = CUDA when torch sees one, else the CPU."""
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
@@ -111,6 +118,8 @@ class Prepared:
                ranks: Any = None, k: float | None = None, direction: str | None = None, fill: float = 0.0):
         """(loader, path_name) over one split, on the path the engine's plan picks for `mode` (the config's
         `loader`); train=True shuffles (seeded); removed coordinates are set to `fill`."""
+        from fastroar.engine.loaders import open_loader
+
         return open_loader(self.beton(split), mode=mode, batch_size=batch_size, seed=seed, shuffle=train,
                            ranks=ranks, k=k, direction=direction, device=device, fill=fill)
 
@@ -198,12 +207,33 @@ def checkpoint_path(workdir: Workdir, name: str) -> Path:
     return workdir.model_dir(name) / "model.pt"
 
 
-def load_model(workdir: Workdir, name: str, prepared: Prepared) -> tuple[nn.Module, dict[str, Any]]:
-    """A trained base model (eval mode, CPU) and its checkpoint dict."""
+def trained_checkpoint(workdir: Workdir, name: str) -> Path:
+    """The checkpoint of trained base model `name`; a clear error when `train` has not made it."""
     path = checkpoint_path(workdir, name)
     if not path.exists():
         raise MissingInputError(f"no trained model {name!r} in {workdir.root}; run `fastroar train "
                                 f"--workdir {workdir.root}` first")
+    return path
+
+
+def model_hash(workdir: Workdir, name: str, prepared: Prepared) -> str:
+    """The state hash of trained base model `name`, what its jobs and rank maps are keyed by: read from the
+    model.json that train writes beside the checkpoint, after it (no weights loaded, no torch imported);
+    from the checkpoint itself where model.json is missing or older than it."""
+    path = trained_checkpoint(workdir, name)
+    info = path.with_name("model.json")
+    if info.exists() and info.stat().st_mtime_ns >= path.stat().st_mtime_ns:
+        recorded = json.loads(info.read_text()).get("hash")
+        if isinstance(recorded, str):
+            return recorded
+    return load_model(workdir, name, prepared)[1]["hash"]
+
+
+def load_model(workdir: Workdir, name: str, prepared: Prepared) -> tuple[nn.Module, dict[str, Any]]:
+    """A trained base model (eval mode, CPU) and its checkpoint dict."""
+    import torch
+
+    path = trained_checkpoint(workdir, name)
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
     mcfg = ckpt["config"]
     model = build_model(mcfg["arch"], prepared.shape, prepared.num_classes, **mcfg["params"])
@@ -267,7 +297,7 @@ def retrain_recipe(cfg: dict[str, Any], n_train: int | None = None) -> Recipe:
     """The retrain recipe: `paper` is the base models' recipe with the retrain section's overrides
     (epochs, lr, ...); `fast` turns that into a short one-cycle schedule (fastroar.training.fast_recipe;
     its batch size follows the train split's size `n_train`); `airbench` is airbench94's hyperparameters
-    (fastroar.training.loop.airbench_recipe, epochs overridden by retrain.fast_epochs)."""
+    (fastroar.training.airbench_recipe, epochs overridden by retrain.fast_epochs)."""
     rt = cfg["retrain"]
     over = {k: v for k, v in rt.items() if k in Recipe.__dataclass_fields__}
     recipe = Recipe(**{**train_settings(cfg), **over})
@@ -342,7 +372,7 @@ def sweep_jobs(cfg: dict[str, Any], workdir: Workdir, prepared: Prepared, *, mod
         raise ConfigError(f"the sweep has {count:,} jobs ({len(models)} models x {len(attributions)} attributions x "
                           f"{len(levels)} levels x {len(directions)} directions x {len(seeds)} seeds), more than "
                           f"{MAX_JOBS:,}; select fewer with --model/--attribution/--k/--seeds")
-    hashes = {name: load_model(workdir, name, prepared)[1]["hash"] for name in models}
+    hashes = {name: model_hash(workdir, name, prepared) for name in models}
     recipe = retrain_recipe(cfg, prepared.size("train")).to_dict()
     return sweep(cfg, hashes, prepared.meta["key"], recipe, models, attributions, levels, directions, seeds,
                  fill=fill_value(cfg, prepared))

@@ -10,7 +10,8 @@ workdir's saved config.yaml, else the default dataset; then ``--set`` overrides.
 - it holds the workdir's lock for that stage (a second process running the same stage on the same
   workdir is refused; the OS drops the lock when its holder dies, even by SIGKILL);
 - it times the stage (``ctx.timings[name]``);
-- it pins torch to one CPU thread, so results do not depend on the machine's core count;
+- it pins torch to one CPU thread, so results do not depend on the machine's core count (a stage that
+  runs no torch says ``uses_torch=False`` and then imports none: `report` reads files and plots);
 - with ``saves_config=True`` it writes the config to <workdir>/config.yaml only once the stage has
   succeeded, so a stage that fails leaves the saved config as it was;
 - a workdir that this call created and the failed stage left empty is removed again.
@@ -84,13 +85,15 @@ def _one_cpu_thread() -> None:
         torch.set_num_threads(1)
 
 
-def stage(name: str, *, saves_config: bool = False) -> Callable:
-    """Decorator of a stage function ``fn(ctx, **options)``: lock, timing and the saved config (module doc)."""
+def stage(name: str, *, saves_config: bool = False, uses_torch: bool = True) -> Callable:
+    """Decorator of a stage function ``fn(ctx, **options)``: lock, timing, torch pinned to one thread
+    (unless uses_torch=False) and the saved config (module doc)."""
 
     def decorate(fn: Callable) -> Callable:
         @functools.wraps(fn)
         def wrapper(ctx: Context, **options: Any) -> Any:
-            _one_cpu_thread()
+            if uses_torch:
+                _one_cpu_thread()
             try:
                 with stage_lock(ctx.wd, name):
                     fault_point(f"stage.{name}")  # tests: pause or kill here, lock held
@@ -105,6 +108,7 @@ def stage(name: str, *, saves_config: bool = False) -> Callable:
                 raise
 
         wrapper.stage_name = name  # type: ignore[attr-defined]
+        wrapper.pins_torch = uses_torch  # type: ignore[attr-defined]
         return wrapper
 
     return decorate

@@ -48,7 +48,8 @@ from fastroar.stages.artifacts import (Prepared, identity, load_prepared, resolv
 from fastroar.stages.contract import Context, stage
 from fastroar.training.batched import Spec, batchable, train_stacked
 from fastroar.training.jobs import Job
-from fastroar.training.loop import Recipe, evaluate, train_model
+from fastroar.training.loop import evaluate, train_model
+from fastroar.training.settings import Recipe
 from fastroar.training.stacked_conv import train_stacked_conv
 
 

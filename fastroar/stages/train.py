@@ -22,8 +22,8 @@ from fastroar.models.checkpoint import fit_state, read_state
 from fastroar.stages.artifacts import (Prepared, checkpoint_file, checkpoint_path, config_diff, load_prepared,
                                        model_config, resolve_device)
 from fastroar.stages.contract import Context, save_config, stage
-from fastroar.training.loop import Recipe, evaluate, robust_accuracy, train_model
-from fastroar.training.pgd import Adversary
+from fastroar.training.loop import evaluate, robust_accuracy, train_model
+from fastroar.training.settings import Adversary, Recipe
 
 
 @stage("train")

@@ -36,7 +36,7 @@ from torch import nn
 from fastroar.engine.loaders.resident import epoch_order, resident_ranks
 from fastroar.method import keep_range, model_input_array
 from fastroar.models import build_seeded
-from fastroar.training.loop import Recipe
+from fastroar.training.settings import Recipe
 
 BATCHABLE_ARCHS = ("linear", "mlp1", "mlp2")
 PARALLEL_GATHER = 1 << 20     # coordinates per batch from which the CPU gather may run on all cores

@@ -1,43 +1,12 @@
-"""Projected gradient descent (Madry et al. 2018) adversaries in l-inf and l2 balls."""
+"""Projected gradient descent (Madry et al. 2018) adversaries in l-inf and l2 balls (the threat model,
+Adversary, is in settings.py)."""
 from __future__ import annotations
-
-from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastroar.errors import ConfigError
-
-NORMS = ("linf", "l2")
-
-
-@dataclass(frozen=True)
-class Adversary:
-    """A PGD threat model. step_size defaults to 2.5 * eps / steps (Madry et al.)."""
-
-    norm: str
-    eps: float
-    steps: int = 7
-    step_size: float | None = None
-    random_start: bool = True
-
-    def __post_init__(self) -> None:
-        if self.norm not in NORMS:
-            raise ConfigError(f"adversary norm must be one of {NORMS}, got {self.norm!r}")
-        if not self.eps > 0:
-            raise ConfigError(f"adversary eps must be > 0, got {self.eps}")
-        if self.steps < 1:
-            raise ConfigError(f"adversary steps must be >= 1, got {self.steps}")
-        if self.step_size is not None and not self.step_size > 0:
-            raise ConfigError(f"adversary step_size must be > 0, got {self.step_size}")
-
-    @property
-    def alpha(self) -> float:
-        return self.step_size if self.step_size is not None else 2.5 * self.eps / self.steps
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+from fastroar.training.settings import Adversary
 
 
 def _per_sample_norm(t: torch.Tensor) -> torch.Tensor:

@@ -8,7 +8,7 @@ maximize), built from the same ``torch._foreach_*`` ops; on CPU tensors those ru
 torch.optim.SGD's single-tensor path runs, so parameters come out bitwise equal to torch.optim.SGD's
 on either path (tests/test_sgd.py checks so against torch.optim.SGD).
 
-The learning rate is passed per step (the recipe's schedule, fastroar.training.loop.Recipe.lr_at), in
+The learning rate is passed per step (the recipe's schedule, fastroar.training.settings.Recipe.lr_at), in
 place of torch.optim.lr_scheduler.LambdaLR, whose lr is the same product ``base_lr * factor(step)``.
 """
 from __future__ import annotations

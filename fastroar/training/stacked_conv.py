@@ -48,7 +48,7 @@ from fastroar.engine.loaders.resident import epoch_order, resident_ranks
 from fastroar.method import keep_range, model_input_array
 from fastroar.models import build_seeded
 from fastroar.training.batched import stack_records
-from fastroar.training.loop import Recipe
+from fastroar.training.settings import Recipe
 from fastroar.training.sgd import SGD
 
 
