@@ -253,7 +253,7 @@ def aq_experiment(out_dir: Path, *, quick: bool, device: str | None, progress: b
     log(f"[replicate] leakage-all models ready in {time.perf_counter() - t0:.1f}s")
     images, labels = prepared.arrays("test")
     x = to_model_input(images)
-    y = torch.from_numpy(np.asarray(labels))
+    y = torch.from_numpy(np.array(labels))   # a copy: the prepared arrays are read-only memory maps
     signal = prepared.signal("test")
     res: dict[str, Any] = {"config": {"dataset": prepared.meta["params"], "model": cfg["model"], "train": cfg["train"],
                                       "models": cfg["models"]},
