@@ -56,7 +56,6 @@ class LocalExecutor:
             futures = [pool.submit(fn, *args) for args in items]
             yield from _as_completed(futures, progress, desc)
 
-
     def threads_for(self, tasks: int, threadsafe: bool) -> int:
         """How many threads map() runs `tasks` tasks on (1: one after another, or in worker processes)."""
         if not threadsafe or self.workers > 1:
@@ -161,6 +160,10 @@ class RayExecutor:
             first = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise FastroarError(f"could not start or reach a Ray cluster {where}: {first}. Start one with "
                                 "`ray start --head` and pass its address, or use --executor local") from None
+
+    def threads_for(self, tasks: int, threadsafe: bool) -> int:
+        """Threads of this process that map() uses: none beyond this one (Ray places tasks itself)."""
+        return 1
 
     def map(self, fn: Callable, items: Sequence[tuple], progress: bool = True, desc: str = "",
             threadsafe: bool = False) -> Iterator[Any]:

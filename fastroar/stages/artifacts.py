@@ -24,7 +24,7 @@ from fastroar.engine.results import read_results_checked
 from fastroar.engine.workspace import SPLITS, Workdir
 from fastroar.errors import ConfigError, FastroarError, MissingInputError, StoreMismatchError
 from fastroar.keys import digest, file_sha256
-from fastroar.method import pixel_scale
+from fastroar.method import pixel_scale, rank_dtype
 from fastroar.models import build_model, state_hash
 from fastroar.training.jobs import Job, sweep
 from fastroar.training.settings import Recipe, airbench_recipe, fast_recipe
@@ -97,6 +97,14 @@ class Prepared:
 
     def size(self, split: str) -> int:
         return int(self.meta["sizes"][split])
+
+    def data_path(self, mode: str, device: Any, ranks: bool) -> str:
+        """"resident" or "ffcv": where both splits (with their rank maps when `ranks`) go under the engine's
+        one rule (fastroar.engine.loaders.choose_path) for the config's loader `mode`."""
+        from fastroar.engine.loaders.plan import choose_path   # imports torch: not for stages that need none
+
+        itemsize = rank_dtype(self.d).itemsize if ranks else None
+        return choose_path(mode, sum(self.size(s) for s in SPLITS), self.shape, itemsize, device)
 
     def signal(self, split: str) -> np.ndarray | None:
         """(N, d) bool signal-block masks, or None when the dataset has none."""

@@ -35,7 +35,6 @@ import torch
 from fastroar import __version__
 from fastroar.engine.executors import LocalExecutor
 from fastroar.engine.faults import fault_point
-from fastroar.engine.loaders import choose_path
 from fastroar.engine.loaders.plan import resident_bytes
 from fastroar.engine.results import append_result, read_results
 from fastroar.engine.store import RankStore, SplitArrays
@@ -137,8 +136,7 @@ def stackable(job: Job, cfg: dict[str, Any], prepared: Prepared, device: torch.d
     fastroar.engine.loaders.choose_path)."""
     if not (batchable(job.arch) or stacks_conv(cfg, device)):
         return False
-    n = sum(prepared.size(s) for s in SPLITS)
-    return choose_path(cfg["loader"], n, prepared.shape, rank_dtype(prepared.d).itemsize, device) == "resident"
+    return prepared.data_path(cfg["loader"], device, ranks=True) == "resident"
 
 
 def groups(jobs: Sequence[Job], cfg: dict[str, Any], prepared: Prepared, device: torch.device) -> list[list[Job]]:
@@ -227,7 +225,7 @@ def retrain(ctx: Context, *, executor=None, **selection: Any) -> list[dict[str, 
     threadsafe = device.type == "cpu" and all(batchable(g[0].arch) and stackable(g[0], cfg, prepared, device)
                                               for g in tasks)
     memory = f", about {task_memory(cfg, prepared, max(map(len, tasks))) / 2**20:,.0f} MiB per task" if tasks else ""
-    threads = executor.threads_for(len(tasks), threadsafe) if hasattr(executor, "threads_for") else 1
+    threads = executor.threads_for(len(tasks), threadsafe)
     on = f" on {threads} threads" if threads > 1 else ""
     log(f"[retrain] {len(jobs)} jobs: {len(jobs) - len(todo)} already done, {len(todo)} to run "
         f"in {len(tasks)} tasks ({executor.name} executor{on}, recipe {retrain_recipe(cfg).name}{memory})")

@@ -13,8 +13,7 @@ from typing import Any
 import torch
 
 from fastroar.engine.executors import thread_map, usable_cores
-from fastroar.engine.loaders import choose_path
-from fastroar.engine.workspace import SPLITS, Workdir, atomic_save, atomic_write_text
+from fastroar.engine.workspace import Workdir, atomic_save, atomic_write_text
 from fastroar.errors import StoreMismatchError
 from fastroar.metrics.aq import majority_rate
 from fastroar.models import BUILDERS, build_model, seeded_global_rng, state_hash
@@ -69,8 +68,7 @@ def side_by_side(to_train: list[dict[str, Any]], cfg: dict[str, Any], prepared: 
     worker pool). Else 1: one after another."""
     if device.type != "cpu" or len(to_train) < 2 or any(m["arch"] not in BUILDERS for m in to_train):
         return 1
-    n = sum(prepared.size(s) for s in SPLITS)
-    if choose_path(cfg["loader"], n, prepared.shape, None, device) != "resident":
+    if prepared.data_path(cfg["loader"], device, ranks=False) != "resident":
         return 1
     return min(len(to_train), usable_cores())
 
