@@ -83,3 +83,37 @@ def test_threads_only_with_the_local_executor(run_workdir):
     ref, _ = run_workdir
     result = CliRunner().invoke(cli, ["retrain", "--workdir", str(ref), "--executor", "ray", "--threads", "2"])
     assert result.exit_code == 2 and "--threads applies to --executor local" in result.output
+
+
+def _matmul_cpu_per_wall(_: int) -> float:
+    """Process CPU seconds per wall second of one large matmul in this thread (about the threads it ran on)."""
+    import time
+
+    import torch
+
+    a = torch.randn(1024, 1024)
+    c0, t0 = time.process_time(), time.perf_counter()
+    for _ in range(8):
+        torch.mm(a, a)
+    return (time.process_time() - c0) / (time.perf_counter() - t0)
+
+
+def test_tasks_on_threads_run_torch_on_one_thread_each():
+    """The stages pin torch to one intra-op thread; a task on a fresh thread must keep that pin (a new thread's
+    first torch op would otherwise start OpenMP on every core). Measured by process CPU per wall second of
+    a matmul run by a task alone on a new pool thread: ~1 pinned, ~#cores unpinned."""
+    import pytest
+    import torch
+
+    from fastroar.engine.executors import _map_threads, usable_cores
+
+    if usable_cores() < 2:
+        pytest.skip("needs 2 cores to tell one thread from several")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        # one task on a pool of two: its thread is new, so its first op meets OpenMP's default
+        ratios = list(_map_threads(_matmul_cpu_per_wall, [(0,)], 2, False, ""))
+    finally:
+        torch.set_num_threads(before)
+    assert max(ratios) < 1.6, ratios

@@ -9,6 +9,7 @@ results as tasks finish (any order); the caller records them, so a task's result
 from __future__ import annotations
 
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,12 +67,23 @@ class LocalExecutor:
 def _map_threads(fn: Callable, items: Sequence[tuple], threads: int, progress: bool, desc: str) -> Iterator[Any]:
     import concurrent.futures as cf
 
-    pool = cf.ThreadPoolExecutor(threads, thread_name_prefix="fastroar-task")
+    torch = sys.modules.get("torch")  # pin only where torch is in use (a torch-free map imports no torch)
+    pin = (torch.get_num_threads(),) if torch is not None else ()
+    pool = cf.ThreadPoolExecutor(threads, thread_name_prefix="fastroar-task", initializer=_same_torch_threads,
+                                 initargs=pin)
     try:
         yield from _as_completed([pool.submit(fn, *args) for args in items], progress, desc)
     finally:  # an error or Ctrl-C: tasks not started are dropped; running ones finish, unrecorded, before
         # the caller goes on (so nothing writes after the stage has released its lock)
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _same_torch_threads(n: int | None = None) -> None:
+    """Thread initializer: this thread's torch ops on n intra-op threads, as the caller's. A new thread's
+    first torch op otherwise starts OpenMP at its default (every core): tasks on several threads would then
+    each run their ops on all cores, oversubscribing them."""
+    if n is not None:
+        sys.modules["torch"].set_num_threads(n)
 
 
 def thread_map(fn: Callable, items: Sequence[Any], threads: int) -> Iterator[Any]:
