@@ -3,7 +3,7 @@
 The jobs of a sweep differ only in their mask (k, direction) and seed. ``train_stacked`` stacks M
 models of one MLP architecture (``torch.func.stack_module_state``) and trains them with batched
 matmuls: each step gathers one batch of base images per model (its own seeded shuffle order), masks
-it by that model's level and direction against the resident rank maps (on the CPU one fused Numba
+it by that model's level and direction against the resident rank maps (on the CPU one fused
 gather-and-compare pass, on CUDA a gather and one comparison), runs forward and backward for all M
 models as batched GEMMs and updates each layer right after its gradients are computed. Each model
 sees exactly what it would see alone:
@@ -165,11 +165,9 @@ def _sgd_step(params: list[torch.Tensor], grads: list[torch.Tensor], bufs: list[
     """torch.optim.SGD's update (weight decay, Nesterov momentum) in place; one rounding per element op, so
     no element's result depends on where it lies in the stacked tensor (vector body or tail)."""
     if params[0].device.type == "cpu":
-        sgd = _kernels()[2 if _may_use_threads() else 3]
-        f32 = np.float32
+        sgd = _cpu_kernels()[1]
         for p, g, buf in zip(params, grads, bufs):
-            sgd(p.view(-1).numpy(), g.view(-1).numpy(), buf.view(-1).numpy(), f32(lr), f32(recipe.weight_decay),
-                f32(recipe.momentum), first)
+            sgd(p, g, buf, lr, recipe.weight_decay, recipe.momentum, first)
         return
     for p, g, buf, tmp in zip(params, grads, bufs, scratch):  # CUDA: element-wise ops, one rounding each
         if recipe.weight_decay:
@@ -197,9 +195,35 @@ def _masked_batch(x: torch.Tensor, ranks: torch.Tensor, idx: torch.Tensor, lo: t
     return torch.where(keep, xb, fill)
 
 
+def _cpu_kernels() -> tuple[Callable, Callable]:
+    """(gather, sgd) of the CPU path: the compiled extension's (no JIT cost; csrc/stacked_mlp.cpp), else
+    Numba's. Both are element-wise with one float32 rounding per operation: they give the same bits."""
+    from fastroar.engine.kernels.dispatch import extension_op
+
+    gather, sgd = extension_op("gather_masked"), extension_op("sgd_update_")
+    if gather is None or sgd is None:
+        return _gather_numba, _sgd_numba
+    return gather, sgd
+
+
+def _gather_numba(x: torch.Tensor, ranks: torch.Tensor, idx: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
+                  fill: torch.Tensor, out: torch.Tensor) -> None:
+    """out[m, i, j] = x[idx[m, i], j] if lo[m] <= ranks[idx[m, i], j] <= hi[m] else fill[m] (the ext op's)."""
+    kernel = _numba_kernels()[0 if out.numel() >= PARALLEL_GATHER and _may_use_threads() else 1]
+    kernel(x.numpy(), ranks.numpy(), idx.numpy(), lo.numpy(), hi.numpy(), fill.numpy(), out.numpy())
+
+
+def _sgd_numba(p: torch.Tensor, g: torch.Tensor, buf: torch.Tensor, lr: float, weight_decay: float,
+               momentum: float, first: bool) -> None:
+    """torch.optim.SGD's update of p (and its momentum buf) from g, in place (the ext op's)."""
+    f32 = np.float32
+    _numba_kernels()[2 if _may_use_threads() else 3](p.view(-1).numpy(), g.view(-1).numpy(), buf.view(-1).numpy(),
+                                                     f32(lr), f32(weight_decay), f32(momentum), first)
+
+
 @functools.lru_cache(maxsize=1)
-def _kernels():
-    """Numba kernels of the CPU path (compiled on first use): fused gather-and-mask, fused SGD update."""
+def _numba_kernels():
+    """Numba kernels of the CPU path where the extension is not built (compiled on first use)."""
     from numba import njit, prange
 
     def gather_masked(x, ranks, idx, lo, hi, fill, out):  # pragma: no cover - compiled
@@ -246,8 +270,9 @@ def _may_use_threads() -> bool:
 class _Split:
     """One split held whole on the device for a stack: images, labels, ranks and each model's keep bounds.
 
-    batch(idx) gives the (M, B, d) masked images of rows idx (M, B): on the CPU one fused Numba pass over
-    the caller's rank map, elsewhere a gather and one comparison per model on the device.
+    batch(idx) gives the (M, B, d) masked images of rows idx (M, B): on the CPU one fused pass over the
+    caller's rank map (the extension's kernel, or Numba's), elsewhere a gather and one comparison per model
+    on the device.
     """
 
     def __init__(self, split: tuple[np.ndarray, np.ndarray, np.ndarray], specs: Sequence[Spec],
@@ -259,9 +284,8 @@ class _Split:
         self.n, self.d = self.x.shape
         self.fill = torch.tensor([s.fill for s in specs], dtype=torch.float32).to(device)
         if device.type == "cpu":
-            self.ranks_np = np.ascontiguousarray(ranks)
-            lo, hi = keep_bounds(specs, self.d, 0, torch.int64)
-            self.lo, self.hi = lo.numpy(), hi.numpy()
+            self.ranks = torch.from_numpy(np.ascontiguousarray(ranks))
+            self.lo, self.hi = keep_bounds(specs, self.d, 0, torch.int64)
         else:
             self.ranks, off = resident_ranks(np.asarray(ranks), device)
             self.lo, self.hi = (t.to(device) for t in keep_bounds(specs, self.d, off, self.ranks.dtype))
@@ -270,8 +294,7 @@ class _Split:
         if self.device.type != "cpu":
             return _masked_batch(self.x, self.ranks, idx, self.lo, self.hi, self.fill)
         out = torch.empty((*idx.shape, self.d), dtype=torch.float32)
-        kernel = _kernels()[0 if out.numel() >= PARALLEL_GATHER and _may_use_threads() else 1]
-        kernel(self.x.numpy(), self.ranks_np, idx.numpy(), self.lo, self.hi, self.fill.numpy(), out.numpy())
+        _cpu_kernels()[0](self.x, self.ranks, idx.contiguous(), self.lo, self.hi, self.fill, out)
         return out
 
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from fastroar.method import check_direction, check_level, keep_range, n_kept, rank_dtype
 
-__all__ = ["backend", "rank_and_mask", "rank", "unmask", "n_kept", "rank_dtype"]
+__all__ = ["backend", "extension_op", "rank_and_mask", "rank", "unmask", "n_kept", "rank_dtype"]
 
 ArrayLike = Union["torch.Tensor", np.ndarray]  # noqa: F821 (torch imported lazily)
 
@@ -66,6 +66,16 @@ def _active() -> str:
                            f"({why}); build it with `python -m pip install --no-build-isolation -e .` "
                            "or unset FASTROAR_BACKEND")
     return "numba"
+
+
+def extension_op(name: str) -> Any:
+    """torch.ops.fastroar.<name> when the compiled extension serves the kernels now and has that op (an
+    extension built before the op existed has not: rebuild it), else None: the caller's Numba kernel."""
+    if _active() != "ext":
+        return None
+    import torch
+
+    return getattr(torch.ops.fastroar, name) if hasattr(torch.ops.fastroar, name) else None
 
 
 def backend() -> str:

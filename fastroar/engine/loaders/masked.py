@@ -35,7 +35,6 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
-from numba import njit, prange
 
 from fastroar.engine.beton import beton_layout, stored_bytes_decoder
 from fastroar.method import check_direction, check_level, keep_range, pixel_scale
@@ -43,78 +42,18 @@ from fastroar.method import check_direction, check_level, keep_range, pixel_scal
 ORDERS = ("random", "quasi_random", "sequential")
 
 
-# ---------------------------------------------------------------- kernels (Numba, parallel)
+# ---------------------------------------------------------------- kernels (Numba, imported on first use)
 
-@njit(parallel=True, nogil=True, cache=True)
-def _pack_keep(ranks, lo, hi, out):  # pragma: no cover - compiled
-    """out[i] = bit-packed (little bit order) keep mask lo <= ranks[i, j] < hi of every row i."""
-    d = ranks.shape[1]
-    full = d >> 3
-    for i in prange(ranks.shape[0]):
-        r = ranks[i]
-        o = out[i]
-        for q in range(full):
-            w = 0
-            for t in range(8):
-                v = np.int64(r[q * 8 + t])
-                if v >= lo and v < hi:
-                    w |= 1 << t
-            o[q] = w
-        if full < o.shape[0]:
-            w = 0
-            for j in range(full * 8, d):
-                v = np.int64(r[j])
-                if v >= lo and v < hi:
-                    w |= 1 << (j - full * 8)
-            o[full] = w
+def _kernels():
+    """fastroar.engine.loaders.mask_kernels, imported (with Numba) when a kernel is first needed."""
+    from fastroar.engine.loaders import mask_kernels
+
+    return mask_kernels
 
 
-@njit(parallel=True, nogil=True, cache=True)
-def _apply_bits(src, indices, bits, scale, fill, out):  # pragma: no cover - compiled
-    """out[b, j] = src[b, j] / scale where bit j of bits[indices[b]] is set, else fill (float32)."""
-    d = src.shape[1]
-    full = d >> 3
-    for b in prange(src.shape[0]):
-        m = bits[indices[b]]
-        s = src[b]
-        o = out[b]
-        for q in range(full):
-            w = m[q]
-            for t in range(8):
-                j = q * 8 + t
-                x = np.float32(s[j]) / scale
-                o[j] = x if (w >> t) & 1 else fill
-        for j in range(full * 8, d):
-            x = np.float32(s[j]) / scale
-            o[j] = x if (m[full] >> (j - full * 8)) & 1 else fill
-
-
-@njit(parallel=True, nogil=True, cache=True)
-def _scale(src, scale, out):  # pragma: no cover - compiled
-    for b in prange(src.shape[0]):
-        s = src[b]
-        o = out[b]
-        for j in range(src.shape[1]):
-            o[j] = np.float32(s[j]) / scale
-
-
-@njit(parallel=True, nogil=True, cache=True)
-def _gather_bits(x, indices, bits, fill, out):  # pragma: no cover - compiled
+def gather_bits(x: np.ndarray, indices: np.ndarray, bits: np.ndarray, fill: np.float32, out: np.ndarray) -> None:
     """out[b, j] = x[indices[b], j] where bit j of bits[indices[b]] is set, else fill (float32 rows)."""
-    d = x.shape[1]
-    full = d >> 3
-    for b in prange(indices.shape[0]):
-        i = indices[b]
-        m = bits[i]
-        s = x[i]
-        o = out[b]
-        for q in range(full):
-            w = m[q]
-            for t in range(8):
-                j = q * 8 + t
-                o[j] = s[j] if (w >> t) & 1 else fill
-        for j in range(full * 8, d):
-            o[j] = s[j] if (m[full] >> (j - full * 8)) & 1 else fill
+    _kernels().gather_bits(x, indices, bits, fill, out)
 
 
 def pack_keep_bits(ranks: Any, k: float, direction: str) -> np.ndarray:
@@ -127,11 +66,11 @@ def pack_keep_bits(ranks: Any, k: float, direction: str) -> np.ndarray:
     out = np.empty((N, (d + 7) // 8), dtype=np.uint8)
     if isinstance(ranks, np.ndarray):
         if N:
-            _pack_keep(ranks, lo, hi, out)
+            _kernels().pack_keep(ranks, lo, hi, out)
         return out
     step = int(getattr(ranks, "chunks", (4096,))[0]) or 4096
     for start in range(0, N, step):
-        _pack_keep(np.ascontiguousarray(ranks[start:start + step]), lo, hi, out[start:start + step])
+        _kernels().pack_keep(np.ascontiguousarray(ranks[start:start + step]), lo, hi, out[start:start + step])
     return out
 
 
@@ -141,9 +80,9 @@ def masked_model_input(src: np.ndarray, indices: np.ndarray, bits: np.ndarray | 
     (0 by default) where the bit of row bits[indices[b]] is clear; no mask when bits is None."""
     scale = np.float32(pixel_scale(src.dtype))
     if bits is None:
-        _scale(src, scale, out)
+        _kernels().scale_rows(src, scale, out)
     else:
-        _apply_bits(src, indices, bits, scale, np.float32(fill), out)
+        _kernels().apply_bits(src, indices, bits, scale, np.float32(fill), out)
     return out
 
 

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from fastroar.method import keep_range, model_input_array
-from fastroar.engine.loaders.masked import check_mask, _gather_bits, check_ranks, pack_keep_bits, validate_mask_args
+from fastroar.engine.loaders.masked import check_mask, check_ranks, gather_bits, pack_keep_bits, validate_mask_args
 
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     """The shuffle of epoch `epoch` for a job seeded `seed` (also what the stacked trainer draws per model)."""
@@ -132,7 +132,7 @@ class ResidentLoader:
                     xb = self.x.index_select(0, idx)
                 else:
                     out = np.empty((len(idx), self.d), dtype=np.float32)
-                    _gather_bits(flat, idx.numpy(), self._bits, np.float32(self.fill), out)
+                    gather_bits(flat, idx.numpy(), self._bits, np.float32(self.fill), out)
                     xb = torch.from_numpy(out).view(len(idx), *self.shape)
                 yield xb, self.y.index_select(0, idx)
             return
