@@ -17,7 +17,7 @@ attribution and its parameters, levels); opening it with other inputs raises Sto
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -50,10 +50,18 @@ class SplitArrays:
     """The arrays of one split of one entry, and the chunk bookkeeping over them."""
 
     group: zarr.Group
+    # the group's arrays, opened once: each opening reads their metadata through zarr's event loop (about
+    # 1-3 ms), and the bookkeeping below asks for them per chunk. Shapes and chunking never change.
+    _arrays: dict[str, zarr.Array] = field(default_factory=dict, repr=False, compare=False)
+
+    def array(self, name: str) -> zarr.Array:
+        if name not in self._arrays:
+            self._arrays[name] = self.group[name]
+        return self._arrays[name]
 
     @property
     def ranks(self) -> zarr.Array:
-        return self.group["ranks"]
+        return self.array("ranks")
 
     @property
     def n(self) -> int:
@@ -65,14 +73,14 @@ class SplitArrays:
 
     @property
     def n_chunks(self) -> int:
-        return int(self.group["done"].shape[0])
+        return int(self.array("done").shape[0])
 
     def chunk_range(self, c: int) -> tuple[int, int]:
         start = c * self.rows_per_chunk
         return start, min(self.n, start + self.rows_per_chunk)
 
     def done_chunks(self) -> np.ndarray:
-        return self.group["done"][:] != 0
+        return self.array("done")[:] != 0
 
     def missing_chunks(self) -> list[int]:
         return [int(c) for c in np.flatnonzero(~self.done_chunks())]
@@ -82,18 +90,18 @@ class SplitArrays:
         start, stop = self.chunk_range(c)
         if len(ranks) != stop - start:
             raise ValueError(f"chunk {c} holds rows {start}:{stop}, got {len(ranks)} rows")
-        self.group["ranks"][start:stop] = ranks
-        self.group["top"][start:stop] = top
-        self.group["bottom"][start:stop] = bottom
+        self.array("ranks")[start:stop] = ranks
+        self.array("top")[start:stop] = top
+        self.array("bottom")[start:stop] = bottom
         fault_point("store.before_record")
-        self.group["done"][c] = chunk_crc(ranks, top, bottom)  # the order of CHUNK_ARRAYS
+        self.array("done")[c] = chunk_crc(ranks, top, bottom)  # the order of CHUNK_ARRAYS
         fault_point("store.after_record")
 
     def read(self, name: str = "ranks") -> np.ndarray:
         """A whole array, after checking every chunk is complete and still matches its completion record
         (each array is read once: the check runs on the arrays in memory)."""
         self._require_complete()
-        whole = {a: self._decode(lambda a=a: self.group[a][:], a) for a in CHUNK_ARRAYS}
+        whole = {a: self._decode(lambda a=a: self.array(a)[:], a) for a in CHUNK_ARRAYS}
         self._raise_if_bad(self.verify(whole))
         return whole[name]
 
@@ -106,12 +114,12 @@ class SplitArrays:
     def verify(self, whole: dict[str, np.ndarray] | None = None) -> list[int]:
         """Indices of done chunks whose bytes no longer match their recorded CRC: read chunk by chunk, or
         sliced from `whole` (the arrays already in memory)."""
-        done = self.group["done"][:]
+        done = self.array("done")[:]
         bad = []
         for c in map(int, np.flatnonzero(done)):
             start, stop = self.chunk_range(c)
             parts = ([whole[a][start:stop] for a in CHUNK_ARRAYS] if whole is not None else
-                     [self._decode(lambda a=a: self.group[a][start:stop], f"{a} chunk {c}") for a in CHUNK_ARRAYS])
+                     [self._decode(lambda a=a: self.array(a)[start:stop], f"{a} chunk {c}") for a in CHUNK_ARRAYS])
             if chunk_crc(*parts) != done[c]:
                 bad.append(c)
         return bad
