@@ -77,7 +77,7 @@ def _ranks(store_path: str, model: str, attribution: str, split: str):
     and store state. The FFCV path streams it chunk by chunk; the resident paths read it whole."""
     store = RankStore(store_path, mode="r")
     arrays = SplitArrays(store.root[store.entry_path(model, attribution)][split])
-    state = (store_path, model, attribution, split, arrays.group["done"][:].tobytes())
+    state = (store_path, model, attribution, split, arrays.array("done")[:].tobytes())
     if state not in _CHECKED:
         arrays.check()
         _CHECKED.add(state)

@@ -161,13 +161,14 @@ def _cross_entropy(logits: torch.Tensor, y: torch.Tensor, smoothing: float) -> t
 
 
 def _sgd_step(params: list[torch.Tensor], grads: list[torch.Tensor], bufs: list[torch.Tensor],
-              scratch: list[torch.Tensor], recipe: Recipe, lr: float, first: bool) -> None:
+              scratch: list[torch.Tensor], recipe: Recipe, lr: float, first: bool,
+              cpu_sgd: Callable | None = None) -> None:
     """torch.optim.SGD's update (weight decay, Nesterov momentum) in place; one rounding per element op, so
-    no element's result depends on where it lies in the stacked tensor (vector body or tail)."""
-    if params[0].device.type == "cpu":
-        sgd = _cpu_kernels()[1]
+    no element's result depends on where it lies in the stacked tensor (vector body or tail). On the CPU
+    `cpu_sgd` is the fused kernel (_cpu_kernels, resolved once per stack by the caller)."""
+    if cpu_sgd is not None:
         for p, g, buf in zip(params, grads, bufs):
-            sgd(p, g, buf, lr, recipe.weight_decay, recipe.momentum, first)
+            cpu_sgd(p, g, buf, lr, recipe.weight_decay, recipe.momentum, first)
         return
     for p, g, buf, tmp in zip(params, grads, bufs, scratch):  # CUDA: element-wise ops, one rounding each
         if recipe.weight_decay:
@@ -284,6 +285,7 @@ class _Split:
         self.n, self.d = self.x.shape
         self.fill = torch.tensor([s.fill for s in specs], dtype=torch.float32).to(device)
         if device.type == "cpu":
+            self.gather = _cpu_kernels()[0]
             self.ranks = torch.from_numpy(np.ascontiguousarray(ranks))
             self.lo, self.hi = keep_bounds(specs, self.d, 0, torch.int64)
         else:
@@ -294,7 +296,7 @@ class _Split:
         if self.device.type != "cpu":
             return _masked_batch(self.x, self.ranks, idx, self.lo, self.hi, self.fill)
         out = torch.empty((*idx.shape, self.d), dtype=torch.float32)
-        _cpu_kernels()[0](self.x, self.ranks, idx.contiguous(), self.lo, self.hi, self.fill, out)
+        self.gather(self.x, self.ranks, idx.contiguous(), self.lo, self.hi, self.fill, out)
         return out
 
 
@@ -325,6 +327,7 @@ def train_stacked(arch: str, arch_params: dict[str, Any], shape: Sequence[int], 
     grads = [torch.empty_like(p) for p in params]
     bufs = [torch.empty_like(p) for p in params]
     scratch = [torch.empty_like(p) for p in params] if device.type != "cpu" else []
+    cpu_sgd = _cpu_kernels()[1] if device.type == "cpu" else None
     cd = torch.bfloat16 if recipe.uses_autocast(device) else torch.float32
     step = 0
     t1 = time.perf_counter()
@@ -345,7 +348,7 @@ def train_stacked(arch: str, arch_params: dict[str, Any], shape: Sequence[int], 
             lr, first = recipe.lr_at(step, steps_per_epoch), step == 0
             stack.backward(g, acts, grads, cd, lambda i: _sgd_step(params[2 * i:2 * i + 2], grads[2 * i:2 * i + 2],
                                                                     bufs[2 * i:2 * i + 2], scratch[2 * i:2 * i + 2],
-                                                                    recipe, lr, first))
+                                                                    recipe, lr, first, cpu_sgd))
             loss_sum += losses * idx.shape[1]
             step += 1
     train_loss = [v / n for v in loss_sum.tolist()]

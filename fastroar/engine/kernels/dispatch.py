@@ -75,7 +75,7 @@ def extension_op(name: str) -> Any:
         return None
     import torch
 
-    return getattr(torch.ops.fastroar, name) if hasattr(torch.ops.fastroar, name) else None
+    return getattr(torch.ops.fastroar, name, None)
 
 
 def backend() -> str:
