@@ -117,3 +117,44 @@ def test_tasks_on_threads_run_torch_on_one_thread_each():
     finally:
         torch.set_num_threads(before)
     assert max(ratios) < 1.6, ratios
+
+
+def test_task_queue_starts_by_priority_and_takes_tasks_while_results_are_read():
+    """One thread: queued tasks start lowest priority first (ties: first added), and a task added while
+    results are read (a finished task's successor) overtakes queued ones of a later priority."""
+    from fastroar.engine.executors import TaskQueue
+
+    started = []
+
+    def task(name):
+        started.append(name)
+        return name
+
+    with TaskQueue(1) as queue:
+        for priority, name in ((2, "late-a"), (0, "first"), (2, "late-b"), (1, "middle")):
+            queue.add(priority, name, task, name)
+        for tag, result in queue.results():
+            assert tag == result
+            if tag == "first":
+                queue.add(0, "successor", task, "successor")
+    assert started == ["first", "successor", "middle", "late-a", "late-b"]
+
+
+def test_task_queue_error_drops_the_queued_tasks_and_reaches_the_reader():
+    import pytest
+
+    from fastroar.engine.executors import TaskQueue
+
+    ran = []
+
+    def task(name):
+        if name == "bad":
+            raise ValueError("broken task")
+        ran.append(name)
+
+    with pytest.raises(ValueError, match="broken task"):
+        with TaskQueue(1) as queue:
+            for i, name in enumerate(["ok", "bad", "never-1", "never-2"]):
+                queue.add(i, name, task, name)
+            list(queue.results())
+    assert ran == ["ok"]

@@ -64,13 +64,18 @@ class LocalExecutor:
         return max(1, min(self.threads or usable_cores(), tasks))
 
 
-def _map_threads(fn: Callable, items: Sequence[tuple], threads: int, progress: bool, desc: str) -> Iterator[Any]:
+def _thread_pool(threads: int):
+    """A pool of `threads` task threads, each running torch on as many intra-op threads as the caller."""
     import concurrent.futures as cf
 
     torch = sys.modules.get("torch")  # pin only where torch is in use (a torch-free map imports no torch)
     pin = (torch.get_num_threads(),) if torch is not None else ()
-    pool = cf.ThreadPoolExecutor(threads, thread_name_prefix="fastroar-task", initializer=_same_torch_threads,
+    return cf.ThreadPoolExecutor(threads, thread_name_prefix="fastroar-task", initializer=_same_torch_threads,
                                  initargs=pin)
+
+
+def _map_threads(fn: Callable, items: Sequence[tuple], threads: int, progress: bool, desc: str) -> Iterator[Any]:
+    pool = _thread_pool(threads)
     try:
         yield from _as_completed([pool.submit(fn, *args) for args in items], progress, desc)
     finally:  # an error or Ctrl-C: tasks not started are dropped; running ones finish, unrecorded, before
@@ -84,6 +89,54 @@ def _same_torch_threads(n: int | None = None) -> None:
     each run their ops on all cores, oversubscribing them."""
     if n is not None:
         sys.modules["torch"].set_num_threads(n)
+
+
+class TaskQueue:
+    """Tasks on `threads` threads of this process, started by priority as threads free up; tasks may be added
+    while results are read, so a finished task can release the work that waited for it (``fastroar run``
+    starts a base model's precompute as soon as that model is trained). For work that may share the process
+    (see LocalExecutor).
+
+    ``results()`` yields (tag, result) in the order tasks finish, until none is queued or running. On an error
+    (a task's, re-raised there) or Ctrl-C, closing the queue drops the tasks not started and waits for the
+    running ones, unrecorded (as ``map``), so nothing writes after the caller has released its locks.
+    """
+
+    def __init__(self, threads: int) -> None:
+        self.threads = max(1, threads)
+        self._pool = _thread_pool(self.threads)
+        self._queued: list[tuple] = []        # heap of (priority, sequence number, tag, fn, args)
+        self._running: dict[Any, Any] = {}    # future -> tag
+        self._count = 0
+
+    def add(self, priority: Any, tag: Any, fn: Callable, *args: Any) -> None:
+        """Queues fn(*args); among queued tasks the lowest priority starts first (ties: first added)."""
+        import heapq
+
+        heapq.heappush(self._queued, (priority, self._count, tag, fn, args))
+        self._count += 1
+
+    def results(self) -> Iterator[tuple[Any, Any]]:
+        import concurrent.futures as cf
+        import heapq
+
+        while self._queued or self._running:
+            while self._queued and len(self._running) < self.threads:
+                _, _, tag, fn, args = heapq.heappop(self._queued)
+                self._running[self._pool.submit(fn, *args)] = tag
+            finished, _ = cf.wait(list(self._running), return_when=cf.FIRST_COMPLETED)
+            for fut in finished:
+                yield self._running.pop(fut), fut.result()
+
+    def close(self) -> None:
+        self._queued.clear()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> "TaskQueue":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
 
 def thread_map(fn: Callable, items: Sequence[Any], threads: int) -> Iterator[Any]:
