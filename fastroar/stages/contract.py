@@ -8,7 +8,8 @@ workdir's saved config.yaml, else the default dataset; then ``--set`` overrides.
 ``@stage(name)`` gives each stage the same lifecycle:
 
 - it holds the workdir's lock for that stage (a second process running the same stage on the same
-  workdir is refused; the OS drops the lock when its holder dies, even by SIGKILL);
+  workdir is refused; the OS drops the lock when its holder dies, even by SIGKILL); a stage that does the
+  work of several at once (``run``'s overlapped train, precompute and retrain) holds each of their locks;
 - it times the stage (``ctx.timings[name]``);
 - it pins torch to one CPU thread, so results do not depend on the machine's core count (a stage that
   runs no torch says ``uses_torch=False`` and then imports none: `report` reads files and plots);
@@ -18,6 +19,7 @@ workdir's saved config.yaml, else the default dataset; then ``--set`` overrides.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
 from dataclasses import dataclass, field
@@ -85,9 +87,11 @@ def _one_cpu_thread() -> None:
         torch.set_num_threads(1)
 
 
-def stage(name: str, *, saves_config: bool = False, uses_torch: bool = True) -> Callable:
+def stage(name: str, *, saves_config: bool = False, uses_torch: bool = True,
+          locks: Sequence[str] | None = None) -> Callable:
     """Decorator of a stage function ``fn(ctx, **options)``: lock, timing, torch pinned to one thread
-    (unless uses_torch=False) and the saved config (module doc)."""
+    (unless uses_torch=False) and the saved config (module doc). `locks`: the stages whose locks it holds,
+    when it does the work of several at once (default: its own)."""
 
     def decorate(fn: Callable) -> Callable:
         @functools.wraps(fn)
@@ -95,7 +99,9 @@ def stage(name: str, *, saves_config: bool = False, uses_torch: bool = True) -> 
             if uses_torch:
                 _one_cpu_thread()
             try:
-                with stage_lock(ctx.wd, name):
+                with contextlib.ExitStack() as held:
+                    for lock in locks or (name,):
+                        held.enter_context(stage_lock(ctx.wd, lock))
                     fault_point(f"stage.{name}")  # tests: pause or kill here, lock held
                     t0 = time.perf_counter()
                     result = fn(ctx, **options)

@@ -206,57 +206,104 @@ def task_memory(cfg: dict[str, Any], prepared: Prepared, models: int) -> int:
     return resident_bytes(n, prepared.shape, rank_dtype(prepared.d).itemsize) + models * params * 4 * 3
 
 
+def tasks_of(jobs: Sequence[Job], cfg: dict[str, Any], prepared: Prepared, device: torch.device) -> list[list[Job]]:
+    """The executor tasks of `jobs` (groups), largest first: tasks running side by side then finish together."""
+    return sorted(groups(jobs, cfg, prepared, device), key=len, reverse=True) if jobs else []
+
+
+def shares_process(tasks: Sequence[Sequence[Job]], cfg: dict[str, Any], prepared: Prepared,
+                   device: torch.device) -> bool:
+    """Whether the tasks may run on threads of this process: stacked MLP groups on the CPU share it well
+    (torch and the stack's kernels release the GIL, and a model's numbers do not depend on what runs beside
+    it: one torch thread per task, no global RNG after the locked seeded build). Conv stacks are left out:
+    their layers may draw from torch's RNG."""
+    return device.type == "cpu" and all(batchable(g[0].arch) and stackable(g[0], cfg, prepared, device)
+                                        for g in tasks)
+
+
+class Recorder:
+    """Writes finished tasks' records to the results log (each record once, in the caller's thread), and with
+    ctx.verbose prints where each task's time went (compute vs the rest) and the stage's totals."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.tasks = self.jobs = 0           # finished so far
+        self.planned = 0                     # tasks known so far (a run's pipeline plans them model by model)
+        self.compute = self.rest = 0.0
+        self.t0 = time.perf_counter()
+
+    def record(self, records: list[dict[str, Any]]) -> None:
+        timing = records[0].pop(TIMING_KEY, None)
+        t_write = time.perf_counter()
+        for record in records:
+            append_result(self.ctx.wd.results_path, record)
+            fault_point("retrain.after_append")
+        self.tasks += 1
+        self.jobs += len(records)
+        if timing is None:
+            return
+        busy = timing["train"] + timing["eval"]
+        other = timing["task"] - busy + time.perf_counter() - t_write
+        self.compute, self.rest = self.compute + busy, self.rest + other
+        if self.ctx.verbose:
+            self.ctx.log(f"[retrain] task {self.tasks}/{self.planned}: {len(records)} jobs; compute {busy:.2f}s (train "
+                         f"{timing['train']:.2f}s, eval {timing['eval']:.2f}s), the rest {other:.3f}s = "
+                         f"{1000 * other / len(records):.1f} ms/job (ranks {timing['ranks']:.3f}s, setup "
+                         f"{timing['setup']:.3f}s, recording {time.perf_counter() - t_write:.3f}s)")
+
+    def summary(self, threads: int, overlapped: bool = False) -> None:
+        """With ctx.verbose: the jobs run since this recorder started, compute vs the rest, in thread-seconds
+        (overlapped: the wall is the run's train, precompute and retrain, and "the rest" includes them)."""
+        if not (self.ctx.verbose and self.jobs):
+            return
+        wall = time.perf_counter() - self.t0
+        # tasks side by side on `threads` threads: their seconds add up to at most threads x the wall
+        capacity = wall * threads
+        compute, rest = self.compute, self.rest
+        scope = " (with train and precompute, overlapped)" if overlapped else ""
+        on = f"on {threads} thread{'s' if threads > 1 else ''}"
+        self.ctx.log(f"[retrain] {self.jobs} jobs in {wall:.2f}s{scope} {on}: "
+                     f"compute {compute:.2f}s, outside compute {capacity - compute:.2f}s = "
+                     f"{1000 * (capacity - compute) / self.jobs:.1f} ms/job (in tasks {rest:.2f}s, executor, stage "
+                     f"and idle threads {capacity - compute - rest:.2f}s); thread-seconds, {compute / capacity:.0%} "
+                     "in compute")
+
+
+def log_recorded(ctx: Context, jobs: Sequence[Job]) -> list[dict[str, Any]]:
+    """Logs how many of `jobs` have a record, and returns those records (in job order)."""
+    results_path = ctx.wd.results_path
+    done = read_results(results_path)
+    paths = sorted({done[j.key]["loader"] for j in jobs if j.key in done})
+    ctx.log(f"[retrain] {sum(j.key in done for j in jobs)}/{len(jobs)} jobs recorded in {results_path} "
+            f"(data path: {', '.join(paths)})")
+    return [done[j.key] for j in jobs if j.key in done]
+
+
+def memory_note(cfg: dict[str, Any], prepared: Prepared, tasks: Sequence[Sequence[Job]]) -> str:
+    return f", about {task_memory(cfg, prepared, max(map(len, tasks))) / 2**20:,.0f} MiB per task" if tasks else ""
+
+
 @stage("retrain")
 def retrain(ctx: Context, *, executor=None, **selection: Any) -> list[dict[str, Any]]:
     """Runs every job of the sweep that has no record yet; returns the sweep's records."""
     cfg, workdir, progress, log = ctx.cfg, ctx.wd, ctx.progress, ctx.log
     executor = executor or LocalExecutor()
     jobs = plan(cfg, workdir, **selection)
-    results_path = workdir.results_path
-    done = read_results(results_path)
+    done = read_results(workdir.results_path)
     todo = [j for j in jobs if j.key not in done]
     prepared = load_prepared(cfg, workdir)
     device = resolve_device(cfg["device"])
-    # largest groups first: tasks running side by side then finish together
-    tasks = sorted(groups(todo, cfg, prepared, device), key=len, reverse=True) if todo else []
-    # stacked MLP groups on the CPU share this process well: torch and Numba kernels release the GIL, and
-    # a model's numbers do not depend on what runs beside it (one torch thread per task, no global RNG
-    # after the locked seeded build). Conv stacks are left out: their layers may draw from torch's RNG.
-    threadsafe = device.type == "cpu" and all(batchable(g[0].arch) and stackable(g[0], cfg, prepared, device)
-                                              for g in tasks)
-    memory = f", about {task_memory(cfg, prepared, max(map(len, tasks))) / 2**20:,.0f} MiB per task" if tasks else ""
+    tasks = tasks_of(todo, cfg, prepared, device)
+    threadsafe = shares_process(tasks, cfg, prepared, device)
     threads = executor.threads_for(len(tasks), threadsafe)
     on = f" on {threads} threads" if threads > 1 else ""
     log(f"[retrain] {len(jobs)} jobs: {len(jobs) - len(todo)} already done, {len(todo)} to run "
-        f"in {len(tasks)} tasks ({executor.name} executor{on}, recipe {retrain_recipe(cfg).name}{memory})")
-    t_stage = time.perf_counter()
-    compute = rest = 0.0
-    for i, records in enumerate(executor.map(run_group_task, [(group, cfg, workdir) for group in tasks], progress,
-                                             "retrain", threadsafe=threadsafe)):
-        timing = records[0].pop(TIMING_KEY, None)
-        t_write = time.perf_counter()
-        for record in records:
-            append_result(results_path, record)
-            fault_point("retrain.after_append")
-        if timing is not None:
-            busy = timing["train"] + timing["eval"]
-            other = timing["task"] - busy + time.perf_counter() - t_write
-            compute, rest = compute + busy, rest + other
-            if ctx.verbose:
-                log(f"[retrain] task {i + 1}/{len(tasks)}: {len(records)} jobs; compute {busy:.2f}s (train "
-                    f"{timing['train']:.2f}s, eval {timing['eval']:.2f}s), the rest {other:.3f}s = "
-                    f"{1000 * other / len(records):.1f} ms/job (ranks {timing['ranks']:.3f}s, setup "
-                    f"{timing['setup']:.3f}s, recording {time.perf_counter() - t_write:.3f}s)")
-    if ctx.verbose and tasks:
-        wall = time.perf_counter() - t_stage
-        # tasks side by side on `threads` threads: their seconds add up to at most threads x the wall
-        capacity = wall * threads
-        log(f"[retrain] {len(todo)} jobs in {wall:.2f}s on {threads} thread{'s' if threads > 1 else ''}: compute "
-            f"{compute:.2f}s, outside compute {capacity - compute:.2f}s = "
-            f"{1000 * (capacity - compute) / len(todo):.1f} ms/job (in tasks {rest:.2f}s, executor, stage and "
-            f"idle threads {capacity - compute - rest:.2f}s); thread-seconds, {compute / capacity:.0%} in compute")
-    done = read_results(results_path)
-    paths = sorted({done[j.key]["loader"] for j in jobs if j.key in done})
-    log(f"[retrain] {sum(j.key in done for j in jobs)}/{len(jobs)} jobs recorded in {results_path} "
-        f"(data path: {', '.join(paths)})")
-    return [done[j.key] for j in jobs if j.key in done]
+        f"in {len(tasks)} tasks ({executor.name} executor{on}, recipe {retrain_recipe(cfg).name}"
+        f"{memory_note(cfg, prepared, tasks)})")
+    recorder = Recorder(ctx)
+    recorder.planned = len(tasks)
+    for records in executor.map(run_group_task, [(group, cfg, workdir) for group in tasks], progress,
+                                "retrain", threadsafe=threadsafe):
+        recorder.record(records)
+    recorder.summary(threads)
+    return log_recorded(ctx, jobs)

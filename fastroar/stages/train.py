@@ -31,6 +31,23 @@ def train(ctx: Context) -> list[dict[str, Any]]:
     cfg, workdir, progress, log = ctx.cfg, ctx.wd, ctx.progress, ctx.log
     prepared = load_prepared(cfg, workdir)
     device = resolve_device(cfg["device"])
+    summaries, to_train = untrained(ctx, prepared, device)
+    threads = side_by_side(to_train, cfg, prepared, device)
+    if threads > 1:
+        log(f"[train] {len(to_train)} models on {threads} threads")
+    for summary in thread_map(lambda mcfg: train_one(mcfg, prepared, cfg, workdir, device, progress, log),
+                              to_train, threads):
+        summaries[summary["name"]] = summary
+    if any(spec.get("checkpoint") for spec in cfg["models"]) and ctx.save_config:
+        save_config(ctx)  # later stages learn the registered models' names from it
+    return [summaries[spec["name"]] for spec in cfg["models"]]
+
+
+def untrained(ctx: Context, prepared: Prepared, device: torch.device
+              ) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
+    """(the summaries of the config's models that exist: checkpoints found, the user's registered now; the
+    model configs still to train). A checkpoint trained with another config is refused."""
+    cfg, workdir, log = ctx.cfg, ctx.wd, ctx.log
     summaries: dict[str, dict[str, Any]] = {}
     to_train = []
     for spec in cfg["models"]:
@@ -48,15 +65,7 @@ def train(ctx: Context) -> list[dict[str, Any]]:
             summaries[spec["name"]] = register_one(mcfg, spec, prepared, cfg, workdir, device, log)
         else:
             to_train.append(mcfg)
-    threads = side_by_side(to_train, cfg, prepared, device)
-    if threads > 1:
-        log(f"[train] {len(to_train)} models on {threads} threads")
-    for summary in thread_map(lambda mcfg: train_one(mcfg, prepared, cfg, workdir, device, progress, log),
-                              to_train, threads):
-        summaries[summary["name"]] = summary
-    if any(spec.get("checkpoint") for spec in cfg["models"]) and ctx.save_config:
-        save_config(ctx)  # later stages learn the registered models' names from it
-    return [summaries[spec["name"]] for spec in cfg["models"]]
+    return summaries, to_train
 
 
 def side_by_side(to_train: list[dict[str, Any]], cfg: dict[str, Any], prepared: Prepared,

@@ -1,0 +1,106 @@
+"""``fastroar run``'s overlapped path: train, precompute and retrain as one pool of tasks on the CPU's cores.
+
+Stage by stage, a run waits for the slowest base model: the PGD-trained one takes several times the
+standard one's time, and while it trains alone the other cores idle. Here each base model's work starts as
+soon as what it needs is there: its precompute tasks when it is trained, its retrain groups when its rank
+maps are complete. One queue of tasks (fastroar.engine.executors.TaskQueue) keeps every core busy, by
+priority: training first (it gates the rest), then precompute, then retrain groups, the largest first.
+
+Nothing in the results depends on this: each task is the stage's own function (train_one, compute_chunks,
+run_group_task) and runs as it would in its stage, with one torch thread, its own generators and the seeded
+build lock; model files, store arrays and records are those of the stages run one after another
+(tests/test_overlap.py). Records are written by this thread alone, one at a time, as the retrain stage
+writes them; an interrupted run resumes through the stages' own skipping of finished work.
+
+It is taken only where every task may share the process (``overlaps``): on the CPU, with at least two
+models to train side by side (the train stage's own rule), built-in attributions computed here, MLP
+retraining in stacks on resident data. Everything else runs the stages in turn.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from fastroar.attribution.methods import METHODS
+from fastroar.engine.executors import TaskQueue, usable_cores
+from fastroar.stages import retrain as retrain_stage
+from fastroar.stages.artifacts import checkpoint_path, load_prepared, model_config, resolve_device
+from fastroar.stages.contract import Context, stage
+from fastroar.stages.precompute import compute_chunks, plan_precompute
+from fastroar.stages.train import side_by_side, train_one, untrained
+from fastroar.training.batched import batchable
+
+TRAIN, PRECOMPUTE, RETRAIN = 0, 1, 2   # task priorities: lower starts first
+
+
+def overlaps(ctx: Context) -> bool:
+    """Whether the run's train, precompute and retrain may overlap (module doc)."""
+    cfg, wd = ctx.cfg, ctx.wd
+    if any(spec.get("checkpoint") for spec in cfg["models"]) or cfg.get("scores"):
+        return False   # registering a checkpoint or importing scores rewrites the config: stage by stage
+    if any(a not in METHODS for a in cfg["attributions"]) or not batchable(cfg["model"]["arch"]):
+        return False   # captum's and the user's functions may draw from torch's global generator
+    device = resolve_device(cfg["device"])
+    prepared = load_prepared(cfg, wd)
+    to_train = [model_config(cfg, spec) for spec in cfg["models"] if not checkpoint_path(wd, spec["name"]).exists()]
+    return (side_by_side(to_train, cfg, prepared, device) > 1
+            and prepared.data_path(cfg["loader"], device, ranks=True) == "resident")
+
+
+@stage("pipeline", locks=("train", "precompute", "retrain"))
+def train_to_retrain(ctx: Context) -> list[dict[str, Any]]:
+    """Trains the base models, computes their ranks and retrains the sweep, each model's work starting as
+    soon as its inputs exist; returns the sweep's records."""
+    cfg, wd, log = ctx.cfg, ctx.wd, ctx.log
+    prepared = load_prepared(cfg, wd)
+    device = resolve_device(cfg["device"])
+    _, to_train = untrained(ctx, prepared, device)
+    threads = usable_cores()
+    log(f"[run] train, precompute and retrain overlapped on {threads} threads: each model's ranks and "
+        f"retraining start as soon as it is trained")
+    recorder = retrain_stage.Recorder(ctx)
+    pending_chunks: dict[str, int] = {}
+    bar = tqdm(total=0, desc="retrain", unit="task", disable=not ctx.progress)
+    with TaskQueue(threads) as queue, bar:
+
+        def trained(name: str) -> None:   # its precompute tasks, or straight on to its retraining
+            tasks = plan_precompute(cfg, wd, [name])
+            log(f"[precompute] {name}: {sum(len(t.chunks) for t in tasks)} chunks to compute in {len(tasks)} tasks")
+            pending_chunks[name] = len(tasks)
+            for task in tasks:
+                queue.add((PRECOMPUTE,), (PRECOMPUTE, name), compute_chunks, task, cfg, wd)
+            if not tasks:
+                ranked(name)
+
+        def ranked(name: str) -> None:    # its retrain groups, largest first
+            jobs = retrain_stage.plan(cfg, wd, models=[name])
+            done = retrain_stage.read_results(wd.results_path)
+            todo = [j for j in jobs if j.key not in done]
+            groups = retrain_stage.tasks_of(todo, cfg, prepared, device)
+            log(f"[retrain] {name}: {len(jobs)} jobs: {len(jobs) - len(todo)} already done, {len(todo)} to run in "
+                f"{len(groups)} tasks{retrain_stage.memory_note(cfg, prepared, groups)}")
+            recorder.planned += len(groups)
+            bar.total += len(groups)
+            bar.refresh()
+            for group in groups:
+                queue.add((RETRAIN, -len(group)), (RETRAIN, name), retrain_stage.run_group_task, group, cfg, wd)
+
+        for mcfg in to_train:
+            queue.add((TRAIN,), (TRAIN, mcfg["name"]), train_one, mcfg, prepared, cfg, wd, device, ctx.progress, log)
+        waiting = {m["name"] for m in to_train}
+        for spec in cfg["models"]:
+            if spec["name"] not in waiting:
+                trained(spec["name"])
+        for (kind, name), result in queue.results():
+            if kind == TRAIN:
+                trained(name)
+            elif kind == PRECOMPUTE:
+                pending_chunks[name] -= 1
+                if not pending_chunks[name]:
+                    ranked(name)
+            else:
+                recorder.record(result)
+                bar.update(1)
+    recorder.summary(threads, overlapped=True)
+    return retrain_stage.log_recorded(ctx, retrain_stage.plan(cfg, wd))
