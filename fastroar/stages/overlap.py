@@ -4,7 +4,8 @@ Stage by stage, a run waits for the slowest base model: the PGD-trained one take
 standard one's time, and while it trains alone the other cores idle. Here each base model's work starts as
 soon as what it needs is there: its precompute tasks when it is trained, its retrain groups when its rank
 maps are complete. One queue of tasks (fastroar.engine.executors.TaskQueue) keeps every core busy, by
-priority: training first (it gates the rest), then precompute, then retrain groups, the largest first.
+priority: training first (it gates the rest), then precompute, then retrain groups, the largest first;
+last, on a thread that would otherwise idle while the final groups finish, the report's plotting imports.
 
 Nothing in the results depends on this: each task is the stage's own function (train_one, compute_chunks,
 run_group_task) and runs as it would in its stage, with one torch thread, its own generators and the seeded
@@ -28,10 +29,11 @@ from fastroar.stages import retrain as retrain_stage
 from fastroar.stages.artifacts import checkpoint_path, load_prepared, model_config, resolve_device
 from fastroar.stages.contract import Context, stage
 from fastroar.stages.precompute import compute_chunks, plan_precompute
+from fastroar.stages.report import import_plotting
 from fastroar.stages.train import side_by_side, train_one, untrained
 from fastroar.training.batched import batchable
 
-TRAIN, PRECOMPUTE, RETRAIN = 0, 1, 2   # task priorities: lower starts first
+TRAIN, PRECOMPUTE, RETRAIN, IDLE = 0, 1, 2, 3   # task priorities: lower starts first
 
 
 def overlaps(ctx: Context) -> bool:
@@ -86,6 +88,8 @@ def train_to_retrain(ctx: Context) -> list[dict[str, Any]]:
             for group in groups:
                 queue.add((RETRAIN, -len(group)), (RETRAIN, name), retrain_stage.run_group_task, group, cfg, wd)
 
+        # the report's plotting imports, on a thread with nothing else left to start (the run's tail)
+        queue.add((IDLE,), (IDLE, ""), import_plotting)
         for mcfg in to_train:
             queue.add((TRAIN,), (TRAIN, mcfg["name"]), train_one, mcfg, prepared, cfg, wd, device, ctx.progress, log)
         waiting = {m["name"] for m in to_train}
@@ -95,6 +99,8 @@ def train_to_retrain(ctx: Context) -> list[dict[str, Any]]:
         for (kind, name), result in queue.results():
             if kind == TRAIN:
                 trained(name)
+            elif kind == IDLE:
+                continue
             elif kind == PRECOMPUTE:
                 pending_chunks[name] -= 1
                 if not pending_chunks[name]:

@@ -57,6 +57,13 @@ def _csv_cell(v: Any) -> Any:
     return "" if v is None or (isinstance(v, float) and math.isnan(v)) else v
 
 
+def import_plotting() -> None:
+    """Imports what plot_curves draws with (matplotlib's Agg canvas and Figure: about half a second). `run`
+    does it on a thread that would otherwise idle while its last retrain groups finish."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: F401
+    from matplotlib.figure import Figure  # noqa: F401
+
+
 def plot_curves(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     """DiffROAR against k, one curve (with a +-std band) per (model, attribution). Drawn on a Figure of its
     own with the Agg canvas: no pyplot (its import costs more than the plot), no global figure state."""
