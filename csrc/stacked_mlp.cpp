@@ -7,7 +7,9 @@
 //   pass, one float32 rounding per operation. This file is compiled with -ffp-contract=off, so no
 //   multiply-add is fused and every element gets the bits torch's element-wise ops give it.
 //
-// Both are element-wise: run serial or on at::parallel_for's threads (the caller's intra-op thread
+// - stacked_step_: a whole training step of the stack, the Python step's ATen ops in the same order.
+//
+// The first two are element-wise: run serial or on at::parallel_for's threads (the caller's intra-op thread
 // count, one in the stages), they give the same bits. The Numba kernels in batched.py are the fallback
 // where this extension is not built, and the tests hold the two (and a torch reference) equal.
 #include <ATen/ATen.h>
@@ -176,10 +178,57 @@ void sgd_update_(at::Tensor p, const at::Tensor& g, at::Tensor buf, double lr, d
   });
 }
 
+// One training step of a stack of M MLPs (weights held transposed, (M, in, out)): forward, cross-entropy with
+// label smoothing, backward, and each layer's SGD update right after its gradients, with the ATen ops of
+// fastroar.training.batched's Python step (StackedMLP.forward, _cross_entropy, StackedMLP.backward) called
+// in the same order on the same layouts: the same kernels, so the same bits. In C++ the step runs without
+// returning to the interpreter between its ~40 ops: no interpreter overhead, and the interpreter lock stays
+// free for the other threads of the process (stacks train side by side on threads). Returns each model's
+// mean loss over the batch and its count of correct predictions.
+std::tuple<at::Tensor, at::Tensor> stacked_step_(std::vector<at::Tensor> params, std::vector<at::Tensor> grads,
+                                                 std::vector<at::Tensor> bufs, const at::Tensor& x,
+                                                 const at::Tensor& y, double smoothing, double lr,
+                                                 double weight_decay, double momentum, bool first) {
+  const int64_t layers = static_cast<int64_t>(params.size()) / 2;
+  TORCH_CHECK(layers > 0 && params.size() == size_t(2 * layers) && grads.size() == params.size() &&
+                  bufs.size() == params.size(), "params, grads and bufs must hold a weight and a bias per layer");
+  TORCH_CHECK(x.dim() == 3 && y.dim() == 2 && y.scalar_type() == at::kLong, "x must be (M, B, d), y (M, B) int64");
+  std::vector<at::Tensor> acts;  // each layer's input
+  at::Tensor h = x;
+  for (int64_t i = 0; i < layers; ++i) {
+    acts.push_back(h);
+    h = at::baddbmm(params[2 * i + 1].unsqueeze(1), h, params[2 * i]);
+    if (i < layers - 1) h.clamp_min_(0.0);
+  }
+  const int64_t m = h.size(0), b = h.size(1), c = h.size(2);
+  at::Tensor correct = h.argmax(2).eq(y).sum(1);
+  at::Tensor logp = at::log_softmax(h, -1);
+  at::Tensor rows = logp.gather(-1, y.unsqueeze(-1)).squeeze(-1).neg_();
+  if (smoothing != 0.0) rows = rows.mul_(1.0 - smoothing).add_(logp.mean(-1).neg_().mul_(smoothing));
+  at::Tensor g = logp.exp_();
+  if (smoothing != 0.0) g.sub_(smoothing / static_cast<double>(c));
+  g.scatter_add_(-1, y.unsqueeze(-1), at::full({m, b, 1}, -(1.0 - smoothing), g.options()));
+  at::Tensor losses = rows.mean(1);
+  g.div_(b);
+  for (int64_t i = layers - 1; i >= 0; --i) {
+    at::bmm_out(grads[2 * i], acts[i].transpose(1, 2), g);
+    at::sum_out(grads[2 * i + 1], g, {1});
+    if (i) {
+      g = at::bmm(g, params[2 * i].transpose(1, 2));
+      g = at::threshold_backward(g, acts[i], 0.0);  // ReLU: acts[i] is the previous layer's output
+    }
+    for (int64_t j = 2 * i; j < 2 * i + 2; ++j) sgd_update_(params[j], grads[j], bufs[j], lr, weight_decay, momentum, first);
+  }
+  return {losses, correct};
+}
+
 }  // namespace
 }  // namespace fastroar
 
 TORCH_LIBRARY_FRAGMENT(fastroar, m) {
+  m.def("stacked_step_(Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] bufs, Tensor x, Tensor y, "
+        "float smoothing, float lr, float weight_decay, float momentum, bool first) -> (Tensor, Tensor)",
+        &fastroar::stacked_step_);
   m.def("gather_masked(Tensor x, Tensor ranks, Tensor idx, Tensor lo, Tensor hi, Tensor fill, Tensor(a!) out) -> ()",
         &fastroar::gather_masked);
   m.def("sgd_update_(Tensor(a!) p, Tensor g, Tensor(b!) buf, float lr, float weight_decay, float momentum, "

@@ -159,3 +159,52 @@ def test_stacked_retrain_imports_no_numba():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def _train(arch, params, recipe, monkeypatch, compiled: bool):
+    import fastroar.training.batched as batched
+    from fastroar.training.batched import train_stacked
+
+    if not compiled:
+        monkeypatch.setattr(batched, "_compiled_step", lambda device, dtype: None)
+    else:
+        assert batched._compiled_step(torch.device("cpu"), torch.float32) is not None
+    rng = np.random.default_rng(3)
+    n, d = 150, 48
+    images = rng.integers(0, 256, (n, 1, 8, 6), dtype=np.uint8)
+    labels = rng.integers(0, 5, n)
+    ranks = np.stack([rng.permutation(d) for _ in range(n)]).astype(np.uint16)
+    split = (images, labels, ranks)
+    specs = [Spec(0.25, "top", 0), Spec(0.5, "bottom", 1), Spec(0.1, "top", 2, fill=0.3)]
+    out = train_stacked(arch, params, (1, 8, 6), 5, split, split, specs, recipe, return_models=True)
+    monkeypatch.undo()
+    return out
+
+
+@needs_ext
+@pytest.mark.parametrize("arch, params", [("mlp2", {"width": 24}), ("mlp1", {"width": 16}), ("linear", {})])
+@pytest.mark.parametrize("smoothing, momentum, wd", [(0.0, 0.9, 5e-4), (0.2, 0.0, 0.0), (0.1, 0.5, 0.0)])
+def test_compiled_step_equals_the_python_step_bitwise(monkeypatch, arch, params, smoothing, momentum, wd):
+    """The extension's whole step (C++) against the op-by-op Python step: every model's weights, loss,
+    train and test accuracy, bit for bit, after 3 epochs of a cosine schedule (the tail batch included)."""
+    from fastroar.training.settings import Recipe
+
+    recipe = Recipe(epochs=3, batch_size=32, lr=0.1, momentum=momentum, weight_decay=wd, label_smoothing=smoothing)
+    got = _train(arch, params, recipe, monkeypatch, compiled=True)
+    want = _train(arch, params, recipe, monkeypatch, compiled=False)
+    for g, w in zip(got, want):
+        assert (g["accuracy"], g["train_acc"], g["loss"]) == (w["accuracy"], w["train_acc"], w["loss"])
+        for name, value in w["state_dict"].items():
+            assert torch.equal(g["state_dict"][name], value), name
+    assert any(not torch.equal(got[0]["state_dict"][n], got[1]["state_dict"][n]) for n in got[0]["state_dict"])
+
+
+@needs_ext
+def test_compiled_step_rejects_bad_input_with_a_message():
+    p = [torch.zeros(2, 4, 3), torch.zeros(2, 3)]
+    with pytest.raises(RuntimeError, match="a weight and a bias per layer"):
+        torch.ops.fastroar.stacked_step_(p, p[:1], p, torch.zeros(2, 5, 4), torch.zeros(2, 5, dtype=torch.long),
+                                         0.0, 0.1, 0.0, 0.0, True)
+    with pytest.raises(RuntimeError, match="int64"):
+        torch.ops.fastroar.stacked_step_(p, p, p, torch.zeros(2, 5, 4), torch.zeros(2, 5, dtype=torch.int32),
+                                         0.0, 0.1, 0.0, 0.0, True)

@@ -207,6 +207,17 @@ def _cpu_kernels() -> tuple[Callable, Callable]:
     return gather, sgd
 
 
+def _compiled_step(device: torch.device, compute_dtype: torch.dtype) -> Callable | None:
+    """The extension's whole training step (csrc/stacked_mlp.cpp: this module's forward, cross-entropy,
+    backward and SGD ops, in the same order, in C++), for float32 stacks on the CPU; None elsewhere or where
+    the extension is not built (the step then runs op by op from Python, with the same bits)."""
+    if device.type != "cpu" or compute_dtype != torch.float32:
+        return None
+    from fastroar.engine.kernels.dispatch import extension_op
+
+    return extension_op("stacked_step_")
+
+
 def _gather_numba(x: torch.Tensor, ranks: torch.Tensor, idx: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
                   fill: torch.Tensor, out: torch.Tensor) -> None:
     """out[m, i, j] = x[idx[m, i], j] if lo[m] <= ranks[idx[m, i], j] <= hi[m] else fill[m] (the ext op's)."""
@@ -329,6 +340,7 @@ def train_stacked(arch: str, arch_params: dict[str, Any], shape: Sequence[int], 
     scratch = [torch.empty_like(p) for p in params] if device.type != "cpu" else []
     cpu_sgd = _cpu_kernels()[1] if device.type == "cpu" else None
     cd = torch.bfloat16 if recipe.uses_autocast(device) else torch.float32
+    compiled_step = _compiled_step(device, cd)
     step = 0
     t1 = time.perf_counter()
     loss_sum = torch.zeros(len(specs), device=device)
@@ -341,14 +353,19 @@ def train_stacked(arch: str, arch_params: dict[str, Any], shape: Sequence[int], 
             idx = orders[:, start:start + bs]
             xb = data.batch(idx)
             yb = data.y.index_select(0, idx.reshape(-1)).view(idx.shape)
-            acts: list[torch.Tensor] = []
-            logits = stack.forward(xb, cd, acts)
-            losses, g = _cross_entropy(logits, yb, recipe.label_smoothing)
-            correct += (logits.argmax(2) == yb).sum(1)
             lr, first = recipe.lr_at(step, steps_per_epoch), step == 0
-            stack.backward(g, acts, grads, cd, lambda i: _sgd_step(params[2 * i:2 * i + 2], grads[2 * i:2 * i + 2],
-                                                                    bufs[2 * i:2 * i + 2], scratch[2 * i:2 * i + 2],
-                                                                    recipe, lr, first, cpu_sgd))
+            if compiled_step is not None:
+                losses, hits = compiled_step(params, grads, bufs, xb, yb, recipe.label_smoothing, lr,
+                                             recipe.weight_decay, recipe.momentum, first)
+            else:
+                acts: list[torch.Tensor] = []
+                logits = stack.forward(xb, cd, acts)
+                losses, g = _cross_entropy(logits, yb, recipe.label_smoothing)
+                hits = (logits.argmax(2) == yb).sum(1)
+                stack.backward(g, acts, grads, cd, lambda i: _sgd_step(params[2 * i:2 * i + 2], grads[2 * i:2 * i + 2],
+                                                                        bufs[2 * i:2 * i + 2], scratch[2 * i:2 * i + 2],
+                                                                        recipe, lr, first, cpu_sgd))
+            correct += hits
             loss_sum += losses * idx.shape[1]
             step += 1
     train_loss = [v / n for v in loss_sum.tolist()]
