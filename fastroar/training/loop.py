@@ -8,6 +8,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from fastroar.training import mlp_steps
+from fastroar.training.mlp_steps import mlp_params
 from fastroar.training.pgd import pgd_attack
 from fastroar.training.settings import Adversary, Recipe
 from fastroar.training.sgd import SGD
@@ -29,6 +31,9 @@ def train_model(model: nn.Module, loader: Iterable, recipe: Recipe, *, adversary
     forward = torch.compile(model) if recipe.compile else model
     opt = SGD(model.parameters(), momentum=recipe.momentum, weight_decay=recipe.weight_decay,
               nesterov=recipe.momentum > 0)
+    # an MLP on the CPU trains through the compiled step (same ops as autograd's, fastroar.training.mlp_steps)
+    plain = not (channels_last or recipe.compile or recipe.uses_autocast(device) or recipe.label_smoothing)
+    compiled = mlp_params(model, torch.empty(0, device=device)) if plain else None
     steps_per_epoch = len(loader)  # type: ignore[arg-type]
     step = 0
     stats = {"loss": float("nan"), "train_acc": float("nan")}
@@ -43,15 +48,19 @@ def train_model(model: nn.Module, loader: Iterable, recipe: Recipe, *, adversary
             x = _prepare_input(x, channels_last)
             if adversary is not None:
                 x = pgd_attack(model, x, y, adversary, bounds, generator)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=recipe.uses_autocast(device)):
-                logits = forward(x)
-                loss = F.cross_entropy(logits.float(), y, label_smoothing=recipe.label_smoothing)
-            opt.zero_grad()
-            loss.backward()
+            if compiled is not None and x.dtype == torch.float32:
+                loss, hits = mlp_steps.grads(x, y, compiled)
+            else:
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=recipe.uses_autocast(device)):
+                    logits = forward(x)
+                    loss = F.cross_entropy(logits.float(), y, label_smoothing=recipe.label_smoothing)
+                opt.zero_grad()
+                loss.backward()
+                hits = (logits.detach().argmax(1) == y).sum()
             opt.step(recipe.lr_at(step, steps_per_epoch))
             step += 1
             loss_sum += loss.detach() * len(y)
-            correct += (logits.detach().argmax(1) == y).sum()
+            correct += hits
             seen += len(y)
         stats = {"loss": float(loss_sum) / max(1, seen), "train_acc": int(correct) / max(1, seen)}
         bar.set_postfix(loss=f"{stats['loss']:.3f}", acc=f"{stats['train_acc']:.3f}")

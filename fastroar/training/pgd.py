@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fastroar.training import mlp_steps
+from fastroar.training.mlp_steps import mlp_params
 from fastroar.training.settings import Adversary
 
 
@@ -40,6 +42,10 @@ def pgd_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, adv: Adversar
         delta = torch.zeros_like(x)
     if bounds is not None:
         delta = (x + delta).clamp(*bounds) - x
+    params = mlp_params(model, x)
+    if params is not None:  # the loop below in C++, same ops (fastroar.training.mlp_steps)
+        model.train(was_training)
+        return mlp_steps.pgd(x, delta, y, params, adv.norm, adv.eps, adv.alpha, adv.steps, bounds)
     for _ in range(adv.steps):
         delta.requires_grad_(True)
         loss = F.cross_entropy(model(x + delta), y)
