@@ -48,10 +48,15 @@ def best_time(fn, repeat: int = 3, min_time: float = 0.2) -> float:
     return best
 
 
+def _figure(value: float) -> str:
+    """Three significant digits below 100 (a run of 15.7 s is not 16 s), whole numbers above."""
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
+
+
 def print_table(rows: list[Row]) -> None:
     header = ("section", "measured", "throughput", "baseline", "ratio", "context")
     lines = [header] + [
-        (r.section, r.name, f"{r.throughput:,.0f} {r.unit}", r.baseline, f"{r.ratio:.2f}x", r.extra) for r in rows
+        (r.section, r.name, f"{_figure(r.throughput)} {r.unit}", r.baseline, f"{r.ratio:.2f}x", r.extra) for r in rows
     ]
     widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
     fmt = "| " + " | ".join("{:<%d}" % w for w in widths) + " |"
