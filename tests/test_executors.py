@@ -158,3 +158,31 @@ def test_task_queue_error_drops_the_queued_tasks_and_reaches_the_reader():
                 queue.add(i, name, task, name)
             list(queue.results())
     assert ran == ["ok"]
+
+
+def test_task_queue_drain_keeps_the_running_tasks_results_and_drops_the_queued():
+    """After an interruption, drain() yields what the running tasks finish (a failed one is skipped) and
+    starts nothing that was queued."""
+    import threading
+    import time
+
+    from fastroar.engine.executors import TaskQueue
+
+    release = threading.Event()
+
+    def task(name):
+        if name != "quick":
+            release.wait(5)
+        if name == "failing":
+            raise ValueError("skipped")
+        return name
+
+    with TaskQueue(3) as queue:
+        for i, name in enumerate(["quick", "slow", "failing", "queued"]):
+            queue.add(i, name, task, name)
+        first = next(iter(queue.results()))
+        assert first == ("quick", "quick")
+        threading.Timer(0.2, release.set).start()
+        t0 = time.perf_counter()
+        assert list(queue.drain()) == [("slow", "slow")]
+        assert time.perf_counter() - t0 < 4

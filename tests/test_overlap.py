@@ -102,7 +102,9 @@ def test_overlapped_run_killed_then_rerun_equals_uninterrupted(run_workdir, tmp_
 
 def test_overlapped_run_holds_every_stage_lock_and_ctrl_c_keeps_finished_work(run_workdir, tmp_path):
     """While the run pauses after its first record, a `retrain` on the same workdir is refused; Ctrl-C then
-    stops the run (exit 130) with its records kept, and the rerun completes the sweep."""
+    stops the run (exit 130) with its records kept: that first one, and the 8 of the group that was running
+    beside it, if one was (it finishes before the run exits). The rerun runs only the others and completes
+    the sweep."""
     wd = tmp_path / "w"
     first = cli(wd, "run", env={"FASTROAR_PAUSE_AT": "retrain.after_append:20"})
     results = wd / "results" / "results.jsonl"
@@ -117,7 +119,7 @@ def test_overlapped_run_holds_every_stage_lock_and_ctrl_c_keeps_finished_work(ru
     code, out = finish(first, timeout=120)
     assert code == 130 and "Interrupted: finished work is kept" in out and "Traceback" not in out, out
     kept = outcomes(wd)
-    assert 1 <= len(kept) < 32
+    assert len(kept) in (1, 9)     # groups of 8 jobs (a model and an attribution each); 7 of the first lost
     code, out = finish(cli(wd, "run"))
     assert code == 0 and f"32 jobs: {len(kept)} already done, {32 - len(kept)} to run" in out, out
     same_results(wd, run_workdir[0])

@@ -128,6 +128,18 @@ class TaskQueue:
             for fut in finished:
                 yield self._running.pop(fut), fut.result()
 
+    def drain(self) -> Iterator[tuple[Any, Any]]:
+        """After an interruption: drops the queued tasks and yields (tag, result) of the running ones as they
+        finish (they cannot be stopped midway; one that fails is skipped: the interruption is what the caller
+        reports), so that the caller can keep what they made."""
+        import concurrent.futures as cf
+
+        self._queued.clear()
+        for fut in cf.as_completed(list(self._running)):
+            tag = self._running.pop(fut)
+            if not fut.cancelled() and fut.exception() is None:
+                yield tag, fut.result()
+
     def close(self) -> None:
         self._queued.clear()
         self._pool.shutdown(wait=True, cancel_futures=True)

@@ -62,14 +62,14 @@ def train_to_retrain(ctx: Context) -> list[dict[str, Any]]:
     log(f"[run] train, precompute and retrain overlapped on {threads} threads: each model's ranks and "
         f"retraining start as soon as it is trained")
     recorder = retrain_stage.Recorder(ctx)
-    pending_chunks: dict[str, int] = {}
+    pending_tasks: dict[str, int] = {}
     bar = tqdm(total=0, desc="retrain", unit="task", disable=not ctx.progress)
     with TaskQueue(threads) as queue, bar:
 
         def trained(name: str) -> None:   # its precompute tasks, or straight on to its retraining
             tasks = plan_precompute(cfg, wd, [name])
             log(f"[precompute] {name}: {sum(len(t.chunks) for t in tasks)} chunks to compute in {len(tasks)} tasks")
-            pending_chunks[name] = len(tasks)
+            pending_tasks[name] = len(tasks)
             for task in tasks:
                 queue.add((PRECOMPUTE,), (PRECOMPUTE, name), compute_chunks, task, cfg, wd)
             if not tasks:
@@ -96,17 +96,23 @@ def train_to_retrain(ctx: Context) -> list[dict[str, Any]]:
         for spec in cfg["models"]:
             if spec["name"] not in waiting:
                 trained(spec["name"])
-        for (kind, name), result in queue.results():
-            if kind == TRAIN:
-                trained(name)
-            elif kind == IDLE:
-                continue
-            elif kind == PRECOMPUTE:
-                pending_chunks[name] -= 1
-                if not pending_chunks[name]:
-                    ranked(name)
-            else:
-                recorder.record(result)
-                bar.update(1)
+        try:
+            for (kind, name), result in queue.results():
+                if kind == TRAIN:
+                    trained(name)
+                elif kind == PRECOMPUTE:
+                    pending_tasks[name] -= 1
+                    if not pending_tasks[name]:
+                        ranked(name)
+                elif kind == RETRAIN:
+                    recorder.record(result)
+                    bar.update(1)
+        except KeyboardInterrupt:
+            # Ctrl-C: the running tasks finish before the run exits (a step cannot be stopped midway); their
+            # records are kept (models and ranks their tasks write themselves), the locks still held
+            for (kind, _), result in queue.drain():
+                if kind == RETRAIN:
+                    recorder.record(result)
+            raise
     recorder.summary(threads, overlapped=True)
     return retrain_stage.log_recorded(ctx, retrain_stage.plan(cfg, wd))

@@ -60,8 +60,11 @@ def _csv_cell(v: Any) -> Any:
 def import_plotting() -> None:
     """Imports what plot_curves draws with (matplotlib's Agg canvas and Figure: about half a second). `run`
     does it on a thread that would otherwise idle while its last retrain groups finish."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: F401
-    from matplotlib.figure import Figure  # noqa: F401
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: F401
+        from matplotlib.figure import Figure  # noqa: F401
+    except ImportError:  # a head start only: the report itself says what is missing
+        pass
 
 
 def plot_curves(rows: list[dict[str, Any]], path: Path, title: str) -> None:
