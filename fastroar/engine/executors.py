@@ -5,6 +5,9 @@ results as tasks finish (any order); the caller records them, so a task's result
   so: ``map(..., threadsafe=True)``), on one thread per usable CPU core; or in worker processes;
 - ``ray``: one Ray task each, on a local Ray instance or the cluster at ``address``; tasks are retried
   by Ray when a worker dies (and on OSError, e.g. a shared-storage hiccup).
+
+``TaskQueue`` is the local threads without a fixed list: tasks start by priority and may be added while
+results are read (``fastroar run`` overlaps its stages with it).
 """
 from __future__ import annotations
 
