@@ -186,3 +186,45 @@ def test_task_queue_drain_keeps_the_running_tasks_results_and_drops_the_queued()
         t0 = time.perf_counter()
         assert list(queue.drain()) == [("slow", "slow")]
         assert time.perf_counter() - t0 < 4
+
+
+def _until_stopped(seconds):
+    """A long task made of short steps, checking between them whether its pool was stopped."""
+    import time
+
+    from fastroar.engine import cancel
+
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        cancel.check()
+        time.sleep(0.01)
+    return "ran to its end"
+
+
+def _failing():
+    raise ValueError("broken task")
+
+
+def test_an_error_stops_the_other_running_tasks_at_their_next_step():
+    """A task's error (as Ctrl-C) stops the pool: the tasks still running end at their next check instead of
+    running their 30 s to the end; TaskQueue and map alike. Outside a pool, check() never stops anything."""
+    import time
+
+    import pytest
+
+    from fastroar.engine import cancel
+    from fastroar.engine.executors import TaskQueue, _map_threads
+
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError, match="broken task"):
+        with TaskQueue(2) as queue:
+            queue.add(0, "long", _until_stopped, 30)
+            queue.add(1, "bad", _failing)
+            list(queue.results())
+    assert time.perf_counter() - t0 < 5
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError, match="broken task"):
+        list(_map_threads(lambda f, *a: f(*a), [(_until_stopped, 30), (_failing,)], 2, False, ""))
+    assert time.perf_counter() - t0 < 5
+    cancel.check()                                  # this thread belongs to no pool: never cancelled
+    assert _until_stopped(0.05) == "ran to its end"

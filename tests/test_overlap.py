@@ -145,3 +145,34 @@ def test_run_overlaps_only_where_every_task_may_share_the_process(run_workdir, t
     (wd / "models" / "standard").mkdir(parents=True)
     shutil.copy(run_workdir[0] / "models" / "standard" / "model.pt", wd / "models" / "standard" / "model.pt")
     assert not decision()                                   # one model left to train: nothing to overlap
+
+
+def test_ctrl_c_stops_running_retrain_groups_at_their_next_step(tmp_path):
+    """Ctrl-C while long retrain groups run (2,000 epochs each, tens of seconds): the run exits within a few
+    seconds (each group stops at its next step) instead of waiting for them, with exit 130, one message,
+    and its trained models and ranks kept."""
+    import threading
+
+    wd = tmp_path / "w"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TQDM_DISABLE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "fastroar.cli", "run", "--workdir", str(wd), "--no-progress",
+                             *tiny_args("retrain.epochs=2000")], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
+    t0 = time.time()
+    while not any(line.startswith("[retrain] robust:") for line in list(lines)):
+        assert proc.poll() is None and time.time() - t0 < 240, "".join(lines)
+        time.sleep(0.1)
+    time.sleep(1.0)                      # both threads inside retrain groups now
+    t_int = time.time()
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=120)
+    waited = time.time() - t_int
+    reader.join(timeout=10)
+    out = "".join(lines)
+    assert proc.returncode == 130 and "Interrupted: finished work is kept" in out and "Traceback" not in out, out
+    assert waited < 5, f"the run took {waited:.1f}s to stop"
+    assert set(model_hashes(wd)) == {"standard", "robust"}
+    assert not (wd / "results" / "results.jsonl").exists() or outcomes(wd) == {}

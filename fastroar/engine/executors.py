@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from tqdm.auto import tqdm
 
+from fastroar.engine import cancel
 from fastroar.errors import ConfigError, FastroarError
 
 
@@ -78,11 +80,13 @@ def _thread_pool(threads: int):
 
 
 def _map_threads(fn: Callable, items: Sequence[tuple], threads: int, progress: bool, desc: str) -> Iterator[Any]:
-    pool = _thread_pool(threads)
+    pool, stop = _thread_pool(threads), threading.Event()
     try:
-        yield from _as_completed([pool.submit(fn, *args) for args in items], progress, desc)
-    finally:  # an error or Ctrl-C: tasks not started are dropped; running ones finish, unrecorded, before
-        # the caller goes on (so nothing writes after the stage has released its lock)
+        yield from _as_completed([cancel.submit(pool, stop, fn, *args) for args in items], progress, desc)
+    finally:  # an error or Ctrl-C: tasks not started are dropped; running ones stop at their next step
+        # (fastroar.engine.cancel), unrecorded, before the caller goes on (so nothing writes after the stage
+        # has released its lock)
+        stop.set()
         pool.shutdown(wait=True, cancel_futures=True)
 
 
@@ -101,13 +105,15 @@ class TaskQueue:
     (see LocalExecutor).
 
     ``results()`` yields (tag, result) in the order tasks finish, until none is queued or running. On an error
-    (a task's, re-raised there) or Ctrl-C, closing the queue drops the tasks not started and waits for the
-    running ones, unrecorded (as ``map``), so nothing writes after the caller has released its locks.
+    (a task's, re-raised there) or Ctrl-C, closing the queue drops the tasks not started, stops the running
+    ones at their next step (fastroar.engine.cancel) and waits for them, unrecorded (as ``map``), so nothing
+    writes after the caller has released its locks.
     """
 
     def __init__(self, threads: int) -> None:
         self.threads = max(1, threads)
         self._pool = _thread_pool(self.threads)
+        self._stop = threading.Event()
         self._queued: list[tuple] = []        # heap of (priority, sequence number, tag, fn, args)
         self._running: dict[Any, Any] = {}    # future -> tag
         self._count = 0
@@ -126,18 +132,19 @@ class TaskQueue:
         while self._queued or self._running:
             while self._queued and len(self._running) < self.threads:
                 _, _, tag, fn, args = heapq.heappop(self._queued)
-                self._running[self._pool.submit(fn, *args)] = tag
+                self._running[cancel.submit(self._pool, self._stop, fn, *args)] = tag
             finished, _ = cf.wait(list(self._running), return_when=cf.FIRST_COMPLETED)
             for fut in finished:
                 yield self._running.pop(fut), fut.result()
 
     def drain(self) -> Iterator[tuple[Any, Any]]:
-        """After an interruption: drops the queued tasks and yields (tag, result) of the running ones as they
-        finish (they cannot be stopped midway; one that fails is skipped: the interruption is what the caller
-        reports), so that the caller can keep what they made."""
+        """After an interruption: drops the queued tasks, stops the running ones at their next step, and
+        yields (tag, result) of those that had finished all the same (one that fails or was stopped is
+        skipped: the interruption is what the caller reports), so that the caller can keep what they made."""
         import concurrent.futures as cf
 
         self._queued.clear()
+        self._stop.set()
         for fut in cf.as_completed(list(self._running)):
             tag = self._running.pop(fut)
             if not fut.cancelled() and fut.exception() is None:
@@ -145,6 +152,7 @@ class TaskQueue:
 
     def close(self) -> None:
         self._queued.clear()
+        self._stop.set()
         self._pool.shutdown(wait=True, cancel_futures=True)
 
     def __enter__(self) -> "TaskQueue":

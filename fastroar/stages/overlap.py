@@ -108,8 +108,8 @@ def train_to_retrain(ctx: Context) -> list[dict[str, Any]]:
                     recorder.record(result)
                     bar.update(1)
         except KeyboardInterrupt:
-            # Ctrl-C: the running tasks finish before the run exits (a step cannot be stopped midway); their
-            # records are kept (models and ranks their tasks write themselves), the locks still held
+            # Ctrl-C: the running tasks stop at their next step; the records of any that finished meanwhile
+            # are kept (models and ranks their tasks write themselves), the locks still held
             for (kind, _), result in queue.drain():
                 if kind == RETRAIN:
                     recorder.record(result)

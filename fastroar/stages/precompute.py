@@ -22,6 +22,7 @@ import torch
 
 from fastroar.attribution import attribute, check_attribution
 from fastroar.attribution.scores import open_scores, read_block
+from fastroar.engine import cancel
 from fastroar.engine.executors import LocalExecutor
 from fastroar.engine.kernels import rank_and_mask
 from fastroar.engine.kernels.reference import rank_reference
@@ -74,6 +75,7 @@ def compute_chunks(task: ChunkTask, cfg: dict[str, Any], workdir: Workdir) -> in
         start, stop = arrays.chunk_range(c)
         parts = []
         for b0 in range(start, stop, batch_size):
+            cancel.check()   # between batches: an interrupted run stops here, this chunk unwritten
             b1 = min(stop, b0 + batch_size)
             if spath is not None:  # imported scores: ranked by the same op
                 scores = torch.from_numpy(read_block(source, b0, b1)).to(device)

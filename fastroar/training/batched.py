@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fastroar.engine import cancel
 from fastroar.engine.loaders.resident import epoch_order, resident_ranks
 from fastroar.method import keep_range, model_input_array
 from fastroar.models import build_seeded
@@ -350,6 +351,7 @@ def train_stacked(arch: str, arch_params: dict[str, Any], shape: Sequence[int], 
         loss_sum.zero_()
         correct.zero_()
         for start in range(0, n, bs):
+            cancel.check()   # between steps: an interrupted run stops here (fastroar.engine.cancel)
             idx = orders[:, start:start + bs]
             xb = data.batch(idx)
             yb = data.y.index_select(0, idx.reshape(-1)).view(idx.shape)

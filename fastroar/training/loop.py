@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from fastroar.engine import cancel
 from fastroar.training import mlp_steps
 from fastroar.training.mlp_steps import mlp_params
 from fastroar.training.pgd import pgd_attack
@@ -45,6 +46,7 @@ def train_model(model: nn.Module, loader: Iterable, recipe: Recipe, *, adversary
         correct = torch.zeros((), dtype=torch.long, device=device)
         seen = 0
         for x, y in loader:
+            cancel.check()   # between steps: an interrupted run stops here (fastroar.engine.cancel)
             x = _prepare_input(x, channels_last)
             if adversary is not None:
                 x = pgd_attack(model, x, y, adversary, bounds, generator)

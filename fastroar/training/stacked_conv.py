@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
+from fastroar.engine import cancel
 from fastroar.engine.loaders.resident import epoch_order, resident_ranks
 from fastroar.method import keep_range, model_input_array
 from fastroar.models import build_seeded
@@ -155,6 +156,7 @@ def train_stacked_conv(arch: str, arch_params: dict[str, Any], shape: Sequence[i
         loss_sum.zero_()
         correct.zero_()
         for start in range(0, n, bs):
+            cancel.check()   # between steps: an interrupted run stops here (fastroar.engine.cancel)
             xb, yb = data.batch(orders[:, start:start + bs])
             b = yb.shape[1]
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
