@@ -80,14 +80,14 @@ def _thread_pool(threads: int):
 
 
 def _map_threads(fn: Callable, items: Sequence[tuple], threads: int, progress: bool, desc: str) -> Iterator[Any]:
-    pool, stop = _thread_pool(threads), threading.Event()
-    try:
-        yield from _as_completed([cancel.submit(pool, stop, fn, *args) for args in items], progress, desc)
-    finally:  # an error or Ctrl-C: tasks not started are dropped; running ones stop at their next step
-        # (fastroar.engine.cancel), unrecorded, before the caller goes on (so nothing writes after the stage
-        # has released its lock)
-        stop.set()
-        pool.shutdown(wait=True, cancel_futures=True)
+    """A TaskQueue of the items in order: on an error or Ctrl-C the tasks not started are dropped and the
+    running ones stop at their next step, unrecorded, before the caller goes on (so nothing writes after the
+    stage has released its lock)."""
+    with TaskQueue(threads) as queue:
+        for i, args in enumerate(items):
+            queue.add(0, i, fn, *args)   # one priority: they start in order
+        for _, result in tqdm(queue.results(), total=len(items), desc=desc, disable=not progress, unit="task"):
+            yield result
 
 
 def _same_torch_threads(n: int | None = None) -> None:
