@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
+import threading
 import warnings
 from typing import Any, Sequence, Union
 
@@ -27,28 +28,38 @@ __all__ = ["backend", "extension_op", "rank_and_mask", "rank", "unmask", "n_kept
 ArrayLike = Union["torch.Tensor", np.ndarray]  # noqa: F821 (torch imported lazily)
 
 _BACKENDS = ("ext", "numba", "numpy")
-_ext_state: dict[str, Any] = {}
+# (loaded, has CUDA kernels, why not loaded), set once as a whole tuple so that a reader never sees half of it.
+_ext_state: tuple[bool, bool, str] | None = None
+# Two threads (models trained side by side) may ask at once; without the lock the second saw the module
+# half-imported ("fastroar._C.__spec__ is None") and the run crashed.
+_ext_lock = threading.Lock()
 
 
 def _load_ext() -> tuple[bool, bool, str]:
-    """(extension loaded, extension has CUDA kernels, why not loaded). Loads it once."""
-    if not _ext_state:
-        if importlib.util.find_spec("fastroar._C") is None:
-            _ext_state.update(ok=False, cuda=False, why="fastroar._C is not built")
-            return _ext_state["ok"], _ext_state["cuda"], _ext_state["why"]
-        try:
-            import torch
+    """(extension loaded, extension has CUDA kernels, why not loaded). Loads it once, thread-safely."""
+    global _ext_state
+    if _ext_state is None:
+        with _ext_lock:
+            if _ext_state is None:
+                _ext_state = _import_ext()
+    return _ext_state
 
-            from fastroar import _C  # noqa: F401  (loading the library registers torch.ops.fastroar)
 
-            _ext_state.update(ok=True, cuda=bool(torch.ops.fastroar.has_cuda()), why="")
-        except (ImportError, OSError, AttributeError, RuntimeError) as e:
-            # built but unusable (e.g. compiled against another torch): say so once, fall back to Numba
-            why = f"{type(e).__name__}: {e}"
-            _ext_state.update(ok=False, cuda=False, why=why)
-            warnings.warn(f"fastroar._C is present but does not load ({why}); using the Numba kernels. Rebuild it: "
-                          "python -m pip install --no-build-isolation -e .", RuntimeWarning, stacklevel=3)
-    return _ext_state["ok"], _ext_state["cuda"], _ext_state["why"]
+def _import_ext() -> tuple[bool, bool, str]:
+    if importlib.util.find_spec("fastroar._C") is None:
+        return False, False, "fastroar._C is not built"
+    try:
+        import torch
+
+        from fastroar import _C  # noqa: F401  (loading the library registers torch.ops.fastroar)
+
+        return True, bool(torch.ops.fastroar.has_cuda()), ""
+    except (ImportError, OSError, AttributeError, RuntimeError) as e:
+        # built but unusable (e.g. compiled against another torch): say so once, fall back to Numba
+        why = f"{type(e).__name__}: {e}"
+        warnings.warn(f"fastroar._C is present but does not load ({why}); using the Numba kernels. Rebuild it: "
+                      "python -m pip install --no-build-isolation -e .", RuntimeWarning, stacklevel=4)
+        return False, False, why
 
 
 def _active() -> str:
