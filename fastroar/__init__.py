@@ -8,7 +8,12 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from fastroar.cpu import pin_cpu_kernels
+
 __version__ = "0.1.0"
+
+# Before anything imports torch: the same kernels, hence the same bits, on any x86 CPU (fastroar.cpu).
+pin_cpu_kernels()
 
 _PUBLIC = {
     "rank": "fastroar.engine.kernels",

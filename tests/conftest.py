@@ -5,6 +5,8 @@ import os
 
 import pytest
 
+import fastroar  # noqa: F401  (first: pins torch's CPU kernels before any test imports torch)
+
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 # Small enough for seconds per stage on 2 CPU cores, big enough that every stage does real work.
