@@ -33,8 +33,10 @@ import numpy as np
 import torch
 
 from fastroar import __version__
+from fastroar.cpu import capability
 from fastroar.engine.executors import LocalExecutor
 from fastroar.engine.faults import fault_point
+from fastroar.engine.hits import pack_hits
 from fastroar.engine.loaders.plan import resident_bytes
 from fastroar.engine.results import append_result, read_results
 from fastroar.engine.store import RankStore, SplitArrays
@@ -47,7 +49,7 @@ from fastroar.stages.artifacts import (Prepared, identity, load_prepared, resolv
 from fastroar.stages.contract import Context, stage
 from fastroar.training.batched import Spec, batchable, train_stacked
 from fastroar.training.jobs import Job
-from fastroar.training.loop import evaluate, train_model
+from fastroar.training.loop import accuracy_of, test_hits, train_model
 from fastroar.training.settings import Recipe
 from fastroar.training.stacked_conv import train_stacked_conv
 
@@ -103,16 +105,20 @@ def run_job(job: Job, cfg: dict[str, Any], workdir: Workdir, prepared: Prepared 
         ranks=_ranks(store, job.model, job.attribution, "test"), **mask)
     model = build_seeded(job.seed, job.arch, prepared.shape, prepared.num_classes, **job.arch_params).to(device)
     stats = train_model(model, train_loader, recipe, desc=f"retrain {job.direction}-{job.k}", progress=progress)
-    accuracy = evaluate(model, test_loader, recipe)
-    return _record(job, recipe, accuracy, stats, time.perf_counter() - t0, path_name, device, 1)
+    hits = test_hits(model, test_loader, recipe)
+    stats = stats | {"accuracy": accuracy_of(hits), "hits": hits.numpy()}
+    return _record(job, recipe, stats, time.perf_counter() - t0, path_name, device, 1)
 
 
-def _record(job: Job, recipe: Recipe, accuracy: float, stats: dict[str, Any], seconds: float, loader: str,
+def _record(job: Job, recipe: Recipe, result: dict[str, Any], seconds: float, loader: str,
             device: torch.device, group_size: int) -> dict[str, Any]:
+    """A job's record: its identity, test accuracy and per-image test outcomes (`hits`, for intervals and
+    paired tests), training stats, and where and how it ran (device, CPU kernels, loader, version)."""
     return job.to_dict() | {
-        "accuracy": accuracy, "train_acc": stats["train_acc"], "loss": stats["loss"],
-        "recipe_name": recipe.name, "seconds": round(seconds, 3), "loader": loader, "group_size": group_size,
-        "device": str(device), "fastroar_version": __version__, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "accuracy": result["accuracy"], "hits": pack_hits(result["hits"]), "train_acc": result["train_acc"],
+        "loss": result["loss"], "recipe_name": recipe.name, "seconds": round(seconds, 3), "loader": loader,
+        "group_size": group_size, "device": str(device), "cpu_capability": capability(),
+        "fastroar_version": __version__, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
 
 
@@ -182,7 +188,7 @@ def run_group(jobs: Sequence[Job], cfg: dict[str, Any], workdir: Workdir,
     total = time.perf_counter() - t0
     timing["task"] = total
     seconds = total / len(jobs)
-    records = [_record(j, recipe, r["accuracy"], r, seconds, "resident", device, len(jobs))
+    records = [_record(j, recipe, r, seconds, "resident", device, len(jobs))
                for j, r in zip(jobs, results)]
     records[0][TIMING_KEY] = timing   # the task's breakdown, taken off before the record is written
     return records

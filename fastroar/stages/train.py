@@ -12,7 +12,9 @@ from typing import Any
 
 import torch
 
+from fastroar.cpu import capability
 from fastroar.engine.executors import thread_map, usable_cores
+from fastroar.engine.hits import pack_hits
 from fastroar.engine.workspace import Workdir, atomic_save, atomic_write_text
 from fastroar.errors import StoreMismatchError
 from fastroar.metrics.aq import majority_rate
@@ -21,7 +23,7 @@ from fastroar.models.checkpoint import fit_state, read_state
 from fastroar.stages.artifacts import (Prepared, checkpoint_file, checkpoint_path, config_diff, load_prepared,
                                        model_config, resolve_device)
 from fastroar.stages.contract import Context, save_config, stage
-from fastroar.training.loop import evaluate, robust_accuracy, train_model
+from fastroar.training.loop import accuracy_of, robust_accuracy, test_hits, train_model
 from fastroar.training.settings import Adversary, Recipe
 
 
@@ -93,10 +95,17 @@ def register_one(mcfg: dict[str, Any], spec: dict[str, Any], prepared: Prepared,
     model.to(device)
     test_loader, path_name = prepared.loader("test", mode=cfg["loader"], batch_size=512, seed=0, train=False,
                                              device=device)
-    summary = {"name": mcfg["name"], "test_acc": evaluate(model, test_loader), "registered_from": str(source),
+    summary = {"name": mcfg["name"], **test_summary(model, test_loader), "registered_from": str(source),
                "seconds": round(time.perf_counter() - t0, 2), "loader": path_name}
     log(f"[train] {mcfg['name']}: registered {source} (test acc {summary['test_acc']:.3f}), not trained")
     return save_model(model, mcfg, summary, workdir)
+
+
+def test_summary(model: torch.nn.Module, test_loader) -> dict[str, Any]:
+    """A base model's clean test accuracy, which test images it gets right (`test_hits`, packed) and the CPU
+    kernels it was trained and tested with."""
+    hits = test_hits(model, test_loader)
+    return {"test_acc": accuracy_of(hits), "test_hits": pack_hits(hits.numpy()), "cpu_capability": capability()}
 
 
 def save_model(model: torch.nn.Module, mcfg: dict[str, Any], summary: dict[str, Any],
@@ -128,7 +137,7 @@ def train_one(mcfg: dict[str, Any], prepared: Prepared, cfg: dict[str, Any], wor
                                      device=device)
     stats = train_model(model, train_loader, recipe, adversary=adversary, bounds=prepared.bounds,
                         desc=f"train {mcfg['name']}", progress=progress, generator=stream)
-    summary = {"name": mcfg["name"], "test_acc": evaluate(model, test_loader),
+    summary = {"name": mcfg["name"], **test_summary(model, test_loader),
                "test_chance": majority_rate(prepared.arrays("test")[1]), **stats,
                "seconds": round(time.perf_counter() - t0, 2), "loader": path_name}
     if adversary is not None:

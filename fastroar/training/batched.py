@@ -373,29 +373,34 @@ def train_stacked(arch: str, arch_params: dict[str, Any], shape: Sequence[int], 
     train_loss = [v / n for v in loss_sum.tolist()]
     train_acc = [c / n for c in correct.tolist()]
     t2 = time.perf_counter()
-    accuracy = evaluate_stacked(stack, test, specs, device, test_batch_size, cd)
+    hits = evaluate_stacked(stack, test, specs, device, test_batch_size, cd)
     if timings is not None:
         timings.update(setup=t1 - t0, train=t2 - t1, eval=time.perf_counter() - t2)
-    return stack_records(accuracy[:real], train_acc, train_loss, stack.state_dict if return_models else None)
+    return stack_records(hits[:real], train_acc, train_loss, stack.state_dict if return_models else None)
 
 
-def stack_records(accuracy: Sequence[float], train_acc: Sequence[float], loss: Sequence[float],
+def stack_records(hits: torch.Tensor, train_acc: Sequence[float], loss: Sequence[float],
                   state_dict: Callable[[int], dict] | None = None) -> list[dict[str, Any]]:
-    """One result per model of a stack, in order (with its weights when state_dict is given)."""
-    return [{"accuracy": a, "train_acc": t, "loss": l, **({"state_dict": state_dict(i)} if state_dict else {})}
-            for i, (a, t, l) in enumerate(zip(accuracy, train_acc, loss))]
+    """One result per model of a stack, in order: test accuracy, per-image test outcomes `hits` ((N,) bool
+    array), train accuracy and loss (with its weights when state_dict is given)."""
+    n = hits.shape[1]
+    correct = hits.sum(1).tolist()
+    return [{"accuracy": c / max(1, n), "hits": h, "train_acc": t, "loss": l,
+             **({"state_dict": state_dict(i)} if state_dict else {})}
+            for i, (c, h, t, l) in enumerate(zip(correct, hits.numpy(), train_acc, loss))]
 
 
 @torch.no_grad()
 def evaluate_stacked(stack: StackedMLP, test: tuple[np.ndarray, np.ndarray, np.ndarray], specs: Sequence[Spec],
                      device: torch.device, batch_size: int = 512,
-                     compute_dtype: torch.dtype = torch.float32) -> list[float]:
-    """Top-1 accuracy of each stacked model on the test split masked by its own spec (in order)."""
+                     compute_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Which test images each stacked model classifies correctly on the test split masked by its own spec:
+    (M, N) bool on the CPU, models in order, images in the split's order."""
     data = _Split(test, specs, device)
     m = len(specs)
-    correct = torch.zeros(m, dtype=torch.long, device=device)
+    hits = []
     for start in range(0, data.n, batch_size):
         rows = torch.arange(start, min(start + batch_size, data.n), device=device)
         logits = stack.forward(data.batch(rows.expand(m, -1).contiguous()), compute_dtype)
-        correct += (logits.argmax(2) == data.y[rows]).sum(1)
-    return [int(c) / max(1, data.n) for c in correct.tolist()]
+        hits.append(logits.argmax(2) == data.y[rows])
+    return torch.cat(hits, 1).cpu() if hits else torch.zeros((m, 0), dtype=torch.bool)

@@ -70,20 +70,29 @@ def train_model(model: nn.Module, loader: Iterable, recipe: Recipe, *, adversary
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: Iterable, recipe: Recipe | None = None) -> float:
-    """Top-1 accuracy of `model` over `loader` (under the recipe's autocast / memory format, if given)."""
+def test_hits(model: nn.Module, loader: Iterable, recipe: Recipe | None = None) -> torch.Tensor:
+    """Which samples of `loader` (in its order) `model` classifies correctly, as a (N,) bool tensor on the CPU
+    (under the recipe's autocast / memory format, if given)."""
     model.eval()
     device = next(model.parameters()).device
     amp = recipe is not None and recipe.uses_autocast(device)
     channels_last = recipe is not None and recipe.uses_channels_last(device)
-    correct = torch.zeros((), dtype=torch.long, device=device)
-    seen = 0
+    hits = []
     for x, y in loader:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             logits = model(_prepare_input(x, channels_last))
-        correct += (logits.argmax(1) == y).sum()
-        seen += len(y)
-    return int(correct) / max(1, seen)
+        hits.append(logits.argmax(1) == y)
+    return torch.cat(hits).cpu() if hits else torch.zeros(0, dtype=torch.bool)
+
+
+def accuracy_of(hits: torch.Tensor) -> float:
+    """Top-1 accuracy of per-sample outcomes: correct / N (0.0 for no samples)."""
+    return int(hits.sum()) / max(1, int(hits.numel()))
+
+
+def evaluate(model: nn.Module, loader: Iterable, recipe: Recipe | None = None) -> float:
+    """Top-1 accuracy of `model` over `loader` (under the recipe's autocast / memory format, if given)."""
+    return accuracy_of(test_hits(model, loader, recipe))
 
 
 def robust_accuracy(model: nn.Module, loader: Iterable, adversary: Adversary,

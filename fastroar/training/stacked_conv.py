@@ -173,27 +173,28 @@ def train_stacked_conv(arch: str, arch_params: dict[str, Any], shape: Sequence[i
     train_loss = [v / max(1, n) for v in loss_sum.tolist()]
     train_acc = [c / max(1, n) for c in correct.tolist()]   # .tolist() waits for the device: t2 is honest
     t2 = time.perf_counter()
-    accuracy = evaluate_conv_stack(stack, test, specs, shape, device, test_batch_size, amp)
+    hits = evaluate_conv_stack(stack, test, specs, shape, device, test_batch_size, amp)
     if timings is not None:
         timings.update(setup=t1 - t0, train=t2 - t1, eval=time.perf_counter() - t2)
-    return stack_records(accuracy, train_acc, train_loss, stack.state_dict if return_models else None)
+    return stack_records(hits, train_acc, train_loss, stack.state_dict if return_models else None)
 
 
 @torch.no_grad()
 def evaluate_conv_stack(stack: ConvStack, test: tuple[np.ndarray, np.ndarray, np.ndarray], specs: Sequence[Any],
                         shape: Sequence[int], device: torch.device, batch_size: int = 512,
-                        amp: bool = False) -> list[float]:
-    """Top-1 accuracy of each stacked model (eval mode) on the test split masked by its own spec."""
+                        amp: bool = False) -> torch.Tensor:
+    """Which test images each stacked model (eval mode) classifies correctly on the test split masked by its
+    own spec: (M, N) bool on the CPU."""
     data = _Data(test, specs, shape, device)
     m = len(specs)
-    correct = torch.zeros(m, dtype=torch.long, device=device)
+    hits = []
     for start in range(0, data.n, batch_size):
         rows = torch.arange(start, min(start + batch_size, data.n), device=device)
         xb, yb = data.batch(rows.expand(m, -1))
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             logits = stack.forward(xb, train=False)
-        correct += (logits.argmax(2) == yb).sum(1)
-    return [int(c) / max(1, data.n) for c in correct.tolist()]
+        hits.append(logits.argmax(2) == yb)
+    return torch.cat(hits, 1).cpu() if hits else torch.zeros((m, 0), dtype=torch.bool)
 
 
 __all__ = ["ConvStack", "train_stacked_conv", "evaluate_conv_stack"]
