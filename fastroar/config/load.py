@@ -102,6 +102,32 @@ def set_dotted(cfg: dict[str, Any], item: str) -> None:
         raise ConfigError(f"override {item!r}: value is not valid YAML ({' '.join(str(e).split())})") from None
 
 
+DEFAULT_SEEDS = 5   # retrain.seeds: the paper averages five runs
+
+
+def expand_replicates(models: Any) -> Any:
+    """models with each entry of `replicates: B` > 1 replaced by B entries: NAME (seed s), NAME.1 (seed s+1),
+    ..., each with replicate_of: NAME (the family its rows are reported under). Idempotent: an expanded
+    list has no replicates key left. Entries without replicates are returned unchanged (their keys too)."""
+    if not isinstance(models, list):
+        return models
+    out = []
+    for m in models:
+        if not isinstance(m, dict) or m.get("replicates", 1) == 1 or not isinstance(m.get("replicates"), int) \
+                or isinstance(m.get("replicates"), bool) or not m.get("name"):
+            out.append(m)
+            continue
+        if m.get("checkpoint"):
+            raise ConfigError(f"model {m['name']!r}: replicates trains several base models; a registered "
+                              "checkpoint is one model (drop replicates, or register each checkpoint by name)")
+        base = {k: v for k, v in m.items() if k != "replicates"}
+        seed = int(base.get("seed", 0)) if isinstance(base.get("seed", 0), int) else base.get("seed")
+        for i in range(m["replicates"]):
+            out.append(base | {"name": base["name"] if i == 0 else f"{base['name']}.{i}",
+                               "seed": seed + i if isinstance(seed, int) else seed, "replicate_of": base["name"]})
+    return out
+
+
 def validate(cfg: dict[str, Any]) -> dict[str, Any]:
     """Checks and normalises a config's structure and values (returns a new dict). What needs the
     science registries (dataset, architecture, attribution names; recipes; adversaries) is checked by
@@ -116,7 +142,8 @@ def validate(cfg: dict[str, Any]) -> dict[str, Any]:
     if floor is not None and (isinstance(floor, bool) or not isinstance(floor, (int, float)) or not 0 <= floor <= 1):
         raise ConfigError(f"train.min_test_acc must be a number in [0, 1], got {floor!r}")
     names = set()
-    for m in cfg.setdefault("models", [{"name": "standard"}]):
+    cfg["models"] = expand_replicates(cfg.setdefault("models", [{"name": "standard"}]))
+    for m in cfg["models"]:
         if not isinstance(m, dict) or not m.get("name"):
             raise ConfigError(f"each entry of models needs a name, got {m!r}")
         if m["name"] in names:
@@ -146,9 +173,10 @@ def validate(cfg: dict[str, Any]) -> dict[str, Any]:
     for d in dirs:
         if d not in DIRECTIONS:
             raise ConfigError(f"direction must be one of top, bottom (or both), got {d!r}")
-    seeds = rt.setdefault("seeds", 1)
-    if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
-        raise ConfigError(f"seeds (the number of runs per level and direction) must be an integer >= 1, got {seeds!r}")
+    seeds = rt.setdefault("seeds", DEFAULT_SEEDS)
+    if seeds != "auto" and (not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1):
+        raise ConfigError(f"seeds (the number of runs per level and direction) must be an integer >= 1 or auto, "
+                          f"got {seeds!r}")
     if rt.setdefault("recipe", "paper") not in RECIPES:
         raise ConfigError(f"retrain.recipe must be paper or fast, got {rt['recipe']!r}")
     for key, default in (("batch_models", 16), ("fast_epochs", None)):

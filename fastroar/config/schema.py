@@ -11,7 +11,7 @@ millions of jobs before the first one ran).
 from __future__ import annotations
 
 import difflib
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr,
                       ValidationError)
@@ -21,6 +21,7 @@ from fastroar.errors import ConfigError
 MAX_SEEDS = 1000            # runs per (level, direction)
 MAX_BATCH = 1 << 16         # images per batch, anywhere
 MAX_MODELS_PER_GROUP = 4096
+MAX_REPLICATES = 32         # base models per entry of models
 Number = float  # strict: a YAML int or float, never a bool or a string
 
 
@@ -87,6 +88,10 @@ class BaseModelSpec(Section):
     adversary: Optional[Adversary] = None
     seed: StrictInt = 0
     checkpoint: Optional[StrictStr] = Field(None, min_length=1)  # the user's trained model, not trained here
+    # B base models of this recipe (seeds seed, seed+1, ...): intervals then span base models too.
+    # The loader expands them into entries NAME, NAME.1, ... that name their family in replicate_of.
+    replicates: StrictInt = Field(1, ge=1, le=MAX_REPLICATES)
+    replicate_of: Optional[StrictStr] = Field(None, min_length=1)
 
 
 class Precompute(Section):
@@ -98,7 +103,10 @@ class Retrain(Recipe):
     """retrain: the sweep's shape, plus recipe overrides of the base models' train section."""
 
     directions: list[Literal["top", "bottom"]] = Field(["top", "bottom"], min_length=1, max_length=2)
-    seeds: StrictInt = Field(1, ge=1, le=MAX_SEEDS)
+    # runs per (level, direction): a number, or auto = add seeds to a row while they still narrow its
+    # interval (fastroar.metrics.intervals), up to max_seeds
+    seeds: Union[Annotated[StrictInt, Field(ge=1, le=MAX_SEEDS)], Literal["auto"]] = 5
+    max_seeds: StrictInt = Field(20, ge=2, le=MAX_SEEDS)
     recipe: Literal["paper", "fast", "airbench"] = "paper"
     batch_models: StrictInt = Field(16, ge=1, le=MAX_MODELS_PER_GROUP)
     fast_epochs: Optional[StrictInt] = Field(None, ge=1, le=100_000)

@@ -351,6 +351,17 @@ def _train_mean(prepared: Prepared) -> float:
 # ---------------------------------------------------------------- the sweep
 
 MAX_JOBS = 100_000  # models x attributions x levels x directions x seeds: beyond this, a typo
+AUTO_FIRST_SEEDS = 3   # retrain.seeds: auto runs this many seeds on every row, then adds where they help
+
+
+def seed_counts(cfg: dict[str, Any]) -> tuple[int, int]:
+    """(seeds every row of the sweep runs, the most seeds a row may get): (n, n) for retrain.seeds = n; for
+    auto, AUTO_FIRST_SEEDS first and up to retrain.max_seeds where more seeds still narrow a row's interval
+    (the retrain stage decides, fastroar.metrics.intervals)."""
+    seeds = cfg["retrain"]["seeds"]
+    if seeds == "auto":
+        return AUTO_FIRST_SEEDS, max(AUTO_FIRST_SEEDS, int(cfg["retrain"].get("max_seeds", 20)))
+    return int(seeds), int(seeds)
 
 
 def select(cfg: dict[str, Any], key: str, names: Sequence[str] | None) -> list[str]:
@@ -367,14 +378,16 @@ def select(cfg: dict[str, Any], key: str, names: Sequence[str] | None) -> list[s
 
 def sweep_jobs(cfg: dict[str, Any], workdir: Workdir, prepared: Prepared, *, models: Sequence[str] | None = None,
                attributions: Sequence[str] | None = None, levels: Sequence[float] | None = None,
-               directions: Sequence[str] | None = None, n_seeds: int | None = None) -> list[Job]:
+               directions: Sequence[str] | None = None, n_seeds: int | None = None,
+               all_seeds: bool = False) -> list[Job]:
     """The retraining jobs of the config (or of a selection of it), keyed by everything they depend on:
-    the base models' hashes (each must be trained), the data, the retrain recipe, the fill."""
+    the base models' hashes (each must be trained), the data, the retrain recipe, the fill. Seeds: n_seeds,
+    else the seeds every row runs (seed_counts), or with all_seeds the most a row may get."""
     models = select(cfg, "models", models)
     attributions = select(cfg, "attributions", attributions)
     levels = list(levels or cfg["levels"])
     directions = list(directions or cfg["retrain"]["directions"])
-    seeds = range(n_seeds or cfg["retrain"]["seeds"])
+    seeds = range(n_seeds or seed_counts(cfg)[1 if all_seeds else 0])
     count = len(models) * len(attributions) * len(levels) * len(directions) * len(seeds)
     if count > MAX_JOBS:
         raise ConfigError(f"the sweep has {count:,} jobs ({len(models)} models x {len(attributions)} attributions x "
@@ -391,7 +404,7 @@ def sweep_records(cfg: dict[str, Any], workdir: Workdir, prepared: Prepared
     """(the config's jobs, their records, the records of other settings, unreadable line numbers) of the
     workdir's results log: a record belongs to the config when its job key is one of the config's jobs
     (base-model hashes, data, recipe, fill, ... all enter the key), so settings are never mixed."""
-    jobs = sweep_jobs(cfg, workdir, prepared)
+    jobs = sweep_jobs(cfg, workdir, prepared, all_seeds=True)   # with seeds: auto, the seeds added too
     records, unreadable = read_results_checked(workdir.results_path)
     wanted = {j.key for j in jobs}
     mine = [records[j.key] for j in jobs if j.key in records]

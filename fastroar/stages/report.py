@@ -20,10 +20,11 @@ from fastroar.engine.store import RankStore
 from fastroar.engine.workspace import Workdir, atomic_write
 from fastroar.errors import MissingInputError
 from fastroar.metrics.aq import attribution_quality, majority_rate
-from fastroar.metrics.diffroar import diffroar_rows
+from fastroar.metrics.diffroar import comparison_rows, diffroar_rows
 from fastroar.metrics.localization import localization
 from fastroar.metrics.road import DEFAULT_NOISE
-from fastroar.stages.artifacts import Prepared, checkpoint_path, identity, load_prepared, model_warnings, sweep_records
+from fastroar.stages.artifacts import (Prepared, checkpoint_path, identity, load_prepared, model_warnings, seed_counts,
+                                       sweep_records)
 from fastroar.stages.contract import Context, stage
 from fastroar.training.jobs import Job
 
@@ -68,7 +69,7 @@ def import_plotting() -> None:
 
 
 def plot_curves(rows: list[dict[str, Any]], path: Path, title: str) -> None:
-    """DiffROAR against k, one curve (with a +-std band) per (model, attribution). Drawn on a Figure of its
+    """DiffROAR against k, one curve (with its 95% interval as a band) per (model, attribution). Drawn on a Figure of its
     own with the Agg canvas: no pyplot (its import costs more than the plot), no global figure state."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -83,12 +84,14 @@ def plot_curves(rows: list[dict[str, Any]], path: Path, title: str) -> None:
         pts = sorted(pts, key=lambda r: r["k"])
         k = np.array([p["k"] for p in pts])
         m = np.array([p["diffroar"] for p in pts])
-        s = np.nan_to_num(np.array([p["std"] for p in pts], dtype=float))  # one run: no band
+        lo = np.array([p.get("ci_low", np.nan) for p in pts], dtype=float)
+        hi = np.array([p.get("ci_high", np.nan) for p in pts], dtype=float)
         (line,) = ax.plot(k, m, marker="o", label=f"{model} / {attribution}")
-        ax.fill_between(k, m - s, m + s, color=line.get_color(), alpha=0.15)
+        known = ~(np.isnan(lo) | np.isnan(hi))   # a row without an interval draws no band
+        ax.fill_between(k, np.where(known, lo, m), np.where(known, hi, m), color=line.get_color(), alpha=0.15)
     ax.axhline(0.0, color="black", lw=0.8)
     ax.set_xlabel("k (fraction of coordinates kept)")
-    ax.set_ylabel("DiffROAR = acc(top-k) - acc(bottom-k)")
+    ax.set_ylabel("DiffROAR = acc(top-k) - acc(bottom-k), 95% interval")
     ax.set_title(title)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -111,12 +114,17 @@ def road_estimates(workdir: Workdir, dataset_key: str, records: Iterable[dict[st
     return {k: v for k, (_, v) in best.items()}
 
 
-DIFFROAR_COLUMNS = ("model", "attribution", "k", "acc_top", "acc_bottom", "diffroar", "std", "runs")
+DIFFROAR_COLUMNS = ("model", "attribution", "k", "acc_top", "acc_bottom", "diffroar", "ci_low", "ci_high", "se",
+                    "p_positive", "std", "runs", "bases", "interval")
+# the printed table: the interval as one cell, the p-value of DiffROAR > 0 in a readable form
+PRINTED_COLUMNS = ("model", "attribution", "k", "acc_top", "acc_bottom", "diffroar", "95% interval", "p(>0)", "runs")
+COMPARISON_COLUMNS = ("of", "k", "a", "b", "difference", "ci_low", "ci_high", "p_two_sided", "runs")
+PRINTED_COMPARISON = ("of", "k", "a - b", "difference", "95% interval", "p", "runs")
 LOCALIZATION_COLUMNS = ("model", "attribution", "k", "signal_share", "chance")
 
 
 AQ_COLUMNS = ("model", "attribution", "m", "top_hit", "bottom_hit", "aq")
-MODEL_COLUMNS = ("model", "adversary", "test_acc", "robust_test_acc", "chance")
+MODEL_COLUMNS = ("model", "adversary", "test_acc", "robust_test_acc", "chance", "hash", "cpu")
 
 
 def base_model_rows(cfg: dict[str, Any], workdir: Workdir, prepared: Prepared) -> list[dict[str, Any]]:
@@ -135,7 +143,8 @@ def base_model_rows(cfg: dict[str, Any], workdir: Workdir, prepared: Prepared) -
         adv = spec.get("adversary")
         rows.append({"model": spec["name"], "adversary": f"{adv['norm']} eps {adv['eps']}" if adv else "-",
                      "test_acc": sm.get("test_acc"), "robust_test_acc": sm.get("robust_test_acc", "-"),
-                     "chance": chance, "warnings": model_warnings(cfg, ckpt, chance, len(labels))})
+                     "chance": chance, "hash": str(sm.get("hash", "?"))[:12], "cpu": sm.get("cpu_capability", "?"),
+                     "warnings": model_warnings(cfg, ckpt, chance, len(labels))})
     return rows
 
 
@@ -161,18 +170,23 @@ def report(ctx: Context) -> dict[str, Any]:
         raise MissingInputError(f"no retraining results of this config in {workdir.results_path}"
                                 f"{' (' + notes[-1].removeprefix('[report] ') + ')' if others else ''}; run "
                                 f"`fastroar retrain --workdir {workdir.root}` with the same settings first")
-    rows = with_missing_cells(diffroar_rows(mine), jobs)
+    families = model_families(cfg)
+    rows = with_missing_cells(diffroar_rows(mine, families), jobs, families)
+    comparisons = comparison_rows(mine, families)
     columns = DIFFROAR_COLUMNS
     road = road_estimates(workdir, prepared.meta["key"], mine)
+    printed = PRINTED_COLUMNS
     if road:  # `fastroar estimate` has run: its ROAD(k) beside DiffROAR(k)
         for r in rows:
             r["road"] = road.get((r["model"], r["attribution"], r["k"]), "")
-        columns = DIFFROAR_COLUMNS + ("road",)
+        columns, printed = DIFFROAR_COLUMNS + ("road",), PRINTED_COLUMNS + ("road",)
     loc_rows, aq_rows = signal_rows(cfg, workdir, prepared, sorted({(r["model"], r["attribution"]) for r in mine}),
                                     {r["model"]: r["model_hash"] for r in mine})
     model_rows = base_model_rows(cfg, workdir, prepared)
     out = workdir.report_dir
     write_csv(rows, out / "diffroar.csv", columns)
+    if comparisons:
+        write_csv(comparisons, out / "comparisons.csv", COMPARISON_COLUMNS)
     png = out / "diffroar.png"
     plot_curves([r for r in rows if r["diffroar"] is not None], png, f"DiffROAR on {cfg['dataset']['name']}")
     if loc_rows is not None:
@@ -184,12 +198,18 @@ def report(ctx: Context) -> dict[str, Any]:
     if road:
         log("ROAD: the retraining-free estimate (`fastroar estimate`): acc of the base model on top-k vs "
             "bottom-k kept, the rest imputed")
-    log(format_table(rows, columns))
-    short = [r for r in rows if r["runs"] < cfg["retrain"]["seeds"]]
+    log(format_table([printable(r) for r in rows], printed))
+    log(interval_note(rows, model_rows))
+    first, _ = seed_counts(cfg)
+    short = [r for r in rows if r["runs"] < first * max(1, r.get("bases") or 1)]
     if short:
         log(f"({len(short)} row(s) have fewer than retrain.seeds = {cfg['retrain']['seeds']} runs in both directions: "
             f"the sweep is not finished; `fastroar retrain --workdir {workdir.root}` completes it)")
-    result: dict[str, Any] = {"diffroar": rows, "csv": out / "diffroar.csv", "png": png, "ignored": len(others)}
+    if comparisons:
+        log("\nPaired comparisons (same test images and seeds): DiffROAR(a) - DiffROAR(b), two-sided p")
+        log(format_table([printable_comparison(c) for c in comparisons], PRINTED_COMPARISON))
+    result: dict[str, Any] = {"diffroar": rows, "comparisons": comparisons, "csv": out / "diffroar.csv", "png": png,
+                              "ignored": len(others)}
     if loc_rows is not None:
         log("\nSignal-block localization (share of top-k coordinates inside the signal block; test split)")
         log(format_table(loc_rows, LOCALIZATION_COLUMNS))
@@ -207,12 +227,56 @@ def report(ctx: Context) -> dict[str, Any]:
     return result
 
 
-def with_missing_cells(rows: list[dict[str, Any]], jobs: Sequence[Job]) -> list[dict[str, Any]]:
+def model_families(cfg: dict[str, Any]) -> dict[str, str]:
+    """Each base model's family: the entry of `models` it replicates (replicates: B), else itself."""
+    return {m["name"]: m.get("replicate_of") or m["name"] for m in cfg["models"]}
+
+
+def p_text(p: float | None) -> str:
+    """A p-value as printed: three decimals, '<0.001' below that, blank when not computed."""
+    if p is None or (isinstance(p, float) and math.isnan(p)):
+        return ""
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def interval_text(lo: float | None, hi: float | None) -> str:
+    if lo is None or hi is None or math.isnan(lo) or math.isnan(hi):
+        return ""
+    return f"[{lo:+.3f}, {hi:+.3f}]"
+
+
+def printable(row: dict[str, Any]) -> dict[str, Any]:
+    """A DiffROAR row as the table prints it (missing cells stay None: "missing")."""
+    if row["diffroar"] is None:
+        return row | {"95% interval": None, "p(>0)": None}
+    return row | {"95% interval": interval_text(row["ci_low"], row["ci_high"]), "p(>0)": p_text(row["p_positive"])}
+
+
+def printable_comparison(c: dict[str, Any]) -> dict[str, Any]:
+    return c | {"a - b": f"{c['a']} - {c['b']}", "95% interval": interval_text(c["ci_low"], c["ci_high"]),
+                "p": p_text(c["p_two_sided"])}
+
+
+def interval_note(rows: Sequence[dict[str, Any]], model_rows: Sequence[dict[str, Any]]) -> str:
+    """What the table's intervals span, in one line."""
+    spans = sorted({r["interval"] for r in rows if r.get("interval")})
+    cpus = sorted({str(m["cpu"]) for m in model_rows})
+    bases = max((r.get("bases") or 1 for r in rows), default=1)
+    scope = (f"{bases} base models per row" if bases > 1 else "this base model")
+    return (f"95% interval: {'; '.join(spans) or 'none'}; it covers {scope}, trained and retrained with CPU "
+            f"kernels {', '.join(cpus) or '?'} (fastroar.metrics.intervals). p(>0): one-sided p-value of "
+            "DiffROAR > 0.")
+
+
+def with_missing_cells(rows: list[dict[str, Any]], jobs: Sequence[Job],
+                       families: dict[str, str] | None = None) -> list[dict[str, Any]]:
     """rows plus one row per (model, attribution, k) of the sweep that has no seed in both directions,
     its values None (shown as "missing")."""
+    families = families or {}
     have = {(r["model"], r["attribution"], r["k"]) for r in rows}
-    missing = sorted({(j.model, j.attribution, j.k) for j in jobs} - have)
-    blank = dict.fromkeys(("acc_top", "acc_bottom", "diffroar", "std"))
+    missing = sorted({(families.get(j.model, j.model), j.attribution, j.k) for j in jobs} - have)
+    blank = dict.fromkeys(("acc_top", "acc_bottom", "diffroar", "ci_low", "ci_high", "se", "p_positive", "std",
+                           "bases", "interval"))
     rows = rows + [{"model": m, "attribution": a, "k": k, **blank, "runs": 0} for m, a, k in missing]
     return sorted(rows, key=lambda r: (r["model"], r["attribution"], r["k"]))
 

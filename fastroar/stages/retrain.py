@@ -36,7 +36,7 @@ from fastroar import __version__
 from fastroar.cpu import capability
 from fastroar.engine.executors import LocalExecutor
 from fastroar.engine.faults import fault_point
-from fastroar.engine.hits import pack_hits
+from fastroar.engine.hits import pack_hits, unpack_hits
 from fastroar.engine.loaders.plan import resident_bytes
 from fastroar.engine.results import append_result, read_results
 from fastroar.engine.store import RankStore, SplitArrays
@@ -45,7 +45,7 @@ from fastroar.errors import MissingInputError
 from fastroar.method import rank_dtype
 from fastroar.models import build_model, build_seeded
 from fastroar.stages.artifacts import (Prepared, identity, load_prepared, resolve_device, retrain_recipe,
-                                       sweep_jobs)
+                                       seed_counts, sweep_jobs)
 from fastroar.stages.contract import Context, stage
 from fastroar.training.batched import Spec, batchable, train_stacked
 from fastroar.training.jobs import Job
@@ -291,12 +291,23 @@ def memory_note(cfg: dict[str, Any], prepared: Prepared, tasks: Sequence[Sequenc
 
 @stage("retrain")
 def retrain(ctx: Context, *, executor=None, **selection: Any) -> list[dict[str, Any]]:
-    """Runs every job of the sweep that has no record yet; returns the sweep's records."""
-    cfg, workdir, progress, log = ctx.cfg, ctx.wd, ctx.progress, ctx.log
+    """Runs every job of the sweep that has no record yet; with retrain.seeds = auto (and no --seeds) then
+    adds seeds, round by round, to the rows whose interval they still narrow; returns the sweep's records."""
+    cfg, workdir = ctx.cfg, ctx.wd
     executor = executor or LocalExecutor()
     jobs = plan(cfg, workdir, **selection)
     done = read_results(workdir.results_path)
-    todo = [j for j in jobs if j.key not in done]
+    execute(ctx, jobs, [j for j in jobs if j.key not in done], executor)
+    if cfg["retrain"]["seeds"] == "auto" and not selection.get("n_seeds"):
+        while extra := auto_jobs(ctx, jobs, **selection):
+            jobs = jobs + extra
+            execute(ctx, jobs, extra, executor, what="seeds: auto, more seeds for the rows they still narrow")
+    return log_recorded(ctx, jobs)
+
+
+def execute(ctx: Context, jobs: Sequence[Job], todo: Sequence[Job], executor, what: str = "") -> None:
+    """Runs `todo` (of the sweep's `jobs`) on the executor, recording each task's records as it finishes."""
+    cfg, workdir, progress, log = ctx.cfg, ctx.wd, ctx.progress, ctx.log
     prepared = load_prepared(cfg, workdir)
     device = resolve_device(cfg["device"])
     tasks = tasks_of(todo, cfg, prepared, device)
@@ -305,11 +316,42 @@ def retrain(ctx: Context, *, executor=None, **selection: Any) -> list[dict[str, 
     on = f" on {threads} threads" if threads > 1 else ""
     log(f"[retrain] {len(jobs)} jobs: {len(jobs) - len(todo)} already done, {len(todo)} to run "
         f"in {len(tasks)} tasks ({executor.name} executor{on}, recipe {retrain_recipe(cfg).name}"
-        f"{memory_note(cfg, prepared, tasks)})")
+        f"{memory_note(cfg, prepared, tasks)}){f' ({what})' if what else ''}")
     recorder = Recorder(ctx)
     recorder.planned = len(tasks)
     for records in executor.map(run_group_task, [(group, cfg, workdir) for group in tasks], progress,
                                 "retrain", threadsafe=threadsafe):
         recorder.record(records)
     recorder.summary(threads)
-    return log_recorded(ctx, jobs)
+
+
+def auto_jobs(ctx: Context, jobs: Sequence[Job], **selection: Any) -> list[Job]:
+    """retrain.seeds = auto: the next seeds of each row (model, attribution, k) of `jobs` whose interval more
+    seeds would still narrow (fastroar.metrics.intervals.seeds_to_add, from the rows' per-image outcomes),
+    up to retrain.max_seeds; [] when no row wants more. Rows whose records lack per-image outcomes get none."""
+    from fastroar.metrics.intervals import seeds_to_add
+
+    cfg, workdir = ctx.cfg, ctx.wd
+    _, most = seed_counts(cfg)
+    done = read_results(workdir.results_path)
+    outcomes: dict[tuple, dict[str, dict[int, np.ndarray]]] = {}
+    for j in jobs:
+        hits = unpack_hits(done[j.key].get("hits")) if j.key in done else None
+        if hits is not None:
+            outcomes.setdefault((j.model, j.attribution, j.k), {"top": {}, "bottom": {}})[j.direction][j.seed] = hits
+    have = {(j.model, j.attribution, j.k, j.direction, j.seed) for j in jobs}
+    extra: list[Job] = []
+    prepared = load_prepared(cfg, workdir)
+    for (model, attribution, k), by_dir in sorted(outcomes.items()):
+        seeds = sorted(set(by_dir["top"]) & set(by_dir["bottom"]))
+        if not seeds or len(seeds) >= most:
+            continue
+        top = np.stack([by_dir["top"][s] for s in seeds])[None]
+        bottom = np.stack([by_dir["bottom"][s] for s in seeds])[None]
+        add = min(seeds_to_add(top, bottom, max_seeds=most), most - len(seeds))
+        if add <= 0:
+            continue
+        new = sweep_jobs(cfg, workdir, prepared, models=[model], attributions=[attribution], levels=[k],
+                         directions=selection.get("directions"), n_seeds=len(seeds) + add)
+        extra += [j for j in new if (j.model, j.attribution, j.k, j.direction, j.seed) not in have]
+    return extra
