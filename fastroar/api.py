@@ -4,7 +4,7 @@ results as pandas DataFrames.
     >>> import fastroar
     >>> res = fastroar.evaluate("mine.pt", "blockdigits", attributions=["gradient", "random"],
     ...                         levels=[0.1, 0.3], workdir="api-work", seeds=2)
-    >>> res.summary          # one row per (model, attribution, k): acc_top, acc_bottom, diffroar, std, runs
+    >>> res.summary          # one row per (model, attribution, k): acc_top, acc_bottom, diffroar, ci_low, ci_high, ...
     >>> res.runs             # one row per retraining: model, attribution, k, direction, seed, accuracy, ...
     >>> runs, summary = res  # a Results unpacks as a pair
 
@@ -28,13 +28,14 @@ from fastroar.engine.workspace import atomic_save
 from fastroar.errors import ConfigError, MissingInputError
 from fastroar.keys import file_sha256
 from fastroar.metrics.diffroar import diffroar_rows
-from fastroar.stages.artifacts import load_prepared, sweep_records
+from fastroar.stages.artifacts import load_prepared, model_families, sweep_records
 from fastroar.stages.contract import Context, open_context
 from fastroar.stages.run import run
 
 RUN_COLUMNS = ("model", "attribution", "k", "direction", "seed", "accuracy", "train_acc", "loss", "recipe_name",
                "fill", "arch", "model_hash", "dataset_key", "seconds", "loader", "key")
-SUMMARY_COLUMNS = ("model", "attribution", "k", "acc_top", "acc_bottom", "diffroar", "std", "runs")
+SUMMARY_COLUMNS = ("model", "attribution", "k", "acc_top", "acc_bottom", "diffroar", "ci_low", "ci_high", "se",
+                   "p_positive", "std", "runs", "bases", "interval")
 
 
 @dataclass
@@ -43,7 +44,9 @@ class Results:
 
     runs: one row per retraining (model, attribution, k, direction, seed, accuracy, ...);
     summary: one row per (model, attribution, k): mean acc_top, acc_bottom, DiffROAR = their difference
-    (paired by seed), its std over seeds, and the number of runs; workdir: where everything is.
+    (paired by seed), its 95% interval (ci_low, ci_high: over retraining seeds and test images, and base
+    models for replicated models; `interval` says which), its standard error, the one-sided p-value of
+    DiffROAR > 0, the std over runs and the number of runs; workdir: where everything is.
     Unpacks as ``runs, summary = results``.
     """
 
@@ -151,7 +154,7 @@ def _results(ctx: Context) -> Results:
     _, mine, _, _ = sweep_records(cfg, wd, load_prepared(cfg, wd))  # by job key, as `fastroar report`
     records = sorted(mine, key=lambda r: (r["model"], r["attribution"], r["k"], r["direction"] != "top", r["seed"]))
     runs = pd.DataFrame([{c: r.get(c) for c in RUN_COLUMNS} for r in records], columns=list(RUN_COLUMNS))
-    summary = pd.DataFrame(diffroar_rows(records), columns=list(SUMMARY_COLUMNS))
+    summary = pd.DataFrame(diffroar_rows(records, model_families(cfg)), columns=list(SUMMARY_COLUMNS))
     return Results(runs, summary, wd.root)
 
 

@@ -371,10 +371,13 @@ def test_evaluate_and_load_results_return_the_tables(run_workdir, tmp_path):
                             log=lambda s: None)
     runs, summary = res
     assert len(runs) == 2 * 2 * 2 * 2 and set(runs["direction"]) == {"top", "bottom"}
-    assert list(summary.columns) == ["model", "attribution", "k", "acc_top", "acc_bottom", "diffroar", "std", "runs"]
+    assert list(summary.columns) == ["model", "attribution", "k", "acc_top", "acc_bottom", "diffroar", "ci_low",
+                                     "ci_high", "se", "p_positive", "std", "runs", "bases", "interval"]
     assert len(summary) == 4 and set(summary["model"]) == {"mine"} and (summary["runs"] == 2).all()
     row = summary[(summary.attribution == "gradient") & (summary.k == 0.5)].iloc[0]
     assert row.diffroar == pytest.approx(row.acc_top - row.acc_bottom)
+    # the interval is recomputed from the runs' per-image outcomes, and holds the estimate
+    assert row.ci_low <= row.diffroar <= row.ci_high and row.bases == 1 and "test images" in row.interval
     again = fastroar.load_results(tmp_path / "api")
     assert again.summary.equals(summary) and again.runs.equals(runs)
     # the same model as an nn.Module: registered from <workdir>/inputs/, same ranks

@@ -203,6 +203,12 @@ def model_config(cfg: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def model_families(cfg: dict[str, Any]) -> dict[str, str]:
+    """Each base model's family: the entry of `models` it replicates (`replicates: B`), else itself. A
+    family's DiffROAR rows pool its base models (fastroar.metrics.diffroar)."""
+    return {m["name"]: m.get("replicate_of") or m["name"] for m in cfg["models"]}
+
+
 def checkpoint_file(spec: dict[str, Any]) -> Path:
     """The user's checkpoint file of a registered model (spec `checkpoint: PATH`)."""
     path = Path(str(spec["checkpoint"])).expanduser()

@@ -23,8 +23,8 @@ from fastroar.metrics.aq import attribution_quality, majority_rate
 from fastroar.metrics.diffroar import comparison_rows, diffroar_rows
 from fastroar.metrics.localization import localization
 from fastroar.metrics.road import DEFAULT_NOISE
-from fastroar.stages.artifacts import (Prepared, checkpoint_path, identity, load_prepared, model_warnings, seed_counts,
-                                       sweep_records)
+from fastroar.stages.artifacts import (Prepared, checkpoint_path, identity, load_prepared, model_families,
+                                       model_warnings, seed_counts, sweep_records)
 from fastroar.stages.contract import Context, stage
 from fastroar.training.jobs import Job
 
@@ -227,11 +227,6 @@ def report(ctx: Context) -> dict[str, Any]:
     return result
 
 
-def model_families(cfg: dict[str, Any]) -> dict[str, str]:
-    """Each base model's family: the entry of `models` it replicates (replicates: B), else itself."""
-    return {m["name"]: m.get("replicate_of") or m["name"] for m in cfg["models"]}
-
-
 def p_text(p: float | None) -> str:
     """A p-value as printed: three decimals, '<0.001' below that, blank when not computed."""
     if p is None or (isinstance(p, float) and math.isnan(p)):
@@ -259,7 +254,8 @@ def printable_comparison(c: dict[str, Any]) -> dict[str, Any]:
 
 def interval_note(rows: Sequence[dict[str, Any]], model_rows: Sequence[dict[str, Any]]) -> str:
     """What the table's intervals span, in one line."""
-    spans = sorted({r["interval"] for r in rows if r.get("interval")})
+    counts = Counter(r["interval"] for r in rows if r.get("interval"))
+    spans = [f"{method} ({n} row{'s' if n > 1 else ''})" for method, n in counts.most_common()]
     cpus = sorted({str(m["cpu"]) for m in model_rows})
     bases = max((r.get("bases") or 1 for r in rows), default=1)
     scope = (f"{bases} base models per row" if bases > 1 else "this base model")

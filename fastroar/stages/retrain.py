@@ -327,12 +327,12 @@ def execute(ctx: Context, jobs: Sequence[Job], todo: Sequence[Job], executor, wh
 
 def auto_jobs(ctx: Context, jobs: Sequence[Job], **selection: Any) -> list[Job]:
     """retrain.seeds = auto: the next seeds of each row (model, attribution, k) of `jobs` whose interval more
-    seeds would still narrow (fastroar.metrics.intervals.seeds_to_add, from the rows' per-image outcomes),
+    seeds would still narrow (fastroar.metrics.intervals.more_seeds_useful, from the rows' per-image outcomes),
     up to retrain.max_seeds; [] when no row wants more. Rows whose records lack per-image outcomes get none."""
-    from fastroar.metrics.intervals import seeds_to_add
+    from fastroar.metrics.intervals import more_seeds_useful
 
     cfg, workdir = ctx.cfg, ctx.wd
-    _, most = seed_counts(cfg)
+    first, most = seed_counts(cfg)
     done = read_results(workdir.results_path)
     outcomes: dict[tuple, dict[str, dict[int, np.ndarray]]] = {}
     for j in jobs:
@@ -348,9 +348,10 @@ def auto_jobs(ctx: Context, jobs: Sequence[Job], **selection: Any) -> list[Job]:
             continue
         top = np.stack([by_dir["top"][s] for s in seeds])[None]
         bottom = np.stack([by_dir["bottom"][s] for s in seeds])[None]
-        add = min(seeds_to_add(top, bottom, max_seeds=most), most - len(seeds))
-        if add <= 0:
+        advice = more_seeds_useful(top, bottom, min_seeds=first, max_seeds=most)
+        if not advice.more:
             continue
+        add = min(advice.add, most - len(seeds))
         new = sweep_jobs(cfg, workdir, prepared, models=[model], attributions=[attribution], levels=[k],
                          directions=selection.get("directions"), n_seeds=len(seeds) + add)
         extra += [j for j in new if (j.model, j.attribution, j.k, j.direction, j.seed) not in have]
