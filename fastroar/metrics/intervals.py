@@ -390,7 +390,8 @@ def more_seeds_useful(top: Any, bottom: Any, level: float = 0.95, *, max_seed_sh
         room = (target_half_width / q) ** 2 - rest
         if room > 0:
             need = min(need, S * seed_part / room)
-    wanted = min(max_seeds, max(S + 1, math.ceil(need)))
+    # no variance outside the seeds (e.g. every image's difference equal within a seed): the cap
+    wanted = min(max_seeds, max(S + 1, math.ceil(need))) if math.isfinite(need) else max_seeds
     return SeedAdvice(True, wanted - S, share,
                       f"seed part {share:.0%} of the rest > {max_seed_share:.0%}: about {wanted} seeds meet it")
 
