@@ -15,11 +15,9 @@ from typing import Any
 import numpy as np
 
 
-def attribution_quality(ranks: np.ndarray, signal: np.ndarray) -> dict[str, Any]:
-    """AQ of rank maps (N, d) (0 = most important) against signal masks (N, d) bool; each sample's m is
-    its block size. Returns {"top_hit", "bottom_hit", "aq", "aq_se", "m"}: mean top-m and bottom-m shares,
-    their difference, its standard error over samples, and m (an int when every block has the same size,
-    else the mean size)."""
+def aq_hits(ranks: np.ndarray, signal: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per sample, the shares of its top-m and of its bottom-m ranked coordinates inside its signal block
+    (m = the block's size): AQ is the mean of their difference."""
     r = np.asarray(ranks)
     s = np.asarray(signal, bool)
     if r.shape != s.shape or r.ndim != 2:
@@ -28,8 +26,16 @@ def attribution_quality(ranks: np.ndarray, signal: np.ndarray) -> dict[str, Any]
     if (m == 0).any():
         raise ValueError("every sample needs a non-empty signal block")
     d = r.shape[1]
-    top = ((r < m[:, None]) & s).sum(1) / m
-    bottom = ((r >= d - m[:, None]) & s).sum(1) / m
+    return ((r < m[:, None]) & s).sum(1) / m, ((r >= d - m[:, None]) & s).sum(1) / m
+
+
+def attribution_quality(ranks: np.ndarray, signal: np.ndarray) -> dict[str, Any]:
+    """AQ of rank maps (N, d) (0 = most important) against signal masks (N, d) bool; each sample's m is
+    its block size. Returns {"top_hit", "bottom_hit", "aq", "aq_se", "m"}: mean top-m and bottom-m shares,
+    their difference, its standard error over samples, and m (an int when every block has the same size,
+    else the mean size)."""
+    top, bottom = aq_hits(ranks, signal)
+    m = np.asarray(signal, bool).sum(1)
     diff = top - bottom
     se = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else 0.0
     size = int(m[0]) if (m == m[0]).all() else float(m.mean())

@@ -302,6 +302,13 @@ def diffroar_interval(top: Any, bottom: Any, level: float = 0.95) -> RowInterval
     return _row(batch_intervals(t - b, level), level)
 
 
+def differences_interval(diffs: Any, level: float = 0.95, low: float = -1.0, high: float = 1.0) -> RowInterval:
+    """The same interval for any per-image score of (B, S, N) (or (S, N)) runs with values in [low, high],
+    e.g. an attribution-quality score top_i - bottom_i per test point and model."""
+    d = np.asarray(diffs, dtype=float)
+    return _row(batch_intervals(d[None] if d.ndim == 2 else d, level, low, high), level)
+
+
 def seeds_only_interval(diffs: Any, level: float = 0.95) -> RowInterval:
     """t interval over per-seed DiffROARs, for records without per-image outcomes.
 

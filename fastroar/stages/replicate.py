@@ -27,12 +27,14 @@ Nothing is tuned to agree with the paper: the settings are the shipped configs' 
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+from scipy import stats
 
 from fastroar.attribution import attribute
 from fastroar.engine.kernels import rank
@@ -41,9 +43,10 @@ from fastroar.engine.workspace import Workdir, atomic_write_text
 from fastroar.errors import FastroarError
 from fastroar.keys import digest
 from fastroar.method import to_model_input
-from fastroar.metrics.aq import attribution_quality, leakage_diffroar_expectation, majority_rate
-from fastroar.metrics.diffroar import diffroar_rows
-from fastroar.metrics.localization import localization
+from fastroar.metrics.aq import aq_hits, attribution_quality, leakage_diffroar_expectation, majority_rate
+from fastroar.metrics.diffroar import comparison_rows, diffroar_rows
+from fastroar.metrics.intervals import differences_interval
+from fastroar.metrics.localization import localization, localization_shares
 from fastroar.stages.artifacts import load_model, load_prepared, model_warnings
 from fastroar.stages.contract import Context, resolve_config, save_config, stage
 from fastroar.stages.estimate import estimate
@@ -61,7 +64,6 @@ AQ_ATTRIBUTIONS = ("gradient:loss", "gradient:margin", "gradient")  # the notebo
 REFERENCE_AQ = {"standard": -0.52, "robust": 1.00}  # notebook 02_fig_in_synthetic_data.ipynb, cells 16-18
 OTHER_VARIANT = {"blockdigits": "blockdigits-top", "blockdigits-top": "blockdigits",
                  "blockmnist": "blockmnist-top", "blockmnist-top": "blockmnist"}
-LOCALIZES = 0.8  # top-k localization (smallest k) from which a model's gradients "localize" (chance 0.5)
 
 
 def signed_gradient(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -180,6 +182,7 @@ def leakage_experiment(out_dir: Path, *, quick: bool, device: str | None, progre
                 "zero_gradient_instances": int(np.isnan(share).sum()),
                 # the paper's k = 1 block view: how often the largest |gradient| lies on the signal block
                 "top1_on_signal": float(np.mean(signal[np.arange(n), a_abs.argmax(1)])),
+                "top1_count": int(signal[np.arange(n), a_abs.argmax(1)].sum()), "n": int(n),
                 # spread of |gradient| across instances (0: the same attribution for every instance)
                 "instance_spread": float(np.max(np.abs(a_abs - a_abs[:1])) / max(float(np.abs(a_abs[0]).max()), 1e-30)),
                 **{f"aq_{k}": v for k, v in attribution_quality(ranks_of(a_abs), signal).items()},
@@ -258,13 +261,17 @@ def aq_experiment(out_dir: Path, *, quick: bool, device: str | None, progress: b
     res: dict[str, Any] = {"config": {"dataset": prepared.meta["params"], "model": cfg["model"], "train": cfg["train"],
                                       "models": cfg["models"]},
                            "workdir": str(wd.root), "attributions": list(AQ_ATTRIBUTIONS), "models": {}, "kinds": {}}
+    per_image: dict[str, dict[str, list[np.ndarray]]] = {"standard": {}, "robust": {}}   # kind -> a -> per model
     for spec in cfg["models"]:
         model, ckpt = load_model(wd, spec["name"], prepared)
         entry = {"kind": "robust" if spec.get("adversary") else "standard", "seed": int(spec.get("seed", 0)),
                  **model_status(cfg, ckpt, labels, x, model), "aq": {}}
         for a in AQ_ATTRIBUTIONS:
             scores = attribute(model, x, a, labels=y).reshape(len(x), -1).detach().numpy()
-            entry["aq"][a] = attribution_quality(ranks_of(scores), signal)
+            ranks = ranks_of(scores)
+            entry["aq"][a] = attribution_quality(ranks, signal)
+            top, bottom = aq_hits(ranks, signal)
+            per_image[entry["kind"]].setdefault(a, []).append(top - bottom)
         res["models"][spec["name"]] = entry
     for kind in ("standard", "robust"):
         members = [m for m in res["models"].values() if m["kind"] == kind]
@@ -275,9 +282,13 @@ def aq_experiment(out_dir: Path, *, quick: bool, device: str | None, progress: b
         for a in AQ_ATTRIBUTIONS:
             v = np.array([m["aq"][a]["aq"] for m in members])
             se = max(m["aq"][a]["aq_se"] for m in members)
+            # AQ has DiffROAR's structure (a score in [-1, 1] per test point and model): the same interval,
+            # over the kind's models (seeds) and the test points
+            iv = differences_interval(np.stack(per_image[kind][a]))
             res["kinds"][kind]["aq"][a] = {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
                                            "se": se, "top_hit": float(np.mean([m["aq"][a]["top_hit"] for m in members])),
-                                           "bottom_hit": float(np.mean([m["aq"][a]["bottom_hit"] for m in members]))}
+                                           "bottom_hit": float(np.mean([m["aq"][a]["bottom_hit"] for m in members])),
+                                           "ci": [iv.lo, iv.hi], "interval": iv.method}
     return res
 
 
@@ -305,6 +316,7 @@ def block_experiment(ctx: Context, out_dir: Path, png_name: str = "blockdigits_g
             "adversary": spec.get("adversary"), "hash": ckpt["hash"], **model_status(cfg, ckpt, labels, x, model),
             "signal_share": float(np.nanmean(mass_shares(g, signal))),
             "localization": dict(zip(map(str, cfg["levels"]), localization(ranks, signal, cfg["levels"]))),
+            "localization_ci": share_interval(localization_shares(ranks, signal, cfg["levels"][0])),
             "aq": attribution_quality(ranks, signal),
         }
     png = out_dir / png_name
@@ -386,6 +398,7 @@ def diffroar_experiment(ctx: Context, prepared_key: str, hashes: dict[str, str],
                 "note": f"no retraining results for these models in {wd.results_path}; run `fastroar run "
                         f"--workdir {wd.root}` first, then rerun `fastroar replicate`"}
     rows = diffroar_rows(records)
+    paired = {(c["of"], c["a"], c["b"], c["k"]): c for c in comparison_rows(records)}
     try:  # the cheap estimate beside it (skips what `fastroar estimate` already wrote)
         quiet = Context(cfg, wd, log=lambda *a, **k: None, progress=ctx.progress)
         estimate(quiet, models=sorted(hashes), attributions=["gradient"], levels=sorted({r["k"] for r in rows}))
@@ -403,8 +416,12 @@ def diffroar_experiment(ctx: Context, prepared_key: str, hashes: dict[str, str],
         for k in sorted({r["k"] for r in rows}):
             s, r = by.get((std[0], "gradient", k)), by.get((rob[0], "gradient", k))
             if s and r:
+                test = paired_test(paired, "gradient", rob[0], std[0], k)
                 comparison.append({"k": k, "standard": s["diffroar"], "standard_std": s["std"],
                                    "robust": r["diffroar"], "robust_std": r["std"],
+                                   "standard_ci": [s["ci_low"], s["ci_high"]], "robust_ci": [r["ci_low"], r["ci_high"]],
+                                   "difference_ci": [test["ci_low"], test["ci_high"]] if test else None,
+                                   "p_two_sided": test["p_two_sided"] if test else None,
                                    "robust_higher": r["diffroar"] > s["diffroar"], "runs": min(s["runs"], r["runs"]),
                                    "standard_road": s.get("road"), "robust_road": r.get("road")})
                 c = comparison[-1]
@@ -413,7 +430,18 @@ def diffroar_experiment(ctx: Context, prepared_key: str, hashes: dict[str, str],
     png = out_dir / "diffroar_standard_vs_robust.png"
     plot_curves(rows, png, f"DiffROAR on {cfg['dataset']['name']}: standard vs robust")
     return {"available": True, "rows": rows, "comparison": comparison, "png": str(png),
-            "robust_higher_at_every_k": bool(comparison) and all(c["robust_higher"] for c in comparison)}
+            "robust_higher_at_every_k": bool(comparison) and all(c["robust_higher"] for c in comparison),
+            "significantly_higher": sum(1 for c in comparison if c["difference_ci"] and c["difference_ci"][0] > 0)}
+
+
+def paired_test(paired: dict[tuple, dict[str, Any]], of: str, a: str, b: str, k: float) -> dict[str, Any] | None:
+    """The paired comparison a - b (comparison_rows keeps one order per pair: flipped here when needed)."""
+    if (of, a, b, k) in paired:
+        return paired[(of, a, b, k)]
+    c = paired.get((of, b, a, k))
+    if c is None:
+        return None
+    return c | {"a": a, "b": b, "difference": -c["difference"], "ci_low": -c["ci_high"], "ci_high": -c["ci_low"]}
 
 
 # --------------------------------------------------------------------------- driver
@@ -482,14 +510,48 @@ def _pm(mean: float, std: float | None) -> str:
     return f"{mean:+.2f}" if std is None else f"{mean:+.2f} ± {std:.2f}"
 
 
-def _agree_number(ours: float, std: float, ref: float, floor: float = 0.0) -> str:
-    """'yes' when |ours - ref| <= 2 std (std floored at `floor`, e.g. the test set's standard error)."""
-    tol = 2 * max(std, floor)
-    diff = abs(ours - ref)
-    if diff <= tol:
-        return "yes"
-    same = "same sign, " if np.sign(ours) == np.sign(ref) else ""
-    return f"no ({same}Δ = {diff:.2f} > 2σ = {tol:.2f})"
+def _ci(lo: float, hi: float) -> str:
+    return f"[{lo:+.2f}, {hi:+.2f}]"
+
+
+def _agree_interval(lo: float, hi: float, ref: float, what: str = "95% interval") -> str:
+    """'yes' when the row's interval (named in the verdict) contains the reference value, else 'no' and why."""
+    if any(math.isnan(v) for v in (lo, hi)):
+        return "not decidable: no interval (one run)"
+    if lo <= ref <= hi:
+        return f"yes ({what} {_ci(lo, hi)} contains {ref:+.2f})"
+    side = "above" if lo > ref else "below"
+    return f"no ({what} {_ci(lo, hi)} lies {side} {ref:+.2f})"
+
+
+def share_interval(shares: np.ndarray) -> list[float]:
+    """95% t-interval of the mean of per-test-point shares (scipy's one-sample t; the points are independent
+    draws of the test distribution); [nan, nan] for fewer than two points. A constant sample gives its value."""
+    x = np.asarray(shares, dtype=float)
+    if x.size < 2:
+        return [math.nan, math.nan]
+    if np.all(x == x[0]):
+        return [float(x[0]), float(x[0])]
+    ci = stats.ttest_1samp(x, 0.0).confidence_interval(0.95)
+    return [float(ci.low), float(ci.high)]
+
+
+def _agree_localization(ci: list[float], chance: float, expect: bool) -> str:
+    """Localizes = the 95% interval of the top-k signal share lies above chance; does not localize = it
+    contains chance (or lies below)."""
+    lo, hi = ci
+    if math.isnan(lo):
+        return "not decidable: no interval"
+    above = lo > chance
+    verdict = "yes" if above == expect else "no"
+    where = "lies above" if above else "contains" if lo <= chance <= hi else "lies below"
+    return f"{verdict} (95% t-interval over test points {_ci(lo, hi)} {where} chance {chance:.2f})"
+
+
+def _agree_top1(count: int, n: int, ref: float) -> str:
+    """Clopper-Pearson 95% interval of P(top-1 = j*) from count of n test points, against the reference."""
+    ci = stats.binomtest(count, n).proportion_ci(0.95, method="exact")
+    return _agree_interval(ci.low, ci.high, ref, "Clopper-Pearson 95% interval")
 
 
 CONVERGED_ACC = 0.95  # the reference's models reach clean accuracy 1.0; below this a score is not comparable
@@ -518,8 +580,8 @@ def claims(s: dict[str, Any]) -> list[dict[str, str]]:
         rows.append({"claim": f"AQ of the loss gradient, {label} (notebook 02, cells 16-18)",
                      "setting": f"x = y·e_j, j over all d = {p['d']}; width {width}, {ep} epochs, {k['runs']} seeds; "
                                 f"acc {k['test_acc']:.2f} (chance {k['chance']:.2f})",
-                     "reference": f"{REFERENCE_AQ[kind]:+.2f}", "fastroar": _pm(v["mean"], v["std"]),
-                     "agrees": _agree_trained(k, _agree_number(v["mean"], v["std"], REFERENCE_AQ[kind], v["se"]))})
+                     "reference": f"{REFERENCE_AQ[kind]:+.2f}", "fastroar": f"{v['mean']:+.2f} {_ci(*v['ci'])}",
+                     "agrees": _agree_trained(k, _agree_interval(*v["ci"], REFERENCE_AQ[kind]))})
     lk = s["leakage"]
     lp = lk["config"]["dataset"]
     setting = f"eq. (2), d = {lp['d']}, d~ = {lp['block_dim']}, η = {lp['eta']}; margin gradient"
@@ -540,7 +602,7 @@ def claims(s: dict[str, Any]) -> list[dict[str, str]]:
                  "setting": setting + f"; acc {rob_m['test_acc']:.2f}, under attack "
                             f"{_f(rob_m['robust_test_acc'])} (chance {rob_m['chance']:.2f})",
                  "reference": "1.00", "fastroar": f"{rb['top1_on_signal']:.2f}",
-                 "agrees": "yes" if rb["top1_on_signal"] >= 0.95 else "no"})
+                 "agrees": _agree_top1(rb["top1_count"], rb["n"], 1.0)})
     an = lk["analytic"]
     by = {(r["model"], r["attribution"], r["k"]): r for r in lk["diffroar"]}
     for name, ref, what in (("robust", an["ceiling"], "the ceiling 1 - chance"),
@@ -553,8 +615,8 @@ def claims(s: dict[str, Any]) -> list[dict[str, str]]:
         rows.append({"claim": f"DiffROAR(k = 1/d) of the {name} MLP = {what} (Sec. 4 analysis)",
                      "setting": setting + f"; {r['runs']} retraining seeds",
                      "reference": f"{ref:+.2f}; from its own hit rates {pred:+.2f}",
-                     "fastroar": _pm(r["diffroar"], r["std"]),
-                     "agrees": _agree_number(r["diffroar"], r["std"], ref, 0.025)})
+                     "fastroar": f"{r['diffroar']:+.2f} {_ci(r['ci_low'], r['ci_high'])}",
+                     "agrees": _agree_interval(r["ci_low"], r["ci_high"], ref)})
     bd, var = s.get("blockdigits") or {}, s.get("variant")
     if "models" in bd and var:
         for res in (bd, var):
@@ -568,19 +630,28 @@ def claims(s: dict[str, Any]) -> list[dict[str, str]]:
                                       f"{'localize' if expect else 'do not localize'} on {name}",
                              "setting": f"{name}; gradient; acc {m['test_acc']:.2f} (chance {m['chance']:.2f})",
                              "reference": f"top-{k0} share {'≈ 1' if expect else '≈ chance ' + format(res['chance'], '.2f')}",
-                             "fastroar": f"{loc:.2f} (AQ {m['aq']['aq']:+.2f})",
-                             "agrees": "yes" if (loc >= LOCALIZES) == expect else "no"})
+                             "fastroar": f"{loc:.2f} {_ci(*m['localization_ci'])} (AQ {m['aq']['aq']:+.2f})",
+                             "agrees": _agree_localization(m["localization_ci"], res["chance"], expect)})
     df = s.get("diffroar") or {}
     if df.get("available") and df["comparison"]:
         c0 = df["comparison"][0]
         rows.append({"claim": "Sec. 5: robust models' gradients have higher DiffROAR than standard ones",
                      "setting": f"{bd['dataset']['name']}; gradient; k in {[c['k'] for c in df['comparison']]}",
                      "reference": "robust > standard",
-                     "fastroar": f"k = {c0['k']:g}: {_pm(c0['robust'], c0['robust_std'])} vs "
-                                 f"{_pm(c0['standard'], c0['standard_std'])}; higher at "
-                                 f"{sum(c['robust_higher'] for c in df['comparison'])}/{len(df['comparison'])} k",
-                     "agrees": "yes" if df["robust_higher_at_every_k"] else "no"})
+                     "fastroar": f"k = {c0['k']:g}: {c0['robust']:+.2f} vs {c0['standard']:+.2f}; higher at "
+                                 f"{sum(c['robust_higher'] for c in df['comparison'])}/{len(df['comparison'])} k, "
+                                 f"significantly at {df['significantly_higher']}",
+                     "agrees": _agree_higher(df)})
     return rows
+
+
+def _agree_higher(df: dict[str, Any]) -> str:
+    """Robust > standard: at every k, the paired 95% interval of DiffROAR(robust) - DiffROAR(standard) (same
+    test images and seeds) lies above 0."""
+    n, sig = len(df["comparison"]), df["significantly_higher"]
+    if sig == n:
+        return f"yes (paired 95% interval of robust - standard above 0 at {sig}/{n} k)"
+    return f"no (paired 95% interval of robust - standard above 0 at {sig}/{n} k)"
 
 
 def _f(v: float | None) -> str:
@@ -588,7 +659,8 @@ def _f(v: float | None) -> str:
 
 
 def claims_table(rows: list[dict[str, str]]) -> list[str]:
-    out = ["| claim | setting | reference | fastroar ± std | agrees? |", "| --- | --- | --- | --- | --- |"]
+    out = ["| claim | setting | reference | fastroar [95% interval] | agrees? (the interval or test it follows from) |",
+           "| --- | --- | --- | --- | --- |"]
     out += [f"| {r['claim']} | {r['setting']} | {r['reference']} | {r['fastroar']} | {r['agrees']} |" for r in rows]
     return out
 
@@ -627,16 +699,16 @@ def summary_markdown(s: dict[str, Any]) -> str:
                   "| --- | --- | --- | --- | --- | --- | --- |"]
         for r in ldf:
             lines.append(f"| {r['model']} | {r['attribution']} | {r['k']:g} | {r['acc_top']:.3f} | {r['acc_bottom']:.3f} | "
-                         f"{r['diffroar']:.3f} ± {r['std']:.3f} | {r['runs']} |")
+                         f"{r['diffroar']:.3f} {_ci(r['ci_low'], r['ci_high'])} | {r['runs']} |")
         lines.append("")
     aq = s["aq"]
     lines += ["## 2. The reference notebook's AQ (x = y·e_j, j over all d coordinates)", "",
-              "AQ = P(top-1 = j*) - P(bottom-1 = j*) per seed; mean ± std over seeds.", "",
+              "AQ = P(top-1 = j*) - P(bottom-1 = j*); mean over seeds [95% interval over seeds and test points].", "",
               "| model | runs | test acc (chance) | " + " | ".join(f"AQ {a}" for a in aq["attributions"]) + " |",
               "| --- | --- | --- | " + " | ".join("---" for _ in aq["attributions"]) + " |"]
     for kind, k in aq["kinds"].items():
         lines.append(f"| {kind} | {k['runs']} | {k['test_acc']:.3f} ({k['chance']:.3f}) | "
-                     + " | ".join(_pm(k["aq"][a]["mean"], k["aq"][a]["std"]) for a in aq["attributions"]) + " |")
+                     + " | ".join(f"{k['aq'][a]['mean']:+.2f} {_ci(*k['aq'][a]['ci'])}" for a in aq["attributions"]) + " |")
     lines.append("")
     lines += ["## 3. BlockMNIST-style data", ""]
     bd = s["blockdigits"]
@@ -661,11 +733,15 @@ def summary_markdown(s: dict[str, Any]) -> str:
         lines += [df["note"], ""]
     else:
         road = any(c.get("standard_road") is not None for c in df["comparison"])
-        head = "| k | standard | robust | robust higher | runs |" + (" ROAD standard | ROAD robust |" if road else "")
+        head = ("| k | standard [95% interval] | robust [95% interval] | robust - standard, paired [95% interval] | p | "
+                "runs |" + (" ROAD standard | ROAD robust |" if road else ""))
         lines += [head, "|" + " --- |" * (head.count("|") - 1)]
         for c in df["comparison"]:
-            row = (f"| {c['k']:g} | {c['standard']:.3f} ± {c['standard_std']:.3f} | {c['robust']:.3f} ± "
-                   f"{c['robust_std']:.3f} | {'yes' if c['robust_higher'] else '**no**'} | {c['runs']} |")
+            diff = (f"{c['robust'] - c['standard']:+.3f} {_ci(*c['difference_ci'])}" if c["difference_ci"]
+                    else f"{c['robust'] - c['standard']:+.3f}")
+            p = "" if c["p_two_sided"] is None else ("<0.001" if c["p_two_sided"] < 0.001 else f"{c['p_two_sided']:.3f}")
+            row = (f"| {c['k']:g} | {c['standard']:.3f} {_ci(*c['standard_ci'])} | {c['robust']:.3f} "
+                   f"{_ci(*c['robust_ci'])} | {diff} | {p} | {c['runs']} |")
             if road:
                 f = (lambda v: "" if v is None else f"{v:.3f}")
                 row += f" {f(c['standard_road'])} | {f(c['robust_road'])} |"
