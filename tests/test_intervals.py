@@ -98,7 +98,7 @@ def test_one_seed_is_the_paired_proportions_interval_from_the_discordant_counts(
     assert r.half_width == pytest.approx(wald, rel=0.01)
     per_image = top[0, 0].astype(int) - bottom[0, 0]
     assert r.p_positive == pytest.approx(stats.ttest_1samp(per_image, 0.0, alternative="greater").pvalue, rel=1e-10)
-    assert not r.seed_estimable and "not estimable" in r.method
+    assert not r.seeds_included and "not estimable" in r.method
 
 
 def test_mean_squares_match_sums_written_out_by_loops():
@@ -250,3 +250,12 @@ def test_simulated_accuracies_have_the_stated_truth():
     assert sim.top.mean() == pytest.approx(0.7, abs=0.01) and sim.bottom.mean() == pytest.approx(0.4, abs=0.01)
     assert np.all(sim.true_diffroar == pytest.approx(0.3))
     assert sim.true_given_bases.mean() == pytest.approx(0.3, abs=0.005)
+
+
+@pytest.mark.parametrize("shape", [(1, 4, 1), (1, 4, 30), (2, 1, 30)])
+def test_seed_advice_on_degenerate_rows_does_not_crash(shape):
+    ones = np.ones(shape, bool)
+    advice = more_seeds_useful(ones, ones)   # all equal: nothing for more seeds to shrink once min_seeds ran
+    assert advice.more == (shape[1] < 3) and advice.add == max(0, 3 - shape[1])
+    mixed = more_seeds_useful(ones, np.arange(np.prod(shape)).reshape(shape) % 2 == 0)
+    assert isinstance(mixed.more, bool) and mixed.add >= 0

@@ -29,7 +29,7 @@ and test images); with B > 1, over base models too. Special cases, each named in
 
 - S = 1 (and B = 1): the seed part is not estimable; the interval comes from the test images alone
   (the paired-proportions / McNemar-style interval: the sample variance of the N per-image differences
-  over N, with N - 1 df) and ``seed_estimable`` is False: it is too narrow by the seed part.
+  over N, with N - 1 df) and ``seeds_included`` is False: it is too narrow by the seed part.
 - S = 1 and B > 1: seed and base variance are not separable; both are in the base part (the interval
   is still valid: one seed per base model).
 - N = 1: the test-set variance cannot be estimated: lo, hi, se and p are NaN.
@@ -65,7 +65,9 @@ class RowInterval:
     var_image = σ²_image/N + σ²_base×image/(B·N) (the test set's share), var_residual = σ²_resid/(B·S·N)
     (seed×image interaction; shrinks with seeds and images). NaN where not estimated (seeds-only intervals
     know nothing of the test set). half_width is the larger distance from mean to lo or hi (both are equal
-    for a t interval). p_positive: one-sided p-value of H0: E[D] <= 0 against E[D] > 0.
+    for a t interval). p_positive: one-sided p-value of H0: E[D] <= 0 against E[D] > 0. seeds_included:
+    whether the interval spans retraining-seed variance (False for one seed of one base model).
+    n_images is None where unknown (seeds-only intervals). method: what the interval spans, in words.
     """
 
     mean: float
@@ -83,7 +85,7 @@ class RowInterval:
     n_base: int
     n_seeds: int
     n_images: int | None
-    seed_estimable: bool
+    seeds_included: bool
     method: str
 
 
@@ -186,7 +188,7 @@ def batch_intervals(diffs: Any, level: float = 0.95, low: float = -1.0, high: fl
 
     Returns a dict of arrays of the leading shape: mean, lo, hi, half_width, se, df, p_positive, var_base,
     var_seed, var_image, var_residual, degenerate (all D equal: the Clopper–Pearson rule), and the scalars
-    n_base, n_seeds, n_images, seed_estimable. ``low``/``high`` are the range a single D can take (±1 for
+    n_base, n_seeds, n_images, seeds_included. ``low``/``high`` are the range a single D can take (±1 for
     a DiffROAR, ±2 for a difference of two); only the all-equal rule uses them.
     """
     _check_level(level)
@@ -243,7 +245,7 @@ def batch_intervals(diffs: Any, level: float = 0.95, low: float = -1.0, high: fl
         var_image = nan
     return {"mean": mean, "lo": lo, "hi": hi, "half_width": half, "se": se, "df": df, "p_positive": p_pos,
             "var_base": var_base, "var_seed": var_seed, "var_image": var_image, "var_residual": var_resid,
-            "degenerate": degenerate, "n_base": B, "n_seeds": S, "n_images": N, "seed_estimable": S > 1 or B > 1}
+            "degenerate": degenerate, "n_base": B, "n_seeds": S, "n_images": N, "seeds_included": S > 1 or B > 1}
 
 
 def _method(B: int, S: int, N: int, degenerate: bool) -> str:
@@ -284,7 +286,7 @@ def _row(r: dict[str, Any], level: float) -> RowInterval:
         se=float(r["se"]), df=float(r["df"]), p_positive=float(r["p_positive"]), level=float(level),
         var_base=float(r["var_base"]), var_seed=float(r["var_seed"]), var_image=float(r["var_image"]),
         var_residual=float(r["var_residual"]), n_base=B, n_seeds=S, n_images=N,
-        seed_estimable=bool(r["seed_estimable"]), method=_method(B, S, N, bool(r["degenerate"])))
+        seeds_included=bool(r["seeds_included"]), method=_method(B, S, N, bool(r["degenerate"])))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -324,7 +326,7 @@ def seeds_only_interval(diffs: Any, level: float = 0.95) -> RowInterval:
     p = float(stats.t.sf(mean / se, df)) if se == se else nan
     return RowInterval(mean=mean, lo=mean - half, hi=mean + half, half_width=half, se=se, df=df, p_positive=p,
                        level=float(level), var_base=nan, var_seed=se * se, var_image=nan, var_residual=nan,
-                       n_base=1, n_seeds=S, n_images=None, seed_estimable=S > 1,
+                       n_base=1, n_seeds=S, n_images=None, seeds_included=S > 1,
                        method=f"seeds only (Student t over {S} seeds); test-set variance not included")
 
 
@@ -371,14 +373,19 @@ def more_seeds_useful(top: Any, bottom: Any, level: float = 0.95, *, max_seed_sh
     if not max_seed_share > 0:
         raise ValueError(f"max_seed_share must be positive; got {max_seed_share}")
     r = diffroar_interval(top, bottom, level)
-    B, S, N = r.n_base, r.n_seeds, r.n_images
+    S = r.n_seeds
     seed_part = r.var_seed + r.var_residual
     rest = r.var_base + r.var_image
-    share = seed_part / rest if rest > 0 else (0.0 if seed_part == 0 else math.inf)
+    if rest != rest:
+        share = math.nan
+    else:
+        share = seed_part / rest if rest > 0 else (0.0 if seed_part == 0 else math.inf)
     if S >= max_seeds:
         return SeedAdvice(False, 0, share, f"reached max_seeds={max_seeds}")
     if S < min_seeds:
         return SeedAdvice(True, min_seeds - S, share, f"fewer than min_seeds={min_seeds}")
+    if share != share:  # one test image: the test-set part is unknown, seeds cannot be weighed against it
+        return SeedAdvice(False, 0, share, "test-set variance not estimable (one test image)")
     if share <= max_seed_share:
         return SeedAdvice(False, 0, share, f"seed part {share:.0%} of the rest <= {max_seed_share:.0%}")
     if target_half_width is not None and r.half_width <= target_half_width:
@@ -390,7 +397,7 @@ def more_seeds_useful(top: Any, bottom: Any, level: float = 0.95, *, max_seed_sh
         room = (target_half_width / q) ** 2 - rest
         if room > 0:
             need = min(need, S * seed_part / room)
-    wanted = min(max_seeds, max(S + 1, math.ceil(need)))
+    wanted = max_seeds if need >= max_seeds else max(S + 1, math.ceil(need))
     return SeedAdvice(True, wanted - S, share,
                       f"seed part {share:.0%} of the rest > {max_seed_share:.0%}: about {wanted} seeds meet it")
 
