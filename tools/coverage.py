@@ -20,7 +20,8 @@ than for one that includes the test set. Rows whose records lack ``hits`` get on
 
 --simulate: the same methods on simulated studies (fastroar.metrics.intervals.simulate_outcomes, with the
 noise sizes measured on the default study), against the true DiffROAR (expectation over seeds and the
-population of test images; a fresh test set per study).
+population of test images; a fresh test set per study); and what ``retrain.seeds: auto``
+(more_seeds_useful) spends and covers against fixed 5 and 20 seeds.
 """
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ from scipy import stats
 
 from fastroar.engine.hits import unpack_hits
 from fastroar.engine.results import read_results
-from fastroar.metrics.intervals import batch_intervals, diffroar_interval, simulate_outcomes
+from fastroar.metrics.intervals import batch_intervals, diffroar_interval, more_seeds_useful, simulate_outcomes
 
 LEVEL = 0.95
 
@@ -146,7 +147,7 @@ def record_coverage(rows: list[Row], subset: int) -> list[dict[str, Any]]:
 
 
 SCENARIOS = (  # (B, S, sd_base, sd_seed): probit-scale sds; sizes as measured on the default study
-    (1, 5, 0.0, 0.05), (1, 2, 0.0, 0.05), (1, 5, 0.1, 0.08), (3, 5, 0.08, 0.05), (3, 2, 0.08, 0.05),
+    (1, 5, 0.0, 0.08), (1, 2, 0.0, 0.08), (1, 5, 0.1, 0.15), (3, 5, 0.1, 0.08), (3, 2, 0.1, 0.08),
 )
 
 
@@ -174,6 +175,40 @@ def simulated_coverage(studies: int, seed: int, n_images: int = 359) -> list[dic
     return out
 
 
+AUTO_SCENARIOS = (  # (sd_image, sd_seed): a row the test set dominates, the measured sizes, a noisy row
+    (4.0, 0.03), (3.0, 0.08), (3.0, 0.4),
+)
+
+
+def simulated_auto(studies: int, seed: int, n_images: int = 359, max_seeds: int = 20) -> list[dict[str, Any]]:
+    """retrain.seeds: auto (more_seeds_useful, from 3 seeds up to max_seeds) against fixed 5 and max_seeds."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for sd_image, sd_seed in AUTO_SCENARIOS:
+        sim = simulate_outcomes(rng, 0.6, 0.3, 1, max_seeds, n_images, 0.0, sd_seed, sd_image=sd_image,
+                                studies=studies)
+        truth = sim.true_given_bases
+        used, covered, half = [], [], []
+        for i in range(studies):
+            S = 3
+            while (advice := more_seeds_useful(sim.top[i, :, :S], sim.bottom[i, :, :S], LEVEL,
+                                               max_seeds=max_seeds)).more:
+                S += advice.add
+            r = diffroar_interval(sim.top[i, :, :S], sim.bottom[i, :, :S], LEVEL)
+            used.append(S)
+            covered.append(r.lo <= truth[i] <= r.hi)
+            half.append(r.half_width)
+        name = f"sd_image={sd_image} sd_seed={sd_seed}"
+        out.append({"scenario": name, "seeds": "auto", "mean_seeds": float(np.mean(used)),
+                    "rate": float(np.mean(covered)), "median_half_width": float(np.median(half))})
+        for fixed in (5, max_seeds):
+            r = batch_intervals(sim.top[..., :fixed, :].astype(np.int8) - sim.bottom[..., :fixed, :], LEVEL)
+            out.append({"scenario": name, "seeds": str(fixed), "mean_seeds": float(fixed),
+                        "rate": float(np.mean((r["lo"] <= truth) & (truth <= r["hi"]))),
+                        "median_half_width": float(np.median(r["half_width"]))})
+    return out
+
+
 def format_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     def cell(v: Any) -> str:
         return f"{v:.3f}" if isinstance(v, float) else str(v)
@@ -197,6 +232,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Coverage of the true DiffROAR by {LEVEL:.0%} intervals, {args.studies} simulated studies each")
         print(format_table(simulated_coverage(args.studies, args.seed),
                            ["scenario", "method", "n", "covered", "rate", "median_half_width"]))
+        print(f"\nretrain.seeds: auto (more_seeds_useful's defaults: seed share <= 0.2, 3 to 20 seeds) vs fixed "
+              f"seeds, {args.studies} studies each")
+        print(format_table(simulated_auto(args.studies, args.seed),
+                           ["scenario", "seeds", "mean_seeds", "rate", "median_half_width"]))
     if args.workdir:
         path = Path(args.workdir)
         if path.is_dir():
