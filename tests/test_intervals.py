@@ -219,6 +219,8 @@ def test_two_dimensional_outcomes_are_one_base_model_and_bad_shapes_raise():
     assert diffroar_interval(top, bottom) == diffroar_interval(top[None], bottom[None])
     with pytest.raises(ValueError, match="same shape"):
         diffroar_interval(top, bottom[:, :10])
+    with pytest.raises(ValueError, match="per-image correctness"):
+        diffroar_interval(top * 0.5, bottom)
     with pytest.raises(ValueError, match="level"):
         diffroar_interval(top, bottom, level=95)
 
