@@ -228,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--studies", type=int, default=1000, help="simulated studies per scenario (default 1000)")
     p.add_argument("--seed", type=int, default=0, help="simulation RNG seed")
     args = p.parse_args(argv)
+    if args.subset < 2:
+        p.error("--subset must be at least 2 (an interval needs two seeds)")
     if args.simulate:
         print(f"Coverage of the true DiffROAR by {LEVEL:.0%} intervals, {args.studies} simulated studies each")
         print(format_table(simulated_coverage(args.studies, args.seed),
