@@ -32,10 +32,10 @@ def _coverage(B: int, S: int, sd_base: float, sd_seed: float, seed: int, **kw) -
 
 
 @pytest.mark.parametrize("B,S,sd_base,sd_seed,seed", [
-    (1, 5, 0.0, 0.05, 10),   # the paper's five seeds
-    (1, 5, 0.1, 0.08, 11),   # a base-model shift the B = 1 interval does not claim to span
-    (1, 2, 0.0, 0.05, 12),   # today's default: two seeds
-    (3, 5, 0.08, 0.05, 13),  # three base models: the interval spans them
+    (1, 5, 0.0, 0.08, 10),   # the paper's five seeds
+    (1, 5, 0.1, 0.15, 11),   # a base-model shift the B = 1 interval does not claim to span
+    (1, 2, 0.0, 0.08, 12),   # today's default: two seeds
+    (3, 5, 0.1, 0.08, 13),   # three base models: the interval spans them
 ])
 def test_95_interval_covers_the_truth_in_93_to_97_percent_of_simulated_studies(B, S, sd_base, sd_seed, seed):
     cov, r, sim = _coverage(B, S, sd_base, sd_seed, seed)
@@ -43,12 +43,12 @@ def test_95_interval_covers_the_truth_in_93_to_97_percent_of_simulated_studies(B
     # The simulated sizes are those measured on the default study.
     test_se = np.sqrt(np.median(r["var_image"]))
     per_seed_sd = np.median(_diffs(sim).mean(-1).std(-1, ddof=1))
-    assert 0.011 <= test_se <= 0.030 and 0.01 <= per_seed_sd <= 0.035, (test_se, per_seed_sd)
+    assert 0.011 <= test_se <= 0.030 and 0.01 <= per_seed_sd <= 0.03, (test_se, per_seed_sd)
 
 
 def test_seeds_only_intervals_under_cover_the_same_simulation():
     """What the issue complains about: spread over seeds alone misses the test set's share."""
-    sim = simulate_outcomes(np.random.default_rng(10), 0.6, 0.3, 1, 5, N, 0.0, 0.05, studies=STUDIES)
+    sim = simulate_outcomes(np.random.default_rng(10), 0.6, 0.3, 1, 5, N, 0.0, 0.08, studies=STUDIES)
     per_seed = _diffs(sim).mean(-1)[:, 0, :]                         # (studies, S)
     lo, hi = stats.t.interval(0.95, 4, loc=per_seed.mean(1), scale=stats.sem(per_seed, axis=1))
     truth = sim.true_given_bases
@@ -69,7 +69,7 @@ def test_variance_estimate_is_unbiased_for_the_spread_of_the_row_over_studies():
     assert 0.93 <= ratio <= 1.15, ratio  # clipping at 0 may only add
 
 
-@pytest.mark.parametrize("S,sd_seed", [(1, 0.0), (2, 0.05), (5, 0.05)])  # one seed: honest only without seed noise
+@pytest.mark.parametrize("S,sd_seed", [(1, 0.0), (2, 0.08), (5, 0.08)])  # one seed: honest only without seed noise
 def test_p_positive_is_calibrated_under_a_true_diffroar_of_zero(S, sd_seed):
     studies = 2000
     sim = simulate_outcomes(np.random.default_rng(30 + S), 0.45, 0.45, 1, S, N, 0.0, sd_seed, studies=studies)
@@ -98,7 +98,7 @@ def test_one_seed_is_the_paired_proportions_interval_from_the_discordant_counts(
     assert r.half_width == pytest.approx(wald, rel=0.01)
     per_image = top[0, 0].astype(int) - bottom[0, 0]
     assert r.p_positive == pytest.approx(stats.ttest_1samp(per_image, 0.0, alternative="greater").pvalue, rel=1e-10)
-    assert not r.seed_estimable and "not estimable" in r.method
+    assert not r.seeds_included and "not estimable" in r.method
 
 
 def test_mean_squares_match_sums_written_out_by_loops():
@@ -219,6 +219,8 @@ def test_two_dimensional_outcomes_are_one_base_model_and_bad_shapes_raise():
     assert diffroar_interval(top, bottom) == diffroar_interval(top[None], bottom[None])
     with pytest.raises(ValueError, match="same shape"):
         diffroar_interval(top, bottom[:, :10])
+    with pytest.raises(ValueError, match="per-image correctness"):
+        diffroar_interval(top * 0.5, bottom)
     with pytest.raises(ValueError, match="level"):
         diffroar_interval(top, bottom, level=95)
 
@@ -250,3 +252,36 @@ def test_simulated_accuracies_have_the_stated_truth():
     assert sim.top.mean() == pytest.approx(0.7, abs=0.01) and sim.bottom.mean() == pytest.approx(0.4, abs=0.01)
     assert np.all(sim.true_diffroar == pytest.approx(0.3))
     assert sim.true_given_bases.mean() == pytest.approx(0.3, abs=0.005)
+
+
+@pytest.mark.parametrize("shape", [(1, 4, 1), (1, 4, 30), (2, 1, 30)])
+def test_seed_advice_on_degenerate_rows_does_not_crash(shape):
+    ones = np.ones(shape, bool)
+    advice = more_seeds_useful(ones, ones)   # all equal: nothing for more seeds to shrink once min_seeds ran
+    assert advice.more == (shape[1] < 3) and advice.add == max(0, 3 - shape[1])
+    mixed = more_seeds_useful(ones, np.arange(np.prod(shape)).reshape(shape) % 2 == 0)
+    assert isinstance(mixed.more, bool) and mixed.add >= 0
+
+
+
+def _run_auto(sim, studies: int) -> tuple[np.ndarray, np.ndarray]:
+    """retrain.seeds: auto on simulated rows: start at 3 seeds, add what the rule asks, up to 20."""
+    used, covered = [], []
+    for i in range(studies):
+        S = 3
+        while (advice := more_seeds_useful(sim.top[i, :, :S], sim.bottom[i, :, :S])).more:
+            S += advice.add
+        r = diffroar_interval(sim.top[i, :, :S], sim.bottom[i, :, :S])
+        used.append(S)
+        covered.append(r.lo <= sim.true_given_bases[i] <= r.hi)
+    return np.array(used), np.array(covered)
+
+
+def test_seeds_auto_keeps_coverage_and_spends_seeds_where_they_shrink_the_interval():
+    rng = np.random.default_rng(40)
+    used, covered = _run_auto(simulate_outcomes(rng, 0.6, 0.3, 1, 20, N, 0.0, 0.08, studies=600), 600)
+    assert 0.93 <= covered.mean() <= 0.97, covered.mean()
+    assert np.median(used) <= 5 and used.mean() <= 8, np.bincount(used)       # the measured noise sizes
+    clear, _ = _run_auto(simulate_outcomes(rng, 0.6, 0.3, 1, 20, N, 0.0, 0.03, sd_image=4.0, studies=200), 200)
+    noisy, _ = _run_auto(simulate_outcomes(rng, 0.6, 0.3, 1, 20, N, 0.0, 0.4, studies=200), 200)
+    assert np.mean(clear == 3) > 0.5 and noisy.mean() > 15, (np.bincount(clear), np.bincount(noisy))
