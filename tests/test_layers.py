@@ -2,7 +2,7 @@
 
     cli, api -> stages -> science, config -> engine -> leaves
 
-leaves = fastroar.errors, keys, method, references (and the root package, for __version__);
+leaves = fastroar.errors, keys, method, references, cpu (and the root package, for __version__);
 science = datasets, models, attribution, training, metrics. Nothing imports upward, config and science
 never import each other, and there is no import circle between modules or between packages.
 """
@@ -15,7 +15,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "fastroar"
 SCIENCE = ("datasets", "models", "attribution", "training", "metrics")
-LEAVES = ("errors", "keys", "method", "references")
+LEAVES = ("errors", "keys", "method", "references", "cpu")
 
 
 def layer(module: str) -> tuple[int, str]:
