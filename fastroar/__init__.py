@@ -8,12 +8,11 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from fastroar.cpu import pin_cpu_kernels
+# First, before anything imports torch: importing fastroar.cpu pins torch's CPU kernels, so the same config
+# gives the same bits on any x86 CPU.
+from fastroar.cpu import PINNED  # noqa: F401
 
 __version__ = "0.1.0"
-
-# Before anything imports torch: the same kernels, hence the same bits, on any x86 CPU (fastroar.cpu).
-pin_cpu_kernels()
 
 _PUBLIC = {
     "rank": "fastroar.engine.kernels",

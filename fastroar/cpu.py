@@ -54,3 +54,7 @@ def capability() -> str:
 
     level = str(torch.backends.cpu.get_cpu_capability())
     return level if requested() != "native" else f"{level}+native"
+
+
+# The pin in force: set once, when fastroar is first imported (fastroar/__init__.py imports this module first).
+PINNED = pin_cpu_kernels()
