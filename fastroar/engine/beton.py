@@ -28,7 +28,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from fastroar.engine.faults import fault_point
-from fastroar.errors import BetonError
+from fastroar.errors import BetonError, FastroarError
 from fastroar.keys import file_sha256
 
 IMAGE_DTYPES = (np.dtype(np.uint8), np.dtype(np.float32))
