@@ -151,6 +151,28 @@ SCENARIOS = (  # (B, S, sd_base, sd_seed): probit-scale sds; sizes as measured o
 )
 
 
+def replay_auto(rows: list[Row], first: int = 3, max_seeds: int = 20) -> list[dict[str, Any]]:
+    """What `retrain.seeds: auto` runs on a study recorded with max_seeds seeds: each row starts with `first`
+    seeds and takes the seeds the rule asks for, round by round, from the recorded ones (records are
+    deterministic per seed under pinned kernels, so this is what a run would have trained). Per row: seeds
+    used, the half-width then, and the half-width with all recorded seeds."""
+    out = []
+    for r in rows:
+        if r.top is None or len(r.seeds) < max_seeds:
+            continue
+        s = first
+        while True:
+            advice = more_seeds_useful(r.top[None, :s], r.bottom[None, :s], min_seeds=first, max_seeds=max_seeds)
+            if not advice.more:
+                break
+            s = min(max_seeds, s + advice.add)
+        used = diffroar_interval(r.top[None, :s], r.bottom[None, :s])
+        full = diffroar_interval(r.top[None, :max_seeds], r.bottom[None, :max_seeds])
+        out.append({"row": f"{r.model}/{r.attribution}/k={r.k:g}", "seeds": s, "half_width": used.half_width,
+                    f"half_width_{max_seeds}": full.half_width})
+    return out
+
+
 def simulated_coverage(studies: int, seed: int, n_images: int = 359) -> list[dict[str, Any]]:
     """Coverage of the true DiffROAR over simulated studies, per scenario and method."""
     rng = np.random.default_rng(seed)
@@ -227,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--simulate", action="store_true", help="print the coverage on simulated studies")
     p.add_argument("--studies", type=int, default=1000, help="simulated studies per scenario (default 1000)")
     p.add_argument("--seed", type=int, default=0, help="simulation RNG seed")
+    p.add_argument("--auto", action="store_true",
+                   help="also replay retrain.seeds: auto on the workdir's records (a study run with 20 seeds)")
     args = p.parse_args(argv)
     if args.subset < 2:
         p.error("--subset must be at least 2 (an interval needs two seeds)")
@@ -255,6 +279,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"no row has {2 * args.subset} or more paired seeds: retrain with more seeds (e.g. 20)")
         else:
             print(format_table(table, ["method", "subsets", "n", "covered", "rate", "median_half_width"]))
+        if args.auto:
+            replay = replay_auto(rows)
+            if replay:
+                used = sum(r["seeds"] for r in replay)
+                print(f"\nretrain.seeds: auto replayed on these records: {used} seed pairs of {20 * len(replay)} "
+                      f"(20 per row), {5 * len(replay)} with seeds: 5")
+                print(format_table(replay, ["row", "seeds", "half_width", "half_width_20"]))
     if not args.simulate and not args.workdir:
         p.error("pass a workdir, --simulate, or both")
     return 0
