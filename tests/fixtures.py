@@ -105,3 +105,16 @@ def write_class_tree(root: Path, classes: list[str], per_class: dict[str, int], 
                 written[split].append(path)
                 count += 1
     return written
+
+
+def idx_content_md5s(folder: Path) -> dict[str, str]:
+    """{dash name: MD5 of the decompressed bytes} of the idx files in `folder` (plain or .gz, dash or dot
+    names): what a test registers as the official table when its files play the official ones."""
+    import gzip
+    import hashlib
+
+    out = {}
+    for p in folder.iterdir():
+        data = gzip.decompress(p.read_bytes()) if p.suffix == ".gz" else p.read_bytes()
+        out[p.name.removesuffix(".gz").replace(".idx", "-idx")] = hashlib.md5(data).hexdigest()
+    return out

@@ -344,3 +344,152 @@ def test_mnist_download_tries_each_mirror_then_says_one_line(tmp_path, monkeypat
                    "labels-idx1}-ubyte (or the downloaded .gz files)")
     assert {urlparse(u).netloc for u in tried} == {urlparse(m).netloc for m in tvd.MNIST.mirrors}  # each mirror
     assert not (tmp_path / "m" / "MNIST").exists()  # no empty folders left behind
+
+
+# ---- idx files by the MD5 of their content: Debian's flat layout, dot names, re-compressed copies ----
+
+def idx_files(seed: int = 3) -> dict[str, bytes]:
+    """The four idx files' decompressed bytes, by dash name (small random images and labels)."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for prefix, n in (("train", 12), ("t10k", 5)):
+        out[f"{prefix}-images-idx3-ubyte"] = idx_bytes(rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
+        out[f"{prefix}-labels-idx1-ubyte"] = idx_bytes(rng.integers(0, 10, n).astype(np.uint8))
+    return out
+
+
+def as_official(monkeypatch, name: str, files: dict[str, bytes]) -> None:
+    """These files' content plays the official release's: the checksum table lists its MD5s."""
+    from fastroar.datasets import native
+
+    monkeypatch.setitem(native.IDX_MD5, name, {f: hashlib.md5(b).hexdigest() for f, b in files.items()})
+
+
+def write_gz(folder: Path, files: dict[str, bytes], level: int, name=lambda f: f) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for f, b in files.items():
+        (folder / f"{name(f)}.gz").write_bytes(gzip.compress(b, compresslevel=level, mtime=0))
+
+
+def check_prepared(wd: Path, files: dict[str, bytes]) -> None:
+    from fastroar.datasets.native import read_idx
+
+    for split, prefix in (("train", "train"), ("test", "t10k")):
+        images, labels = prepared(wd, split)
+        raw = wd.parent / f"{prefix}.idx"
+        raw.write_bytes(files[f"{prefix}-images-idx3-ubyte"])
+        np.testing.assert_array_equal(images[:, 0], read_idx(raw))
+        raw.write_bytes(files[f"{prefix}-labels-idx1-ubyte"])
+        assert labels.tolist() == read_idx(raw).tolist()
+
+
+@pytest.mark.parametrize("root_is", ["parent", "folder"])
+def test_debian_flat_recompressed_fashion_mnist_passes_the_check(tmp_path, monkeypatch, root_is):
+    """Debian's layout (fashion-mnist/*.gz, re-compressed: the .gz MD5s are not torchvision's) is read with
+    checksums on, because the content's MD5s are the official ones."""
+    import torchvision.datasets as tvd
+
+    files = idx_files()
+    as_official(monkeypatch, "fashion-mnist", files)
+    upstream = tmp_path / "upstream"
+    write_gz(upstream, files, level=9)  # the "official" archives: torchvision's table lists their MD5s
+    monkeypatch.setattr(tvd.FashionMNIST, "resources",
+                        [(f"https://example.invalid/{p.name}", md5(p)) for p in upstream.iterdir()])
+    debian = tmp_path / "datasets" / "fashion-mnist"
+    write_gz(debian, files, level=1)  # re-compressed: other .gz bytes, same content
+    assert {md5(p) for p in debian.iterdir()}.isdisjoint(md5(p) for p in upstream.iterdir())
+    wd = tmp_path / "wd"
+    root = debian.parent if root_is == "parent" else debian
+    result = prepare(wd, "-d", "fashion-mnist", "--data-root", root)
+    assert result.exit_code == 0 and "Warning" not in result.output, result.output
+    check_prepared(wd, files)
+
+
+def test_changed_content_fails_naming_the_file_and_both_content_md5s(tmp_path, monkeypatch):
+    files = idx_files()
+    as_official(monkeypatch, "fashion-mnist", files)
+    changed = dict(files)
+    body = bytearray(files["t10k-images-idx3-ubyte"])
+    body[-1] ^= 1  # one pixel's lowest bit
+    changed["t10k-images-idx3-ubyte"] = bytes(body)
+    write_gz(tmp_path / "d" / "fashion-mnist", changed, level=6)
+    gz = tmp_path / "d" / "fashion-mnist" / "t10k-images-idx3-ubyte.gz"
+    msg = fails(tmp_path, "-d", "fashion-mnist", "--data-root", tmp_path / "d")
+    assert msg.startswith(f"Error: checksum mismatch: {gz} has MD5 {md5(gz)}, the official fashion-mnist file's is "
+                          ), msg
+    assert (f"(its decompressed bytes' MD5 is {hashlib.md5(body).hexdigest()}, the official's "
+            f"{hashlib.md5(files['t10k-images-idx3-ubyte']).hexdigest()}); ") in msg, msg
+    assert "also not" not in msg  # the three unchanged files pass
+    accept_hint(msg)
+
+
+def test_dot_names_of_the_original_release_are_read_plain_and_gz(tmp_path, monkeypatch):
+    """train-images.idx3-ubyte (the original MNIST release's names), unpacked, and one still .gz."""
+    files = idx_files(seed=4)
+    as_official(monkeypatch, "mnist", files)
+    raw = tmp_path / "m" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for f, b in files.items():
+        dot = f.replace("-idx", ".idx")
+        if f.startswith("t10k-labels"):
+            (raw / f"{dot}.gz").write_bytes(gzip.compress(b))
+        else:
+            (raw / dot).write_bytes(b)
+    wd = tmp_path / "wd"
+    result = prepare(wd, "-d", "mnist", "--data-root", tmp_path / "m")
+    assert result.exit_code == 0 and "Warning" not in result.output, result.output
+    check_prepared(wd, files)
+
+
+def test_unpacked_file_with_other_content_fails(tmp_path, monkeypatch):
+    files = idx_files()
+    as_official(monkeypatch, "mnist", files)
+    raw = tmp_path / "m" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for f, b in files.items():
+        (raw / f).write_bytes(b if f != "train-labels-idx1-ubyte" else b[:-1] + bytes([(b[-1] + 1) % 10]))
+    path = raw / "train-labels-idx1-ubyte"
+    msg = fails(tmp_path, "-d", "mnist", "--data-root", tmp_path / "m")
+    assert msg.startswith(f"Error: checksum mismatch: {path} has MD5 {md5(path)}, the official mnist file's is "
+                          f"{hashlib.md5(files['train-labels-idx1-ubyte']).hexdigest()}; "), msg
+
+
+def test_idx_mismatch_takes_the_expected_table(tmp_path):
+    from fastroar.datasets.native import idx_mismatch
+
+    content = idx_bytes(np.arange(6, dtype=np.uint8))
+    want = hashlib.md5(content).hexdigest()
+    plain, gz = tmp_path / "a-idx1-ubyte", tmp_path / "a-idx1-ubyte.gz"
+    plain.write_bytes(content)
+    gz.write_bytes(gzip.compress(content, mtime=0))
+    assert idx_mismatch(plain, want) is None and idx_mismatch(gz, want) is None
+    assert idx_mismatch(gz, "0" * 32, archive_md5=md5(gz)) is None  # the official archive as it is
+    assert idx_mismatch(plain, "0" * 32) == ("0" * 32, want, "")
+    assert idx_mismatch(gz, "0" * 32, archive_md5="1" * 32) == (
+        "1" * 32, md5(gz), f"its decompressed bytes' MD5 is {want}, the official's {'0' * 32}")
+    assert idx_mismatch(plain, None) is None  # no reference: nothing to check
+
+
+def test_blockmnist_without_data_root_names_blockmnist(tmp_path):
+    result = prepare(tmp_path / "wd", "-d", "blockmnist")
+    assert result.exit_code == 2
+    assert result.output.strip() == (
+        "Error: dataset 'blockmnist' is built from mnist read from disk: pass --data-root DIR holding "
+        "MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte (or the downloaded .gz files) "
+        "(add --download to fetch it)"), result.output
+
+
+def test_missing_idx_files_say_what_was_found_where(tmp_path, monkeypatch):
+    files = idx_files()
+    as_official(monkeypatch, "mnist", files)
+    raw = tmp_path / "m" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for f in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"):
+        (raw / f).write_bytes(files[f])
+    (tmp_path / "m" / "t10k-images-idx3-ubyte.zip").write_bytes(b"PK")
+    msg = fails(tmp_path, "-d", "blockmnist-top", "--data-root", tmp_path / "m")
+    assert msg == (f"Error: mnist (for blockmnist-top) under {tmp_path / 'm'} lacks MNIST/raw/t10k-images-idx3-ubyte, "
+                   "MNIST/raw/t10k-labels-idx1-ubyte (expected MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte "
+                   "(or the downloaded .gz files); found MNIST/raw/: train-images-idx3-ubyte, train-labels-idx1-ubyte; "
+                   "./: t10k-images-idx3-ubyte.zip); copy the missing file(s) there or add --download to fetch what "
+                   "is missing"), msg

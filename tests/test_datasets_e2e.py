@@ -12,7 +12,7 @@ import yaml
 from click.testing import CliRunner
 
 from fastroar.cli import cli
-from tests.fixtures import write_cifar10, write_class_tree, write_mnist, write_svhn
+from tests.fixtures import idx_content_md5s, write_cifar10, write_class_tree, write_mnist, write_svhn
 
 # The paper's ImageNet-10 (robustness mixed_10, balanced): superclass wnid and the ImageNet-1k class
 # indices kept, in label order; written out here independently of the shipped JSON.
@@ -234,8 +234,11 @@ def test_svhn_through_every_stage(tmp_path):
 
 
 @pytest.mark.parametrize("name,folder", [("mnist", "MNIST"), ("fashion-mnist", "FashionMNIST")])
-def test_mnist_like_through_every_stage(tmp_path, name, folder):
+def test_mnist_like_through_every_stage(tmp_path, monkeypatch, name, folder):
+    from fastroar.datasets import native
+
     data = write_mnist(tmp_path / "m", folder, n_train=40, n_test=20)
+    monkeypatch.setitem(native.IDX_MD5, name, idx_content_md5s(tmp_path / "m" / folder / "raw"))  # the "official" files
     wd = tmp_path / "wd"
     run_stages(wd, name, tmp_path / "m")
     for split, prefix in (("train", "train"), ("test", "t10k")):
@@ -246,8 +249,11 @@ def test_mnist_like_through_every_stage(tmp_path, name, folder):
 
 
 @pytest.mark.parametrize("name", ["blockmnist", "blockmnist-top"])
-def test_blockmnist_through_every_stage(tmp_path, name):
+def test_blockmnist_through_every_stage(tmp_path, monkeypatch, name):
+    from fastroar.datasets import native
+
     data = write_mnist(tmp_path / "m", "MNIST", n_train=40, n_test=20)
+    monkeypatch.setitem(native.IDX_MD5, "mnist", idx_content_md5s(tmp_path / "m" / "MNIST" / "raw"))
     wd = tmp_path / "wd"
     out = run_stages(wd, name, tmp_path / "m")
     tops = []

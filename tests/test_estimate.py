@@ -202,3 +202,122 @@ def test_estimate_needs_a_rank_store(tmp_path):
 
     res = CliRunner().invoke(cli, ["estimate", "--workdir", str(tmp_path)])
     assert res.exit_code == 2 and "Error:" in res.output
+
+
+# ---- the ROAD reference's own rule: pixels by channel sum, truncated counts ----
+
+ROAD_WEIGHTS = [((1, 1), 1 / 12), ((0, 1), 1 / 6), ((-1, 1), 1 / 12), ((1, -1), 1 / 12), ((0, -1), 1 / 6),
+                ((-1, -1), 1 / 12), ((1, 0), 1 / 6), ((-1, 0), 1 / 6)]
+
+
+def road_reference_image(img: np.ndarray, explanation: np.ndarray, th_p: float, remove: bool,
+                         random_v: np.ndarray) -> np.ndarray:
+    """One image as ROAD's reference code imputes it (tleemann/road_evaluation: ImputedDataset.__getitem__
+    with NoisyLinearImputer(noise=0)), written from its documented algorithm: the (H, W, C) explanation
+    summed over channels, min-max normalised (eps 1e-5), plus a fixed 1e-4-scale jitter; pixels sorted
+    most important first; remove=True (MoRF) drops the first int(W*H*th_p), remove=False (LeRF) all after
+    them; every channel of a dropped pixel is solved from -sum_valid(w) x_p + sum_{q dropped} w x_q =
+    -sum_{q kept} w x_q, one system for all channels."""
+    C, H, W = img.shape
+    s = explanation.sum(axis=-1)
+    s = (s - s.min()) / (s.max() - s.min() + 1e-5) + random_v
+    order = torch.argsort(torch.tensor(s.reshape(-1, 1)), dim=0, descending=True)[:, 0].numpy()
+    cut = int(W * H * th_p)
+    bitmask = np.ones(H * W, np.uint8)
+    bitmask[order[:cut] if remove else order[cut:]] = 0
+    missing = np.flatnonzero(bitmask == 0)
+    var = {int(p): n for n, p in enumerate(missing)}
+    A = np.zeros((len(missing), len(missing)))
+    b = np.zeros((len(missing), C))
+    flat = img.reshape(C, -1)
+    for n, p in enumerate(missing):
+        i, j = divmod(int(p), W)
+        total = 0.0
+        for (di, dj), w in ROAD_WEIGHTS:
+            if 0 <= i + di < H and 0 <= j + dj < W:
+                total += w
+                q = (i + di) * W + j + dj
+                if q in var:
+                    A[n, var[q]] = w
+                else:
+                    b[n] -= w * flat[:, q]
+        A[n, n] = -total
+    out = flat.astype(np.float64).copy()
+    if len(missing):
+        out[:, missing] = np.linalg.solve(A, b).T
+    return out.reshape(C, H, W)
+
+
+@pytest.mark.parametrize("k", [0.1, 0.3, 0.5, 0.9])
+def test_reference_rule_equals_road_reference_imputed_images(k):
+    """Same inputs through fastroar's reference rule and ROAD's algorithm: equal images. Channel sums are
+    distinct by >= 1/63 of their range (the reference's 1e-4 jitter cannot reorder them), the channel
+    split varies (per-coordinate ranking would keep other pixels), and int(63 k) differs from
+    floor(63 k + 1/2) at k = 0.3 (top) and k = 0.1 (bottom), so DiffROAR's counts would differ."""
+    from fastroar.metrics.road import impute_pixels, impute_ranked, pixel_ranks
+
+    rng = np.random.default_rng(5)
+    N, C, H, W = 3, 3, 9, 7
+    x = rng.random((N, C, H, W))
+    sums = np.stack([rng.permutation(H * W) for _ in range(N)]).reshape(N, H, W).astype(np.float64)
+    split = rng.dirichlet(np.ones(C), size=(N, H, W)).transpose(0, 3, 1, 2)
+    scores = sums[:, None] * split   # (N, C, H, W), channel sums = `sums` (up to rounding)
+    jitter = 1e-4 * rng.standard_normal((H, W))
+    ranks = pixel_ranks(scores)
+    differs = False
+    for direction, th_p, remove in (("top", k, False), ("bottom", 1 - k, True)):
+        got = impute_pixels(x, ranks, k, direction)
+        for n in range(N):
+            want = road_reference_image(x[n], scores[n].transpose(1, 2, 0), th_p, remove, jitter)
+            np.testing.assert_allclose(got[n], want, rtol=0, atol=1e-9)
+        coord = impute_ranked(x, rank_reference(scores.reshape(N, -1)), k, direction)
+        differs |= not np.allclose(coord, got)
+    assert differs  # the coordinate rule is another rule on these inputs
+
+
+def test_estimate_reference_rule_is_keyed_apart(copy):
+    """`estimate --rule reference` on a one-channel run: pixel ranks are the stored ranks, counts are
+    truncated; its records carry rule=reference and leave the default rule's records and keys alone."""
+    from click.testing import CliRunner
+
+    from fastroar.cli import cli
+    from fastroar.config import load_config
+    from fastroar.engine.store import RankStore, SplitArrays
+    from fastroar.engine.workspace import Workdir
+    from fastroar.method import to_model_input
+    from fastroar.metrics.road import reference_keep
+    from fastroar.stages.artifacts import load_model, load_prepared
+
+    args = ["estimate", "--workdir", str(copy), "--no-progress", "--k", "0.3", "--model", "standard",
+            "--attribution", "gradient"]
+    runner = CliRunner()
+    assert runner.invoke(cli, args).exit_code == 0
+    default = [json.loads(line) for line in (copy / "results" / "road.jsonl").read_text().splitlines()]
+    res = runner.invoke(cli, args + ["--rule", "reference"])
+    assert res.exit_code == 0, res.output
+    records = [json.loads(line) for line in (copy / "results" / "road.jsonl").read_text().splitlines()]
+    assert records[:len(default)] == default and len(records) == len(default) + 1
+    (rec,) = records[len(default):]
+    assert rec["rule"] == "reference" and "rule" not in default[0] and rec["key"] != default[0]["key"]
+
+    cfg = load_config(path=copy / "config.yaml")
+    workdir = Workdir(copy)
+    prepared = load_prepared(cfg, workdir)
+    model, _ = load_model(workdir, "standard", prepared)
+    ranks = SplitArrays(RankStore(str(workdir.store_path), mode="r").root["standard/gradient/test"]).read("ranks")
+    images, labels = prepared.arrays("test")
+    x = to_model_input(images).numpy()
+    N, C, H, W = x.shape
+    accs = []
+    for code, direction in enumerate(("top", "bottom")):
+        keep = reference_keep(ranks, 0.3, direction)
+        assert keep.sum(1).tolist() == [int(H * W * 0.3) if direction == "top" else H * W - int(H * W * 0.7)] * N
+        xi = impute(x, keep.reshape(x.shape), rec["sigma"], seed=[0, 300000, code])
+        with torch.no_grad():
+            accs.append(float((model(torch.from_numpy(xi)).argmax(1).numpy() == labels).mean()))
+    assert (rec["acc_top"], rec["acc_bottom"]) == pytest.approx(tuple(accs))
+    # the report keeps showing the default rule beside DiffROAR
+    from fastroar.stages.report import road_estimates
+
+    shown = road_estimates(workdir, prepared.meta["key"], [{"model": "standard", "model_hash": rec["model_hash"]}])
+    assert shown[("standard", "gradient", 0.3)] == pytest.approx(default[0]["road"])

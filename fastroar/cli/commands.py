@@ -108,9 +108,12 @@ def report(workdir, dataset, config_path, overrides, device, loader, progress) -
 @click.option("--noise", type=click.FloatRange(min=0), default=0.01, show_default=True,
               help="Std of the noise added to imputed pixels, as a fraction of the inputs' value range.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the imputation noise.")
+@click.option("--rule", type=click.Choice(["fastroar", "reference"]), default="fastroar", show_default=True,
+              help="Kept set: fastroar = DiffROAR's masks (per coordinate, n = floor(k*d + 1/2)); reference = "
+                   "ROAD's code (pixels ranked by the attribution summed over channels, counts truncated).")
 @fail_cleanly
 def estimate(workdir, dataset, config_path, overrides, device, loader, progress, levels, models, attributions,
-             noise, seed) -> None:
+             noise, seed, rule) -> None:
     """ROAD estimate without retraining: impute removed pixels (noisy linear), evaluate the base model."""
     from fastroar.stages.estimate import estimate as estimate_stage
     from fastroar.stages.report import format_table
@@ -118,7 +121,7 @@ def estimate(workdir, dataset, config_path, overrides, device, loader, progress,
     ctx = context(workdir, dataset, config_path, overrides, device, loader, progress)
     t0 = time.perf_counter()
     records = estimate_stage(ctx, models=models or None, attributions=attributions or None, levels=levels,
-                             noise=noise, seed=seed)
+                             noise=noise, seed=seed, rule=rule)
 
     click.echo("ROAD (acc(top-k kept, rest imputed) - acc(bottom-k kept, rest imputed); original model)")
     click.echo(format_table(records, ("model", "attribution", "k", "acc_top", "acc_bottom", "road")))

@@ -2,11 +2,19 @@
 Fashion-MNIST idx (unpacked, or still the downloaded .gz, read in memory: nothing is written).
 
 Reading the files here, not through torchvision's dataset classes, lets every failure name its real cause
-in one line: the missing file, the file whose MD5 is not the official one (expected and found), a
-structure that is not the format's, or no network for --download. torchvision's tables of the official
-files' MD5s are the checksum reference; ``verify_checksums=False`` accepts faithful copies whose bytes
-differ (re-pickled, re-saved .mat) after checking their structure, with a warning naming those files.
-Images come out as uint8 (N, C, H, W) and labels as int64, in the files' order: what torchvision gives.
+in one line: the missing file (and what was found where), the file whose MD5 is not the official one
+(expected and found), a structure that is not the format's, or no network for --download. torchvision's
+tables of the official files' MD5s are the checksum reference; ``verify_checksums=False`` accepts faithful
+copies whose bytes differ (re-pickled, re-saved .mat) after checking their structure, with a warning naming
+those files. Images come out as uint8 (N, C, H, W) and labels as int64, in the files' order: what
+torchvision gives.
+
+idx files (MNIST, Fashion-MNIST) are found in torchvision's layout (``MNIST/raw/``, ``FashionMNIST/raw/``),
+in Debian's ``dataset-fashion-mnist`` layout (flat ``.gz`` files in ``/usr/share/datasets/fashion-mnist``:
+pass that folder, or its parent, as --data-root) or flat in --data-root; each under the dash name
+(``train-images-idx3-ubyte``) or the original release's dot name (``train-images.idx3-ubyte``), plain or
+``.gz``. They are verified by the MD5 of their decompressed bytes (:data:`IDX_MD5`), so a faithful
+re-compressed copy (Debian's) passes while a copy whose content differs fails, naming the file.
 """
 from __future__ import annotations
 
@@ -30,16 +38,40 @@ from fastroar.errors import ConfigError, MissingInputError
 # name -> expected layout under --data-root (for messages)
 LAYOUTS = {
     "mnist": "MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte (or the downloaded .gz files)",
-    "fashion-mnist": "FashionMNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte (or the downloaded .gz files)",
+    "fashion-mnist": "FashionMNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte (or the downloaded .gz files, "
+                     "or fashion-mnist/*.gz as Debian's dataset-fashion-mnist installs them)",
     "cifar10": "cifar-10-batches-py/{data_batch_1..5,test_batch}",
     "svhn": "{train,test}_32x32.mat",
 }
 ACCEPT_COPIES = "--set dataset.params.verify_checksums=false"
 SPLITS = ("train", "test")
+IDX_DATASETS = ("mnist", "fashion-mnist")
+
+# MD5 of each official idx file's decompressed bytes, by its dash name. MNIST: the upstream release's
+# (what torchvision's .gz archives decompress to); Fashion-MNIST: zalandoresearch's release, to which
+# Debian's re-compressed dataset-fashion-mnist files decompress byte for byte. The checksum reference of
+# idx files whatever their compression; torchvision's .gz MD5s are accepted as well.
+IDX_MD5: dict[str, dict[str, str]] = {
+    "mnist": {"train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
+              "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
+              "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
+              "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637"},
+    "fashion-mnist": {"train-images-idx3-ubyte": "f4a8712d7a061bf5bd6d2ca38dc4d50a",
+                      "train-labels-idx1-ubyte": "9018921c3c673c538a1fc5bad174d6f9",
+                      "t10k-images-idx3-ubyte": "8181f5470baa50b63fa0f6fddb340f0a",
+                      "t10k-labels-idx1-ubyte": "15d484375f8d13e6eb1aabb0c3f46965"},
+}
+# Where a distribution's package installs a dataset, as a folder under --data-root (Debian: the folder's
+# parent is /usr/share/datasets), and the full path, for messages.
+PACKAGE_DIRS = {"fashion-mnist": "fashion-mnist"}
+INSTALLED = {"fashion-mnist": Path("/usr/share/datasets/fashion-mnist")}
 
 
 class Layout:
-    """Where a dataset's files are, split by split, and the official files' MD5s (from torchvision)."""
+    """Where a dataset's files are, split by split, and the official files' MD5s (from torchvision).
+
+    dir is torchvision's folder (where --download writes); dirs are the folders searched, in order.
+    """
 
     def __init__(self, name: str, root: Path) -> None:
         import torchvision.datasets as tvd
@@ -60,28 +92,77 @@ class Layout:
             self.files = {s: [f"{p}-{kind}-ubyte" for kind in ("images-idx3", "labels-idx1")]
                           for s, p in (("train", "train"), ("test", "t10k"))}
             self.md5 = {Path(url).name: md5 for url, md5 in cls.resources}
+        self.dirs = [self.dir]
+        if name in IDX_DATASETS:
+            package = [root / PACKAGE_DIRS[name]] if name in PACKAGE_DIRS else []
+            self.dirs += [d for d in (*package, root) if d not in self.dirs]
 
     def rel(self, path: Path) -> str:
-        return str(path.relative_to(self.root))
+        return str(path.relative_to(self.root)) if path != self.root else "."
+
+    def names(self, file: str) -> list[str]:
+        """The names `file` may have on disk: itself, else (idx files) the dot form and either's .gz."""
+        if self.name not in IDX_DATASETS:
+            return [file]
+        dot = file.replace("-idx", ".idx")
+        return [file, f"{file}.gz", dot, f"{dot}.gz"]
 
     def find(self, file: str) -> Path | None:
-        """The file on disk: itself, else (idx files) its .gz; None when neither is there."""
-        for candidate in (self.dir / file, self.dir / f"{file}.gz") if self.name in ("mnist", "fashion-mnist") \
-                else (self.dir / file,):
-            if candidate.is_file():
-                return candidate
+        """The file on disk, searched in each of dirs under each of its names; None when it is not there."""
+        for d in self.dirs:
+            for candidate in self.names(file):
+                if (d / candidate).is_file():
+                    return d / candidate
         return None
+
+    def found(self) -> str:
+        """What idx-like files the searched folders hold, for a message about missing files."""
+        seen = []
+        for d in self.dirs:
+            files = sorted(p.name for p in d.iterdir() if p.is_file() and ("idx" in p.name or "ubyte" in p.name)) \
+                if d.is_dir() else []
+            if files:
+                seen.append(f"{self.rel(d)}/: {', '.join(files)}")
+        where = ", ".join(f"{self.rel(d)}/" for d in self.dirs)
+        return f"found {'; '.join(seen)}" if seen else f"found no idx files in {where}"
 
     def missing(self) -> list[str]:
         return [f for s in SPLITS for f in self.files[s] if self.find(f) is None]
 
 
-def _md5(path: Path) -> str:
+def _md5(path: Path, decompress: bool = False) -> str:
+    """MD5 of the file's bytes, or (decompress) of its gzip content."""
     h = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as f:
+    with (gzip.open(path, "rb") if decompress else open(path, "rb")) as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def idx_mismatch(path: Path, expected: str | None, archive_md5: str | None = None) -> tuple[str, str, str] | None:
+    """None when idx file `path` holds the official bytes, else (expected, found, note) for a message.
+
+    expected: the MD5 of the official decompressed bytes (None: nothing to check against); archive_md5:
+    the official .gz file's own MD5, accepted for a .gz as it is. A .gz passes when either matches, so a
+    faithful re-compressed copy passes; its mismatch names the .gz's own MD5 with the decompressed one in
+    the note. A file that does not decompress is left to the reader, whose message names the damage.
+    """
+    if expected is None and archive_md5 is None:
+        return None
+    if path.suffix != ".gz":
+        found = _md5(path)
+        return None if expected is None or found == expected else (expected, found, "")
+    found = _md5(path)
+    if found == archive_md5:
+        return None
+    try:
+        content = _md5(path, decompress=True)
+    except (OSError, EOFError):  # gzip.BadGzipFile is an OSError: read_idx names it
+        return None
+    if content == expected:
+        return None
+    return (archive_md5 or expected, found,
+            f"its decompressed bytes' MD5 is {content}, the official's {expected}" if expected else "")
 
 
 def _bad(path: Path, what: str, why: str) -> MissingInputError:
@@ -272,17 +353,30 @@ def download(layout: Layout, missing: list[str]) -> None:
 
 # ---- one dataset, both splits ----
 
+def _asked(name: str, asked: str | None) -> str:
+    """How messages name the data: the dataset the user asked for, and what it is built from."""
+    return name if not asked or asked == name else f"{name} (for {asked})"
+
+
 def read_dataset(name: str, root: str | None, download_missing: bool = False, verify_checksums: bool = True,
-                 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """{split: (images uint8 (N, C, H, W), labels int64)} for train and test of dataset `name`."""
+                 asked: str | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{split: (images uint8 (N, C, H, W), labels int64)} for train and test of dataset `name`.
+
+    asked: the dataset the user asked for when it is built from `name` (blockmnist from mnist): messages
+    name it. idx files are checked against :data:`IDX_MD5` (tests replace the table).
+    """
     if not isinstance(verify_checksums, bool):
         raise ConfigError(f"dataset.params.verify_checksums is true or false, not {verify_checksums!r}")
     if not root:
-        raise ConfigError(f"dataset {name!r} is read from disk: pass --data-root DIR (add --download to fetch it)")
+        built = f" is built from {name} read from disk" if asked and asked != name else " is read from disk"
+        installed = INSTALLED.get(name)
+        hint = f"; {installed} holds it" if installed is not None and installed.is_dir() else ""
+        raise ConfigError(f"dataset {asked or name!r}{built}: pass --data-root DIR holding {LAYOUTS[name]}"
+                          f"{hint} (add --download to fetch it)")
     root_path = Path(root).expanduser()
     if not root_path.is_dir() and not download_missing:
-        raise MissingInputError(f"--data-root {root} does not exist (expected {LAYOUTS[name]} inside it; "
-                                "add --download to fetch the dataset)")
+        raise MissingInputError(f"--data-root {root} does not exist (expected {LAYOUTS[name]} inside it for "
+                                f"{asked or name}; add --download to fetch the dataset)")
     layout = Layout(name, root_path)
     missing = layout.missing()
     if missing and download_missing:
@@ -291,22 +385,29 @@ def read_dataset(name: str, root: str | None, download_missing: bool = False, ve
     if missing:
         where = layout.rel(layout.dir) + "/" if layout.dir != root_path else ""
         present = len(missing) < sum(len(f) for f in layout.files.values())
+        found = f"; {layout.found()}" if name in IDX_DATASETS else ""
         raise MissingInputError(
-            f"{name} under {root} lacks {', '.join(where + f for f in missing)} (expected {LAYOUTS[name]}); "
+            f"{_asked(name, asked)} under {root} lacks {', '.join(where + f for f in missing)} "
+            f"(expected {LAYOUTS[name]}{found}); "
             + ("copy the missing file(s) there" if present else "put the dataset there")
             + " or add --download to fetch what is missing")
 
     paths = {s: [layout.find(f) for f in layout.files[s]] for s in SPLITS}
-    differ = []  # (path, expected, found) for files that have an official MD5 and do not match it
-    for path in (p for s in SPLITS for p in paths[s]):
-        expected = layout.md5.get(path.name)
-        if expected is not None:
-            found = _md5(path)
-            if found != expected:
-                differ.append((path, expected, found))
+    differ = []  # (path, expected, found, note) for files that have an official MD5 and do not match it
+    for split in SPLITS:
+        for file, path in zip(layout.files[split], paths[split]):
+            if name in IDX_DATASETS:
+                bad = idx_mismatch(path, IDX_MD5.get(name, {}).get(file), layout.md5.get(f"{file}.gz"))
+                if bad is not None:
+                    differ.append((path, *bad))
+            elif layout.md5.get(path.name) is not None:
+                found = _md5(path)
+                if found != layout.md5[path.name]:
+                    differ.append((path, layout.md5[path.name], found, ""))
     if differ and verify_checksums:
-        path, expected, found = differ[0]
-        more = f" (also not the official bytes: {', '.join(p.name for p, _, _ in differ[1:])})" if differ[1:] else ""
+        path, expected, found, note = differ[0]
+        also = f"also not the official bytes: {', '.join(p.name for p, *_ in differ[1:])}" if differ[1:] else ""
+        more = f" ({'; '.join(n for n in (note, also) if n)})" if note or also else ""
         raise MissingInputError(
             f"checksum mismatch: {path} has MD5 {found}, the official {name} file's is {expected}{more}; "
             f"for a faithful copy written by another tool, add {ACCEPT_COPIES} (its structure is still checked), "
@@ -323,6 +424,6 @@ def read_dataset(name: str, root: str | None, download_missing: bool = False, ve
             out[split] = read_mnist_split(*paths[split])
     if differ:
         print(f"Warning: {name}: checksums not verified (verify_checksums=false): "
-              f"{', '.join(layout.rel(p) for p, _, _ in differ)} differ from the official files; "
+              f"{', '.join(layout.rel(p) for p, *_ in differ)} differ from the official files; "
               "read after checking their structure", file=sys.stderr)
     return out

@@ -39,7 +39,8 @@ def build_blockmnist(root: str | None = None, download: bool = False, seed: int 
     from fastroar.datasets.blockdigits import stack_blocks
 
     rng = np.random.default_rng(seed)
-    mnist = read_dataset("mnist", root, download, verify_checksums)
+    asked = "blockmnist-top" if signal_position == "top" else "blockmnist"
+    mnist = read_dataset("mnist", root, download, verify_checksums, asked=asked)
     splits = []
     for split in ("train", "test"):
         images, labels = mnist[split]

@@ -25,6 +25,20 @@ Evaluation: for level k, "top" keeps the top-k ranked coordinates and imputes th
 order: least relevant removed first), "bottom" keeps the bottom-k and imputes the rest (MoRF:
 most relevant removed first). ``ROAD(k) = acc(top-k kept) - acc(bottom-k kept)``, the analogue of
 DiffROAR(k) with the same masks (n = floor(k*d + 1/2) kept coordinates, same ranks).
+
+Two rules choose the kept set (``RULES``; the rule enters a record's key only when it is not the default):
+
+- ``"fastroar"`` (default): per coordinate of C*H*W, n = floor(k*d + 1/2) kept in both directions: the
+  very masks DiffROAR retrains on, so ROAD(k) and DiffROAR(k) in one table compare the same kept sets;
+- ``"reference"``: as the ROAD reference code computes it (tleemann/road_evaluation,
+  ``road/imputed_dataset.py`` ``ImputedDataset`` with ``road/utils.py`` ``rescale_channel``): the
+  attribution is summed over channels, pixels (all channels together) are ordered by that sum, most
+  important first, and counts are truncated: keeping the top-k is its LeRF at ``th_p = k``
+  (``int(H*W*k)`` pixels kept), keeping the bottom-k its MoRF at ``th_p = 1 - k``
+  (``int(H*W*(1 - k))`` most important pixels removed). The reference min-max normalises the sum
+  (monotone: no change of order) and adds a fixed 1e-4 * N(0, 1) map to break ties at random; here ties go
+  to the lower pixel index, so the two agree wherever the normalised sums differ by more than that jitter.
+  Use it to compare with numbers computed by ROAD's code.
 """
 from __future__ import annotations
 
@@ -32,7 +46,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from fastroar.engine.kernels.reference import keep_mask_reference
+from fastroar.engine.kernels.reference import keep_mask_reference, rank_reference
 
 # (di, dj, weight): 4 direct neighbours 1/6, 4 diagonal 1/12 (they sum to 1 in the interior).
 NEIGHBOURS: tuple[tuple[int, int, float], ...] = (
@@ -40,6 +54,7 @@ NEIGHBOURS: tuple[tuple[int, int, float], ...] = (
     (-1, -1, 1 / 12), (-1, 1, 1 / 12), (1, -1, 1 / 12), (1, 1, 1 / 12),
 )
 METHOD = "road-noisy-linear-v1"  # enters the record key: change it when the imputation changes
+RULES = ("fastroar", "reference")  # how the kept set is chosen (module docstring); the first is the default
 DEFAULT_NOISE = 0.01             # sigma as a fraction of the data's value range
 MAX_UNKNOWNS_PER_SOLVE = 8192  # pixels per block-diagonal solve (measured: small solves are faster)
 
@@ -175,6 +190,34 @@ def impute_ranked(x: np.ndarray, ranks: np.ndarray, k: float, direction: str, no
     return impute(x, keep, noise, seed, solver, device)
 
 
+def pixel_ranks(scores: np.ndarray) -> np.ndarray:
+    """(N, C, H, W) attribution scores -> (N, H*W) ranks of the pixels by their channel sum (0 = most
+    important; ties by lower pixel index): the reference rule's order."""
+    scores = np.asarray(scores)
+    return rank_reference(scores.reshape(len(scores), scores.shape[1], -1).sum(axis=1))
+
+
+def reference_keep(pixel_rank: np.ndarray, k: float, direction: str) -> np.ndarray:
+    """(N, H*W) pixel ranks -> (N, H*W) bool kept pixels by the reference's truncated counts: "top" keeps
+    the int(P*k) most important (its LeRF at th_p = k), "bottom" removes the int(P*(1-k)) most important
+    (its MoRF at th_p = 1 - k), P = H*W."""
+    pixel_rank = np.asarray(pixel_rank)
+    P = pixel_rank.shape[-1]
+    if direction == "top":
+        return pixel_rank < int(P * float(k))
+    if direction == "bottom":
+        return pixel_rank >= int(P * (1.0 - float(k)))
+    raise ValueError(f"direction must be 'top' or 'bottom', got {direction!r}")
+
+
+def impute_pixels(x: np.ndarray, pixel_rank: np.ndarray, k: float, direction: str, noise: float = 0.0,
+                  seed: int | Sequence[int] = 0, solver: str = "scipy", device: Any = None) -> np.ndarray:
+    """x (N, C, H, W) keeping the pixels (every channel) that the reference rule keeps, the rest imputed."""
+    N, C, H, W = x.shape
+    keep = reference_keep(pixel_rank, k, direction).reshape(N, 1, H, W)
+    return impute(x, np.broadcast_to(keep, x.shape), noise, seed, solver, device)
+
+
 def accuracy(model, x: np.ndarray, labels: np.ndarray, batch_size: int = 1024) -> float:
     """Top-1 accuracy of a torch model (eval mode, CPU) on float inputs x."""
     import torch
@@ -192,20 +235,25 @@ def accuracy(model, x: np.ndarray, labels: np.ndarray, batch_size: int = 1024) -
 
 def road_levels(model, x: np.ndarray, labels: np.ndarray, ranks: np.ndarray, levels: Sequence[float],
                 sigma: float, seed: int = 0, acc: Callable | None = None, solver: str = "scipy",
-                device: Any = None) -> list[dict[str, float]]:
+                device: Any = None, rule: str = "fastroar") -> list[dict[str, float]]:
     """Per level: acc on top-k-kept / bottom-k-kept imputed inputs and their difference (ROAD(k)).
 
-    Noise for (k, direction) is seeded by [seed, round(k * 1e6), 0 for top / 1 for bottom], so a level's
-    estimate does not depend on which other levels are computed.
+    rule "fastroar": ranks are the (N, C*H*W) coordinate ranks; "reference": the (N, H*W) pixel ranks of
+    :func:`pixel_ranks` (module docstring). Noise for (k, direction) is seeded by
+    [seed, round(k * 1e6), 0 for top / 1 for bottom], so a level's estimate does not depend on which other
+    levels are computed.
     """
+    if rule not in RULES:
+        raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
     acc = acc or accuracy
     labels = np.asarray(labels)
+    imputer = impute_ranked if rule == "fastroar" else impute_pixels
     out = []
     for k in levels:
         res: dict[str, float] = {"k": float(k)}
         for code, direction in enumerate(("top", "bottom")):
-            imputed = impute_ranked(x, ranks, k, direction, sigma, seed=[int(seed), int(round(k * 1e6)), code],
-                                    solver=solver, device=device)
+            imputed = imputer(x, ranks, k, direction, sigma, seed=[int(seed), int(round(k * 1e6)), code],
+                              solver=solver, device=device)
             res[f"acc_{direction}"] = float(acc(model, imputed, labels))
         res["road"] = res["acc_top"] - res["acc_bottom"]
         out.append(res)

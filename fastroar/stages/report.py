@@ -100,15 +100,16 @@ def plot_curves(rows: list[dict[str, Any]], path: Path, title: str) -> None:
 
 def road_estimates(workdir: Workdir, dataset_key: str, records: Iterable[dict[str, Any]]) -> dict[tuple, float]:
     """ROAD(k) by (model, attribution, k) from <workdir>/results/road.jsonl, for the models (by hash)
-    behind `records`; where several noise settings or seeds were estimated, the default noise (0.01)
-    and the lowest seed are shown."""
+    behind `records`; where several rules, noise settings or seeds were estimated, the default rule
+    (DiffROAR's masks; records without a rule are its), the default noise (0.01) and the lowest seed
+    are shown."""
     hashes = {(r["model"], r.get("model_hash")) for r in records}
     best: dict[tuple, tuple] = {}
     for e in read_results(workdir.road_path).values():
         if e.get("dataset_key") != dataset_key or (e["model"], e.get("model_hash")) not in hashes:
             continue
         key = (e["model"], e["attribution"], float(e["k"]))
-        rank = (e["noise"] != DEFAULT_NOISE, e["noise"], e["seed"])
+        rank = (e.get("rule", "fastroar") != "fastroar", e["noise"] != DEFAULT_NOISE, e["noise"], e["seed"])
         if key not in best or rank < best[key][0]:
             best[key] = (rank, float(e["road"]))
     return {k: v for k, (_, v) in best.items()}
