@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from itertools import product
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from fastroar.keys import digest
 
@@ -21,25 +21,36 @@ class Job:
     arch_params: dict
     recipe: dict
     fill: float = 0.0       # value of removed coordinates (model-input units): 0 = zero fill
+    # the first layer ran on the kept coordinates only (retrain.sparse_input resolved for this job): its sums
+    # run in another order, so its records differ from the dense layer's at float rounding and get their own key
+    sparse_input: bool = False
 
     @property
     def key(self) -> str:
-        fields = asdict(self)
+        fields = self._fields()
         if fields["fill"] == 0.0:  # the default keeps the keys that records were written under before fill
             del fields["fill"]
         return digest(fields, 16)
 
+    def _fields(self) -> dict[str, Any]:
+        fields = asdict(self)
+        if not fields["sparse_input"]:  # dense keeps the keys and records written before sparse_input
+            del fields["sparse_input"]
+        return fields
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self) | {"key": self.key}
+        return self._fields() | {"key": self.key}
 
 
 def sweep(cfg: dict[str, Any], model_hashes: dict[str, str], dataset_key: str, recipe: dict[str, Any],
           models: Sequence[str], attributions: Sequence[str], levels: Sequence[float],
-          directions: Sequence[str], seeds: Sequence[int], fill: float = 0.0) -> list[Job]:
-    """The cartesian product of the sweep, in a stable order."""
+          directions: Sequence[str], seeds: Sequence[int], fill: float = 0.0,
+          sparse_input: Callable[[float], bool] | None = None) -> list[Job]:
+    """The cartesian product of the sweep, in a stable order. `sparse_input(k)`: whether a level-k job's first
+    layer runs sparse (retrain.sparse_input resolved; default never)."""
     return [
         Job(model=m, attribution=a, k=float(k), direction=d, seed=int(s), model_hash=model_hashes[m],
             dataset_key=dataset_key, arch=cfg["model"]["arch"], arch_params=dict(cfg["model"]["params"]),
-            recipe=dict(recipe), fill=float(fill))
+            recipe=dict(recipe), fill=float(fill), sparse_input=bool(sparse_input and sparse_input(float(k))))
         for m, a, k, d, s in product(models, attributions, levels, directions, seeds)
     ]
