@@ -16,9 +16,8 @@ import torch
 from fastroar.engine.kernels.dispatch import extension_op
 from fastroar.engine.kernels.reference import keep_mask_reference, rank_reference
 from fastroar.method import n_kept
-from fastroar.training.batched import (SPARSE_MAX_SHARE, SPARSE_MIN_D, SparseRows, Spec, keep_bounds,
-                                       train_stacked, uses_sparse_input)
-from fastroar.training.jobs import Job
+from fastroar.training.batched import SparseRows, Spec, keep_bounds, train_stacked, uses_sparse_input
+from fastroar.training.jobs import SPARSE_MAX_SHARE, SPARSE_MIN_D, Job
 
 HAS_SPARSE = extension_op("sparse_stacked_step_") is not None
 pytestmark = pytest.mark.skipif(not HAS_SPARSE, reason="fastroar._C is not built (the layer stays dense)")
@@ -263,3 +262,61 @@ def test_sparse_jobs_get_their_own_key_and_dense_keys_are_unchanged():
     assert dense.key == digest(base, 16)            # the key records were written under before sparse_input
     assert sparse.key != dense.key
     assert "sparse_input" not in dense.to_dict() and sparse.to_dict()["sparse_input"] is True
+
+
+# ---- the stage ----------------------------------------------------------------------------------------------
+
+def test_retrain_stage_keys_sparse_jobs_apart_and_the_report_finds_them(run_workdir, tmp_path):
+    """retrain.sparse_input=true on the tiny blockdigits run: the jobs run again under their own keys (the
+    dense records stay, unchanged), their accuracies are the dense ones within a few test images, and the
+    report shows the sparse records under that setting, the dense ones under the default (auto = dense at
+    d = 128)."""
+    import csv
+    import json
+    import shutil
+
+    from click.testing import CliRunner
+
+    from fastroar.cli import cli
+    from fastroar.engine.results import read_results
+    from tests.conftest import tiny_args
+
+    ref, _ = run_workdir
+    wd = tmp_path / "w"
+    shutil.copytree(ref, wd, ignore=shutil.ignore_patterns("report"))
+    dense = read_results(wd / "results" / "results.jsonl")
+    subset = ["--model", "standard", "--attribution", "gradient"]
+    for setting in ("auto", "false"):   # dense here: nothing to run, the keys are the ones recorded
+        result = CliRunner().invoke(cli, ["retrain", "--workdir", str(wd), "--no-progress", *subset,
+                                          *tiny_args(f"retrain.sparse_input={setting}")])
+        assert result.exit_code == 0 and "0 to run" in result.output, result.output
+    result = CliRunner().invoke(cli, ["retrain", "--workdir", str(wd), "--no-progress", *subset,
+                                      *tiny_args("retrain.sparse_input=true")])
+    assert result.exit_code == 0, result.output
+    assert "8 to run" in result.output
+    records = read_results(wd / "results" / "results.jsonl")
+    sparse = {key: r for key, r in records.items() if r.get("sparse_input")}
+    assert len(sparse) == 8 and not set(sparse) & set(dense)
+    assert {key: records[key] for key in dense} == dense
+    twin = {(r["k"], r["direction"], r["seed"]): r for r in dense.values()
+            if (r["model"], r["attribution"]) == ("standard", "gradient")}
+    for r in sparse.values():
+        assert abs(r["accuracy"] - twin[r["k"], r["direction"], r["seed"]]["accuracy"]) <= 0.03, r
+    # mark the sparse records (accuracy halved) so that the report's choice of records shows in its numbers
+    path = wd / "results" / "results.jsonl"
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    for r in lines:
+        if r.get("sparse_input"):
+            r["accuracy"] /= 2
+    path.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    marked = [r for r in lines if r.get("sparse_input")]
+    for setting, used in (("true", marked), ("auto", list(twin.values()))):
+        result = CliRunner().invoke(cli, ["report", "--workdir", str(wd),
+                                          *tiny_args(f"retrain.sparse_input={setting}")])
+        assert result.exit_code == 0, result.output
+        rows = {r["k"]: float(r["diffroar"]) for r in csv.DictReader(open(wd / "report" / "diffroar.csv"))
+                if (r["model"], r["attribution"]) == ("standard", "gradient")}
+        for k, value in rows.items():   # DiffROAR(k) = mean top-k accuracy - mean bottom-k accuracy, these records
+            acc = {d: np.mean([r["accuracy"] for r in used if r["k"] == float(k) and r["direction"] == d])
+                   for d in ("top", "bottom")}
+            assert value == pytest.approx(acc["top"] - acc["bottom"]), (setting, k)

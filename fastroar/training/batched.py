@@ -35,11 +35,11 @@ from torch import nn
 
 from fastroar.engine import cancel
 from fastroar.engine.loaders.resident import epoch_order, resident_ranks
-from fastroar.method import keep_range, model_input_array, n_kept
+from fastroar.method import keep_range, model_input_array
 from fastroar.models import build_seeded
+from fastroar.training.jobs import BATCHABLE_ARCHS, sparse_input_wanted
 from fastroar.training.settings import Recipe
 
-BATCHABLE_ARCHS = ("linear", "mlp1", "mlp2")
 PARALLEL_GATHER = 1 << 20     # coordinates per batch from which the CPU gather may run on all cores
 
 
@@ -238,15 +238,6 @@ def _compiled_step(device: torch.device, compute_dtype: torch.dtype, sparse: boo
     return extension_op("sparse_stacked_step_" if sparse else "stacked_step_")
 
 
-# The sparse first layer (csrc/sparse_input.cpp) against the dense batched GEMM, whole training steps, one
-# thread (tools/bench_sparse.py): at d = 1568, mlp2 width 256 it is faster at every kept share up to 1/2
-# (GEMM-equivalent speed-up ... at k = 0.05 ... 0.5); at d = 128 (blockdigits), where the first layer holds a
-# third of the multiply-adds, it gains ... . auto takes it where the first layer dominates and the mask keeps
-# at most half the coordinates.
-SPARSE_MIN_D = 512
-SPARSE_MAX_SHARE = 0.5
-
-
 def sparse_available(device: torch.device | str) -> bool:
     """Whether the sparse first layer can run here: the CPU, with the compiled extension's ops."""
     from fastroar.engine.kernels.dispatch import extension_op
@@ -257,15 +248,11 @@ def sparse_available(device: torch.device | str) -> bool:
 def uses_sparse_input(setting: Any, arch: str, k: float, d: int, device: torch.device | str,
                       resident: bool) -> bool:
     """retrain.sparse_input resolved for one job: whether its stacked MLP retrain runs the first layer on the
-    kept coordinates only. Only the stacked MLP path on the CPU has it (resident data, compiled extension);
-    elsewhere (CUDA, data streamed through FFCV, other architectures) the layer stays dense. `true`: wherever
-    it can run; `false`: never; `auto`: where it can run, d >= SPARSE_MIN_D and n/d <= SPARSE_MAX_SHARE. A rule
-    on the job's shape, never a timing: the answer enters the job's key, so it must be the same every run."""
-    if setting is False or not (batchable(arch) and resident and sparse_available(device)):
-        return False
-    if setting is True:
-        return True
-    return d >= SPARSE_MIN_D and n_kept(k, d) <= SPARSE_MAX_SHARE * d
+    kept coordinates only. The config's rule on the job's shape (fastroar.training.jobs.sparse_input_wanted),
+    and where it runs: only the stacked MLP path on the CPU has it (resident data, compiled extension);
+    elsewhere (CUDA, data streamed through FFCV) the layer stays dense. Never a timing: the answer enters the
+    job's key, so it is the same every run of a config on a machine."""
+    return sparse_input_wanted(setting, arch, k, d) and resident and sparse_available(device)
 
 
 def _gather_numba(x: torch.Tensor, ranks: torch.Tensor, idx: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,

@@ -6,6 +6,17 @@ from itertools import product
 from typing import Any, Callable, Sequence
 
 from fastroar.keys import digest
+from fastroar.method import n_kept
+
+BATCHABLE_ARCHS = ("linear", "mlp1", "mlp2")   # the MLPs fastroar.training.batched trains in stacks
+
+# retrain.sparse_input = auto: the sparse first layer (csrc/sparse_input.cpp) where the first layer is large
+# (d >= SPARSE_MIN_D) and the mask keeps at most SPARSE_MAX_SHARE of it. Measured with tools/bench_sparse.py
+# (whole stacked training steps, one thread, against the dense GEMMs in the same run): faster at every
+# kept share up to 1/2 at the BlockMNIST shape (d = 1568, width 256); at blockdigits' d = 128, whose first
+# layer holds a third of mlp2's work, the gain is too small to change the default study's records for.
+SPARSE_MIN_D = 512
+SPARSE_MAX_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -40,6 +51,16 @@ class Job:
 
     def to_dict(self) -> dict[str, Any]:
         return self._fields() | {"key": self.key}
+
+
+def sparse_input_wanted(setting: Any, arch: str, k: float, d: int) -> bool:
+    """The config's half of retrain.sparse_input's rule, on the job's shape alone (no torch, no device):
+    `false` never, `true` for every stacked MLP, `auto` for stacked MLPs with d >= SPARSE_MIN_D and
+    n / d <= SPARSE_MAX_SHARE. Where the job then runs decides the rest (fastroar.training.batched.
+    uses_sparse_input: the CPU, resident data, the compiled extension)."""
+    if setting is False or arch not in BATCHABLE_ARCHS:
+        return False
+    return setting is True or (d >= SPARSE_MIN_D and n_kept(k, d) <= SPARSE_MAX_SHARE * d)
 
 
 def sweep(cfg: dict[str, Any], model_hashes: dict[str, str], dataset_key: str, recipe: dict[str, Any],
