@@ -310,6 +310,8 @@ def test_retrain_stage_keys_sparse_jobs_apart_and_the_report_finds_them(run_work
             r["accuracy"] /= 2
     path.write_text("".join(json.dumps(r) + "\n" for r in lines))
     marked = [r for r in lines if r.get("sparse_input")]
+    result = CliRunner().invoke(cli, ["report", "--workdir", str(wd), *tiny_args("retrain.sparse_input=false")])
+    assert result.exit_code == 0 and "retrain.sparse_input: a sparse first layer (8)" in result.output, result.output
     for setting, used in (("true", marked), ("auto", list(twin.values()))):
         result = CliRunner().invoke(cli, ["report", "--workdir", str(wd),
                                           *tiny_args(f"retrain.sparse_input={setting}")])

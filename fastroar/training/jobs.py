@@ -11,10 +11,11 @@ from fastroar.method import n_kept
 BATCHABLE_ARCHS = ("linear", "mlp1", "mlp2")   # the MLPs fastroar.training.batched trains in stacks
 
 # retrain.sparse_input = auto: the sparse first layer (csrc/sparse_input.cpp) where the first layer is large
-# (d >= SPARSE_MIN_D) and the mask keeps at most SPARSE_MAX_SHARE of it. Measured with tools/bench_sparse.py
-# (whole stacked training steps, one thread, against the dense GEMMs in the same run): faster at every
-# kept share up to 1/2 at the BlockMNIST shape (d = 1568, width 256); at blockdigits' d = 128, whose first
-# layer holds a third of mlp2's work, the gain is too small to change the default study's records for.
+# (d >= SPARSE_MIN_D) and the mask keeps at most SPARSE_MAX_SHARE of it. Measured (tools/bench_sparse.py,
+# 10 jobs of a sweep, k = 0.05 ... 0.5 top and bottom, one thread, dense in the same run, on a shared 2-core
+# machine): 2.1x the dense stack's training speed at the BlockMNIST shape (d = 1568, mlp2 width 256), 1.2x
+# at blockdigits' d = 128, where the first layer holds a third of mlp2's work. 512 lies between the two:
+# auto leaves the default study dense, so its records and keys stay those an older workdir holds.
 SPARSE_MIN_D = 512
 SPARSE_MAX_SHARE = 0.5
 
