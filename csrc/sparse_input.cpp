@@ -5,7 +5,9 @@
 //   h1 = W1 x + b1 = sum over kept j of (x_j - fill) W1[j] + (b1 + fill * sum over all j of W1[j])
 //   dL/dW1[j] = sum over the batch of x_j g = fill * (sum of g) + sum over the samples keeping j of (x_j - fill) g
 //
-// (weights held transposed, W1[j] the j-th input's row of H outputs). Kept coordinates whose value equals the
+// (weights held transposed, W1[j] the j-th input's row of H outputs). Any constant fill: for a nonzero one the
+// term fill * (sum of W1's rows) is summed over all d rows each step (ATen's sum), and every row of the weight
+// gradient starts from fill * (sum of g), the removed coordinates' share. Kept coordinates whose value equals the
 // fill (black pixels under a zero fill) contribute nothing and are skipped too. The input gradient is not
 // needed in retraining. Exact in real arithmetic; in float32 the sums run in another order than the dense
 // GEMM's, so results agree with the dense layer to float rounding (exactly where every partial sum is exact,

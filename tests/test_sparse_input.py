@@ -290,6 +290,10 @@ def test_retrain_stage_keys_sparse_jobs_apart_and_the_report_finds_them(run_work
         result = CliRunner().invoke(cli, ["retrain", "--workdir", str(wd), "--no-progress", *subset,
                                           *tiny_args(f"retrain.sparse_input={setting}")])
         assert result.exit_code == 0 and "0 to run" in result.output, result.output
+    # data streamed through FFCV: the layer stays dense there, so even `true` resolves to the recorded keys
+    result = CliRunner().invoke(cli, ["retrain", "--workdir", str(wd), "--no-progress", *subset,
+                                      *tiny_args("retrain.sparse_input=true", "loader=ffcv")])
+    assert result.exit_code == 0 and "0 to run" in result.output, result.output
     result = CliRunner().invoke(cli, ["retrain", "--workdir", str(wd), "--no-progress", *subset,
                                       *tiny_args("retrain.sparse_input=true")])
     assert result.exit_code == 0, result.output
@@ -322,3 +326,14 @@ def test_retrain_stage_keys_sparse_jobs_apart_and_the_report_finds_them(run_work
             acc = {d: np.mean([r["accuracy"] for r in used if r["k"] == float(k) and r["direction"] == d])
                    for d in ("top", "bottom")}
             assert value == pytest.approx(acc["top"] - acc["bottom"]), (setting, k)
+
+
+def test_a_bad_sparse_input_value_names_the_key_and_the_choices():
+    from fastroar.config.schema import check
+    from fastroar.errors import ConfigError
+
+    cfg = {"dataset": {"name": "blockdigits"}, "model": {"arch": "mlp2"}, "retrain": {"sparse_input": "maybe"}}
+    with pytest.raises(ConfigError, match="retrain.sparse_input must be auto, true or false, got 'maybe'"):
+        check(cfg)
+    for value in ("auto", True, False):
+        check({**cfg, "retrain": {"sparse_input": value}})
