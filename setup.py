@@ -98,7 +98,7 @@ def extensions() -> tuple[list, dict]:
     from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
 
     cxx = ["-O3", "-fopenmp", "-ffp-contract=off"]
-    sources = ["csrc/rank_mask.cpp", "csrc/stacked_mlp.cpp", "csrc/mlp_train.cpp"]
+    sources = ["csrc/rank_mask.cpp", "csrc/stacked_mlp.cpp", "csrc/sparse_input.cpp", "csrc/mlp_train.cpp"]
     define_macros = [] if with_cuda else [("FASTROAR_CUDA_OFF", str(off_code))]
     kwargs = dict(extra_link_args=["-fopenmp"])
     if with_cuda:

@@ -7,7 +7,8 @@
 //   pass, one float32 rounding per operation. This file is compiled with -ffp-contract=off, so no
 //   multiply-add is fused and every element gets the bits torch's element-wise ops give it.
 //
-// - stacked_step_: a whole training step of the stack, the Python step's ATen ops in the same order.
+// - stacked_step_: a whole training step of the stack, the Python step's ATen ops in the same order;
+// - sparse_stacked_step_: the same step with the first layer on the kept coordinates only (sparse_input.cpp).
 //
 // The first two are element-wise: run serial or on at::parallel_for's threads (the caller's intra-op thread
 // count, one in the stages), they give the same bits. The Numba kernels in batched.py are the fallback
@@ -15,6 +16,8 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
+
+#include "sparse_input.h"
 
 #include <algorithm>
 #include <cstdint>
@@ -185,19 +188,31 @@ void sgd_update_(at::Tensor p, const at::Tensor& g, at::Tensor buf, double lr, d
 // returning to the interpreter between its ~40 ops: no interpreter overhead, and the interpreter lock stays
 // free for the other threads of the process (stacks train side by side on threads). Returns each model's
 // mean loss over the batch and its count of correct predictions.
-std::tuple<at::Tensor, at::Tensor> stacked_step_(std::vector<at::Tensor> params, std::vector<at::Tensor> grads,
-                                                 std::vector<at::Tensor> bufs, const at::Tensor& x,
-                                                 const at::Tensor& y, double smoothing, double lr,
-                                                 double weight_decay, double momentum, bool first) {
+//
+// `sparse` given (cols, vals, count, fill of csrc/sparse_input.cpp), the first layer runs on the kept
+// coordinates only (x is then unused); every other op is the dense step's.
+struct SparseRows {
+  at::Tensor cols, vals, count, fill;
+};
+
+std::tuple<at::Tensor, at::Tensor> step_impl(std::vector<at::Tensor>& params, std::vector<at::Tensor>& grads,
+                                             std::vector<at::Tensor>& bufs, const at::Tensor& x,
+                                             const SparseRows* sparse, const at::Tensor& y, double smoothing,
+                                             double lr, double weight_decay, double momentum, bool first) {
   const int64_t layers = static_cast<int64_t>(params.size()) / 2;
   TORCH_CHECK(layers > 0 && params.size() == size_t(2 * layers) && grads.size() == params.size() &&
                   bufs.size() == params.size(), "params, grads and bufs must hold a weight and a bias per layer");
-  TORCH_CHECK(x.dim() == 3 && y.dim() == 2 && y.scalar_type() == at::kLong, "x must be (M, B, d), y (M, B) int64");
+  TORCH_CHECK(y.dim() == 2 && y.scalar_type() == at::kLong, "y must be (M, B) int64");
+  TORCH_CHECK(sparse != nullptr || x.dim() == 3, "x must be (M, B, d)");
   std::vector<at::Tensor> acts;  // each layer's input
   at::Tensor h = x;
   for (int64_t i = 0; i < layers; ++i) {
     acts.push_back(h);
-    h = at::baddbmm(params[2 * i + 1].unsqueeze(1), h, params[2 * i]);
+    if (i == 0 && sparse != nullptr) {
+      h = sparse_first_forward(sparse->cols, sparse->vals, sparse->count, sparse->fill, params[0], params[1]);
+    } else {
+      h = at::baddbmm(params[2 * i + 1].unsqueeze(1), h, params[2 * i]);
+    }
     if (i < layers - 1) h.clamp_min_(0.0);
   }
   const int64_t m = h.size(0), b = h.size(1), c = h.size(2);
@@ -211,8 +226,12 @@ std::tuple<at::Tensor, at::Tensor> stacked_step_(std::vector<at::Tensor> params,
   at::Tensor losses = rows.mean(1);
   g.div_(b);
   for (int64_t i = layers - 1; i >= 0; --i) {
-    at::bmm_out(grads[2 * i], acts[i].transpose(1, 2), g);
-    at::sum_out(grads[2 * i + 1], g, {1});
+    if (i == 0 && sparse != nullptr) {
+      sparse_first_grads(sparse->cols, sparse->vals, sparse->count, sparse->fill, g, grads[0], grads[1]);
+    } else {
+      at::bmm_out(grads[2 * i], acts[i].transpose(1, 2), g);
+      at::sum_out(grads[2 * i + 1], g, {1});
+    }
     if (i) {
       g = at::bmm(g, params[2 * i].transpose(1, 2));
       g = at::threshold_backward(g, acts[i], 0.0);  // ReLU: acts[i] is the previous layer's output
@@ -222,6 +241,23 @@ std::tuple<at::Tensor, at::Tensor> stacked_step_(std::vector<at::Tensor> params,
   return {losses, correct};
 }
 
+std::tuple<at::Tensor, at::Tensor> stacked_step_(std::vector<at::Tensor> params, std::vector<at::Tensor> grads,
+                                                 std::vector<at::Tensor> bufs, const at::Tensor& x,
+                                                 const at::Tensor& y, double smoothing, double lr,
+                                                 double weight_decay, double momentum, bool first) {
+  return step_impl(params, grads, bufs, x, nullptr, y, smoothing, lr, weight_decay, momentum, first);
+}
+
+// The step with the first layer on sparse rows (csrc/sparse_input.cpp's sparse_rows of the masked batch).
+std::tuple<at::Tensor, at::Tensor> sparse_stacked_step_(std::vector<at::Tensor> params, std::vector<at::Tensor> grads,
+                                                        std::vector<at::Tensor> bufs, const at::Tensor& cols,
+                                                        const at::Tensor& vals, const at::Tensor& count,
+                                                        const at::Tensor& fill, const at::Tensor& y, double smoothing,
+                                                        double lr, double weight_decay, double momentum, bool first) {
+  const SparseRows rows{cols, vals, count, fill};
+  return step_impl(params, grads, bufs, at::Tensor(), &rows, y, smoothing, lr, weight_decay, momentum, first);
+}
+
 }  // namespace
 }  // namespace fastroar
 
@@ -229,6 +265,9 @@ TORCH_LIBRARY_FRAGMENT(fastroar, m) {
   m.def("stacked_step_(Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] bufs, Tensor x, Tensor y, "
         "float smoothing, float lr, float weight_decay, float momentum, bool first) -> (Tensor, Tensor)",
         &fastroar::stacked_step_);
+  m.def("sparse_stacked_step_(Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] bufs, Tensor cols, Tensor vals, "
+        "Tensor count, Tensor fill, Tensor y, float smoothing, float lr, float weight_decay, float momentum, "
+        "bool first) -> (Tensor, Tensor)", &fastroar::sparse_stacked_step_);
   m.def("gather_masked(Tensor x, Tensor ranks, Tensor idx, Tensor lo, Tensor hi, Tensor fill, Tensor(a!) out) -> ()",
         &fastroar::gather_masked);
   m.def("sgd_update_(Tensor(a!) p, Tensor g, Tensor(b!) buf, float lr, float weight_decay, float momentum, "

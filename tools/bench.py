@@ -18,7 +18,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-SECTIONS = ["bench_kernels", "bench_loaders", "bench_training"]
+SECTIONS = ["bench_kernels", "bench_loaders", "bench_training", "bench_sparse"]
 
 
 @dataclass

@@ -112,6 +112,8 @@ class Retrain(Recipe):
     fast_epochs: Optional[StrictInt] = Field(None, ge=1, le=100_000)
     fill: Annotated[Any, AfterValidator(_fill)] = "zero"
     stack_conv: Annotated[Any, AfterValidator(_stack_conv)] = "auto"   # conv models in stacks: auto = on CUDA
+    # the stacked MLP's first layer on the kept coordinates only (CPU): auto | true | false (same values)
+    sparse_input: Annotated[Any, AfterValidator(_stack_conv)] = "auto"
 
 
 class Config(Section):

@@ -8,6 +8,7 @@ neither.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from fastroar.errors import ConfigError, FastroarError, MissingInputError, Store
 from fastroar.keys import digest, file_sha256
 from fastroar.method import pixel_scale, rank_dtype
 from fastroar.models import build_model, state_hash
-from fastroar.training.jobs import Job, sweep
+from fastroar.training.jobs import Job, sparse_input_wanted, sweep
 from fastroar.training.settings import Recipe, airbench_recipe, fast_recipe
 
 if TYPE_CHECKING:
@@ -385,10 +386,13 @@ def select(cfg: dict[str, Any], key: str, names: Sequence[str] | None) -> list[s
 def sweep_jobs(cfg: dict[str, Any], workdir: Workdir, prepared: Prepared, *, models: Sequence[str] | None = None,
                attributions: Sequence[str] | None = None, levels: Sequence[float] | None = None,
                directions: Sequence[str] | None = None, n_seeds: int | None = None,
-               all_seeds: bool = False) -> list[Job]:
+               all_seeds: bool = False, here: bool = True) -> list[Job]:
     """The retraining jobs of the config (or of a selection of it), keyed by everything they depend on:
-    the base models' hashes (each must be trained), the data, the retrain recipe, the fill. Seeds: n_seeds,
-    else the seeds every row runs (seed_counts), or with all_seeds the most a row may get."""
+    the base models' hashes (each must be trained), the data, the retrain recipe, the fill, and whether the
+    first layer runs sparse (retrain.sparse_input). Seeds: n_seeds, else the seeds every row runs
+    (seed_counts), or with all_seeds the most a row may get. `here`: resolve sparse_input for this machine
+    (device, data path, extension: sparse_input_here); without it, jobs get the config's half of the rule
+    alone (no torch imported: the report finds their records by either key, sweep_records)."""
     models = select(cfg, "models", models)
     attributions = select(cfg, "attributions", attributions)
     levels = list(levels or cfg["levels"])
@@ -401,18 +405,35 @@ def sweep_jobs(cfg: dict[str, Any], workdir: Workdir, prepared: Prepared, *, mod
                           f"{MAX_JOBS:,}; select fewer with --model/--attribution/--k/--seeds")
     hashes = {name: model_hash(workdir, name, prepared) for name in models}
     recipe = retrain_recipe(cfg, prepared.size("train")).to_dict()
+    setting, arch = cfg["retrain"].get("sparse_input", "auto"), cfg["model"]["arch"]
+    wanted = {float(k) for k in levels if sparse_input_wanted(setting, arch, float(k), prepared.d)}
+    sparse = bool(wanted) and (not here or sparse_input_here(cfg, prepared))
     return sweep(cfg, hashes, prepared.meta["key"], recipe, models, attributions, levels, directions, seeds,
-                 fill=fill_value(cfg, prepared))
+                 fill=fill_value(cfg, prepared), sparse_input=lambda k: sparse and k in wanted)
+
+
+def sparse_input_here(cfg: dict[str, Any], prepared: Prepared) -> bool:
+    """Whether the sparse first layer can run here for the config's stacked MLP jobs: the CPU, both splits
+    resident (the engine's one rule), the compiled extension (fastroar.training.batched.uses_sparse_input)."""
+    from fastroar.training.batched import sparse_available   # imports torch: only when the config wants sparse
+
+    device = resolve_device(cfg["device"])
+    return prepared.data_path(cfg["loader"], device, ranks=True) == "resident" and sparse_available(device)
 
 
 def sweep_records(cfg: dict[str, Any], workdir: Workdir, prepared: Prepared
                   ) -> tuple[list[Job], list[dict[str, Any]], list[dict[str, Any]], list[int]]:
     """(the config's jobs, their records, the records of other settings, unreadable line numbers) of the
     workdir's results log: a record belongs to the config when its job key is one of the config's jobs
-    (base-model hashes, data, recipe, fill, ... all enter the key), so settings are never mixed."""
-    jobs = sweep_jobs(cfg, workdir, prepared, all_seeds=True)   # with seeds: auto, the seeds added too
+    (base-model hashes, data, recipe, fill, ... all enter the key), so settings are never mixed. A job the
+    config wants sparse (retrain.sparse_input) ran sparse or dense by where it ran, which is not resolved
+    here (no torch): its sparse record counts, else its dense one; never both. With seeds: auto, the seeds
+    added count too."""
+    jobs = sweep_jobs(cfg, workdir, prepared, all_seeds=True, here=False)
     records, unreadable = read_results_checked(workdir.results_path)
-    wanted = {j.key for j in jobs}
-    mine = [records[j.key] for j in jobs if j.key in records]
+    found = [job if job.sparse_input and job.key in records else dataclasses.replace(job, sparse_input=False)
+             for job in jobs]
+    wanted = {j.key for j in jobs} | {j.key for j in found}
+    mine = [records[j.key] for j in found if j.key in records]
     others = [r for key, r in records.items() if key not in wanted]
-    return jobs, mine, others, unreadable
+    return found, mine, others, unreadable

@@ -319,6 +319,8 @@ def _difference(r: dict[str, Any], job: Job, first: Job | None) -> str:
             return f"retrain.{key} {recipe.get(key)} vs {job.recipe.get(key)}"
     if float(r.get("fill", 0.0)) != job.fill:
         return f"retrain.fill {r.get('fill', 0.0):g} vs {job.fill:g}"
+    if bool(r.get("sparse_input", False)) != job.sparse_input:
+        return f"retrain.sparse_input: a {'sparse' if r.get('sparse_input') else 'dense'} first layer"
     return "another fastroar version's job key"
 
 

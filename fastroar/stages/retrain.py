@@ -22,6 +22,14 @@ many shared the stack; the job's key does not: stacking is an execution detail).
   lent.
 
 Everything else (data streamed through FFCV, or conv models with stack_conv off) runs one model per task.
+
+``retrain.sparse_input`` (auto | true | false): the MLP stack's first layer on each row's kept coordinates only
+(fastroar.training.batched, csrc/sparse_input.cpp), on the CPU with resident data; the streamed path and CUDA
+stay dense. Its sums run in another order than the dense GEMM's, so its records differ at float rounding:
+whether a job ran sparse is part of its key (fastroar.training.jobs.Job.sparse_input, resolved per job by a
+rule on the config and the job's shape, and where it runs, never by a timing), so sparse and dense records
+never mix, runs of one config on one machine stay bit-identical to each other, and dense jobs keep the keys
+they had before the option existed. Groups never mix sparse and dense jobs.
 """
 from __future__ import annotations
 
@@ -156,7 +164,7 @@ def groups(jobs: Sequence[Job], cfg: dict[str, Any], prepared: Prepared, device:
             out.append([job])
             continue
         key = json.dumps([job.model, job.attribution, job.model_hash, job.arch, job.arch_params, job.recipe,
-                          job.fill], sort_keys=True)
+                          job.fill] + ([True] if job.sparse_input else []), sort_keys=True)
         group = open_groups.get(key)
         if group is None or len(group) >= size:
             group = open_groups[key] = []
@@ -171,9 +179,10 @@ def run_group(jobs: Sequence[Job], cfg: dict[str, Any], workdir: Workdir,
     prepared = prepared or load_prepared(cfg, workdir)
     device = resolve_device(cfg["device"])
     first = jobs[0]
-    if any((j.model, j.attribution, j.arch, j.arch_params, j.recipe)
-           != (first.model, first.attribution, first.arch, first.arch_params, first.recipe) for j in jobs):
-        raise ValueError("a group's jobs must share model, attribution, arch and recipe")
+    if any((j.model, j.attribution, j.arch, j.arch_params, j.recipe, j.sparse_input)
+           != (first.model, first.attribution, first.arch, first.arch_params, first.recipe, first.sparse_input)
+           for j in jobs):
+        raise ValueError("a group's jobs must share model, attribution, arch, recipe and sparse_input")
     recipe = Recipe(**first.recipe)
     store = str(workdir.store_path)
     t0 = time.perf_counter()
@@ -184,7 +193,7 @@ def run_group(jobs: Sequence[Job], cfg: dict[str, Any], workdir: Workdir,
     results = stack_trainer(first.arch)(first.arch, first.arch_params, prepared.shape, prepared.num_classes,
                                         split["train"], split["test"],
                                         [Spec(j.k, j.direction, j.seed, j.fill) for j in jobs], recipe, device,
-                                        timings=timing)
+                                        timings=timing, **({"sparse_input": True} if first.sparse_input else {}))
     total = time.perf_counter() - t0
     timing["task"] = total
     seconds = total / len(jobs)

@@ -27,7 +27,7 @@ import functools
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -37,9 +37,9 @@ from fastroar.engine import cancel
 from fastroar.engine.loaders.resident import epoch_order, resident_ranks
 from fastroar.method import keep_range, model_input_array
 from fastroar.models import build_seeded
+from fastroar.training.jobs import BATCHABLE_ARCHS, sparse_input_wanted
 from fastroar.training.settings import Recipe
 
-BATCHABLE_ARCHS = ("linear", "mlp1", "mlp2")
 PARALLEL_GATHER = 1 << 20     # coordinates per batch from which the CPU gather may run on all cores
 
 
@@ -55,6 +55,16 @@ class Spec:
 
 def batchable(arch: str) -> bool:
     return arch in BATCHABLE_ARCHS
+
+
+class SparseRows(NamedTuple):
+    """A masked batch as each row's kept coordinates (csrc/sparse_input.cpp's sparse_rows): cols (M, B, nmax)
+    int32 and vals (M, B, nmax) = x - fill of the first count[m, b] entries, in rank order; fill (M,)."""
+
+    cols: torch.Tensor
+    vals: torch.Tensor
+    count: torch.Tensor
+    fill: torch.Tensor
 
 
 def model_input(images: np.ndarray) -> np.ndarray:
@@ -105,15 +115,19 @@ class StackedMLP:
         stack.params = [p.to(device) for p in stack.params]
         return stack
 
-    def forward(self, x: torch.Tensor, compute_dtype: torch.dtype = torch.float32,
-                acts: list[torch.Tensor] | None = None) -> torch.Tensor:
-        """x (M, B, d) -> logits (M, B, classes) in float32; each layer's input appended to `acts`."""
+    def forward(self, x: torch.Tensor | None, compute_dtype: torch.dtype = torch.float32,
+                acts: list[torch.Tensor] | None = None, sparse: "SparseRows | None" = None) -> torch.Tensor:
+        """x (M, B, d) -> logits (M, B, classes) in float32; each layer's input appended to `acts`. With
+        `sparse` (the masked batch as kept coordinates, _Split.sparse_batch) the first layer runs on those
+        only (csrc/sparse_input.cpp) and x is not used."""
         h = x
         for i in range(self.layers):
             wt, b = self.params[2 * i], self.params[2 * i + 1]
             if acts is not None:
                 acts.append(h)
-            if compute_dtype == torch.float32:
+            if i == 0 and sparse is not None:
+                h = torch.ops.fastroar.sparse_first_forward(*sparse, wt, b)
+            elif compute_dtype == torch.float32:
                 h = torch.baddbmm(b.unsqueeze(1), h, wt)
             else:  # bf16 matmuls (autocast's choice on CUDA), float32 results
                 h = torch.bmm(h.to(compute_dtype), wt.to(compute_dtype)).float().add_(b.unsqueeze(1))
@@ -122,19 +136,23 @@ class StackedMLP:
         return h
 
     def backward(self, g: torch.Tensor, acts: list[torch.Tensor], grads: list[torch.Tensor],
-                 compute_dtype: torch.dtype = torch.float32, on_layer: Callable[[int], None] | None = None) -> None:
+                 compute_dtype: torch.dtype = torch.float32, on_layer: Callable[[int], None] | None = None,
+                 sparse: "SparseRows | None" = None) -> None:
         """Gradients of the parameters into `grads`, from g = d loss / d logits (M, B, classes).
 
         on_layer(i) runs once layer i's gradients are final and its weights are no longer needed (the
-        optimizer updates the layer there, while its gradients are still in cache)."""
+        optimizer updates the layer there, while its gradients are still in cache). `sparse`: as forward's."""
         cd = compute_dtype
         for i in reversed(range(self.layers)):
             h = acts[i]
-            if cd == torch.float32:
+            if i == 0 and sparse is not None:
+                torch.ops.fastroar.sparse_first_grads(*sparse, g, grads[0], grads[1])
+            elif cd == torch.float32:
                 torch.bmm(h.transpose(1, 2), g, out=grads[2 * i])
             else:
                 grads[2 * i].copy_(torch.bmm(h.transpose(1, 2).to(cd), g.to(cd)))
-            torch.sum(g, 1, out=grads[2 * i + 1])
+            if i or sparse is None:
+                torch.sum(g, 1, out=grads[2 * i + 1])
             if i:
                 g = torch.bmm(g.to(cd), self.params[2 * i].transpose(1, 2).to(cd)).float()
                 g = torch.ops.aten.threshold_backward(g, h, 0.0)   # ReLU: h is the previous layer's output
@@ -208,15 +226,33 @@ def _cpu_kernels() -> tuple[Callable, Callable]:
     return gather, sgd
 
 
-def _compiled_step(device: torch.device, compute_dtype: torch.dtype) -> Callable | None:
+def _compiled_step(device: torch.device, compute_dtype: torch.dtype, sparse: bool = False) -> Callable | None:
     """The extension's whole training step (csrc/stacked_mlp.cpp: this module's forward, cross-entropy,
     backward and SGD ops, in the same order, in C++), for float32 stacks on the CPU; None elsewhere or where
-    the extension is not built (the step then runs op by op from Python, with the same bits)."""
+    the extension is not built (the step then runs op by op from Python, with the same bits). `sparse`: the
+    step whose first layer takes SparseRows."""
     if device.type != "cpu" or compute_dtype != torch.float32:
         return None
     from fastroar.engine.kernels.dispatch import extension_op
 
-    return extension_op("stacked_step_")
+    return extension_op("sparse_stacked_step_" if sparse else "stacked_step_")
+
+
+def sparse_available(device: torch.device | str) -> bool:
+    """Whether the sparse first layer can run here: the CPU, with the compiled extension's ops."""
+    from fastroar.engine.kernels.dispatch import extension_op
+
+    return torch.device(device).type == "cpu" and extension_op("sparse_stacked_step_") is not None
+
+
+def uses_sparse_input(setting: Any, arch: str, k: float, d: int, device: torch.device | str,
+                      resident: bool) -> bool:
+    """retrain.sparse_input resolved for one job: whether its stacked MLP retrain runs the first layer on the
+    kept coordinates only. The config's rule on the job's shape (fastroar.training.jobs.sparse_input_wanted),
+    and where it runs: only the stacked MLP path on the CPU has it (resident data, compiled extension);
+    elsewhere (CUDA, data streamed through FFCV) the layer stays dense. Never a timing: the answer enters the
+    job's key, so it is the same every run of a config on a machine."""
+    return sparse_input_wanted(setting, arch, k, d) and resident and sparse_available(device)
 
 
 def _gather_numba(x: torch.Tensor, ranks: torch.Tensor, idx: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
@@ -285,24 +321,35 @@ class _Split:
 
     batch(idx) gives the (M, B, d) masked images of rows idx (M, B): on the CPU one fused pass over the
     caller's rank map (the extension's kernel, or Numba's), elsewhere a gather and one comparison per model
-    on the device.
+    on the device. With `sparse` (CPU only) the split holds the inverse rank map instead (order[row, r] = the
+    coordinate of rank r, as compact as the ranks) and sparse_batch(idx) gives each row's kept coordinates.
     """
 
     def __init__(self, split: tuple[np.ndarray, np.ndarray, np.ndarray], specs: Sequence[Spec],
-                 device: torch.device) -> None:
+                 device: torch.device, sparse: bool = False) -> None:
         images, labels, ranks = split
         self.device = device
         self.x = torch.from_numpy(model_input(images)).to(device)
         self.y = torch.from_numpy(np.asarray(labels).astype(np.int64)).to(device)
         self.n, self.d = self.x.shape
         self.fill = torch.tensor([s.fill for s in specs], dtype=torch.float32).to(device)
-        if device.type == "cpu":
+        if sparse:
+            if device.type != "cpu":
+                raise ValueError("the sparse first layer runs on the CPU only")
+            self.order = torch.ops.fastroar.invert_ranks(torch.from_numpy(np.ascontiguousarray(ranks)))
+            self.lo, self.hi = keep_bounds(specs, self.d, 0, torch.int64)
+        elif device.type == "cpu":
             self.gather = _cpu_kernels()[0]
             self.ranks = torch.from_numpy(np.ascontiguousarray(ranks))
             self.lo, self.hi = keep_bounds(specs, self.d, 0, torch.int64)
         else:
             self.ranks, off = resident_ranks(np.asarray(ranks), device)
             self.lo, self.hi = (t.to(device) for t in keep_bounds(specs, self.d, off, self.ranks.dtype))
+
+    def sparse_batch(self, idx: torch.Tensor) -> SparseRows:
+        cols, vals, count = torch.ops.fastroar.sparse_rows(self.x, self.order, idx.contiguous(), self.lo, self.hi,
+                                                           self.fill)
+        return SparseRows(cols, vals, count, self.fill)
 
     def batch(self, idx: torch.Tensor) -> torch.Tensor:
         if self.device.type != "cpu":
@@ -316,10 +363,12 @@ def train_stacked(arch: str, arch_params: dict[str, Any], shape: Sequence[int], 
                   train: tuple[np.ndarray, np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray, np.ndarray],
                   specs: Sequence[Spec], recipe: Recipe, device: torch.device | str = "cpu",
                   test_batch_size: int = 512, return_models: bool = False,
-                  timings: dict[str, float] | None = None) -> list[dict[str, Any]]:
+                  timings: dict[str, float] | None = None, sparse_input: bool = False) -> list[dict[str, Any]]:
     """Trains one model per spec on (images, labels, ranks) of train, evaluates on test's; per spec a dict
     {accuracy, train_acc, loss} (plus "state_dict" when return_models), in the order of `specs`.
-    `timings`, when given, receives the seconds of "setup" (data, models), "train" and "eval"."""
+    `timings`, when given, receives the seconds of "setup" (data, models), "train" and "eval".
+    `sparse_input`: the first layer, in training and evaluation, on each row's kept coordinates only (CPU,
+    compiled extension; see uses_sparse_input): the same model within float rounding, not bit for bit."""
     if not batchable(arch):
         raise ValueError(f"train_stacked handles {', '.join(BATCHABLE_ARCHS)}, not {arch!r}")
     if not specs:
@@ -328,7 +377,9 @@ def train_stacked(arch: str, arch_params: dict[str, Any], shape: Sequence[int], 
     device = torch.device(device)
     real = len(specs)
     specs = list(specs) + ([specs[0]] if real == 1 else [])  # a stack of 1 takes another matmul kernel
-    data = _Split(train, specs, device)
+    if sparse_input and not sparse_available(device):
+        raise ValueError("the sparse first layer needs the CPU and the compiled extension fastroar._C")
+    data = _Split(train, specs, device, sparse_input)
     if data.d != int(math.prod(shape)):
         raise ValueError(f"images have {data.d} coordinates, the model's shape {tuple(shape)} wants {math.prod(shape)}")
     n = data.n
@@ -341,7 +392,7 @@ def train_stacked(arch: str, arch_params: dict[str, Any], shape: Sequence[int], 
     scratch = [torch.empty_like(p) for p in params] if device.type != "cpu" else []
     cpu_sgd = _cpu_kernels()[1] if device.type == "cpu" else None
     cd = torch.bfloat16 if recipe.uses_autocast(device) else torch.float32
-    compiled_step = _compiled_step(device, cd)
+    compiled_step = _compiled_step(device, cd, True) if sparse_input else _compiled_step(device, cd)
     step = 0
     t1 = time.perf_counter()
     loss_sum = torch.zeros(len(specs), device=device)
@@ -353,27 +404,29 @@ def train_stacked(arch: str, arch_params: dict[str, Any], shape: Sequence[int], 
         for start in range(0, n, bs):
             cancel.check()   # between steps: an interrupted run stops here (fastroar.engine.cancel)
             idx = orders[:, start:start + bs]
-            xb = data.batch(idx)
+            rows = data.sparse_batch(idx) if sparse_input else None
+            xb = None if sparse_input else data.batch(idx)
             yb = data.y.index_select(0, idx.reshape(-1)).view(idx.shape)
             lr, first = recipe.lr_at(step, steps_per_epoch), step == 0
             if compiled_step is not None:
-                losses, hits = compiled_step(params, grads, bufs, xb, yb, recipe.label_smoothing, lr,
+                batch = tuple(rows) if sparse_input else (xb,)
+                losses, hits = compiled_step(params, grads, bufs, *batch, yb, recipe.label_smoothing, lr,
                                              recipe.weight_decay, recipe.momentum, first)
             else:
                 acts: list[torch.Tensor] = []
-                logits = stack.forward(xb, cd, acts)
+                logits = stack.forward(xb, cd, acts, rows)
                 losses, g = _cross_entropy(logits, yb, recipe.label_smoothing)
                 hits = (logits.argmax(2) == yb).sum(1)
                 stack.backward(g, acts, grads, cd, lambda i: _sgd_step(params[2 * i:2 * i + 2], grads[2 * i:2 * i + 2],
                                                                         bufs[2 * i:2 * i + 2], scratch[2 * i:2 * i + 2],
-                                                                        recipe, lr, first, cpu_sgd))
+                                                                        recipe, lr, first, cpu_sgd), rows)
             correct += hits
             loss_sum += losses * idx.shape[1]
             step += 1
     train_loss = [v / n for v in loss_sum.tolist()]
     train_acc = [c / n for c in correct.tolist()]
     t2 = time.perf_counter()
-    hits = evaluate_stacked(stack, test, specs, device, test_batch_size, cd)
+    hits = evaluate_stacked(stack, test, specs, device, test_batch_size, cd, sparse_input)
     if timings is not None:
         timings.update(setup=t1 - t0, train=t2 - t1, eval=time.perf_counter() - t2)
     return stack_records(hits[:real], train_acc, train_loss, stack.state_dict if return_models else None)
@@ -393,14 +446,19 @@ def stack_records(hits: torch.Tensor, train_acc: Sequence[float], loss: Sequence
 @torch.no_grad()
 def evaluate_stacked(stack: StackedMLP, test: tuple[np.ndarray, np.ndarray, np.ndarray], specs: Sequence[Spec],
                      device: torch.device, batch_size: int = 512,
-                     compute_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+                     compute_dtype: torch.dtype = torch.float32, sparse_input: bool = False) -> torch.Tensor:
     """Which test images each stacked model classifies correctly on the test split masked by its own spec:
-    (M, N) bool on the CPU, models in order, images in the split's order."""
-    data = _Split(test, specs, device)
+    (M, N) bool on the CPU, models in order, images in the split's order; with sparse_input the first layer
+    on the kept coordinates only (as train_stacked's)."""
+    data = _Split(test, specs, device, sparse_input)
     m = len(specs)
     hits = []
     for start in range(0, data.n, batch_size):
         rows = torch.arange(start, min(start + batch_size, data.n), device=device)
-        logits = stack.forward(data.batch(rows.expand(m, -1).contiguous()), compute_dtype)
+        idx = rows.expand(m, -1).contiguous()
+        if sparse_input:
+            logits = stack.forward(None, compute_dtype, sparse=data.sparse_batch(idx))
+        else:
+            logits = stack.forward(data.batch(idx), compute_dtype)
         hits.append(logits.argmax(2) == data.y[rows])
     return torch.cat(hits, 1).cpu() if hits else torch.zeros((m, 0), dtype=torch.bool)

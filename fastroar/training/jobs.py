@@ -3,9 +3,21 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from itertools import product
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from fastroar.keys import digest
+from fastroar.method import n_kept
+
+BATCHABLE_ARCHS = ("linear", "mlp1", "mlp2")   # the MLPs fastroar.training.batched trains in stacks
+
+# retrain.sparse_input = auto: the sparse first layer (csrc/sparse_input.cpp) where the first layer is large
+# (d >= SPARSE_MIN_D) and the mask keeps at most SPARSE_MAX_SHARE of it. Measured (tools/bench_sparse.py,
+# 10 jobs of a sweep, k = 0.05 ... 0.5 top and bottom, one thread, dense in the same run, on a shared 2-core
+# machine): 2.1x the dense stack's training speed at the BlockMNIST shape (d = 1568, mlp2 width 256), 1.2x
+# at blockdigits' d = 128, where the first layer holds a third of mlp2's work. 512 lies between the two:
+# auto leaves the default study dense, so its records and keys stay those an older workdir holds.
+SPARSE_MIN_D = 512
+SPARSE_MAX_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -21,25 +33,46 @@ class Job:
     arch_params: dict
     recipe: dict
     fill: float = 0.0       # value of removed coordinates (model-input units): 0 = zero fill
+    # the first layer ran on the kept coordinates only (retrain.sparse_input resolved for this job): its sums
+    # run in another order, so its records differ from the dense layer's at float rounding and get their own key
+    sparse_input: bool = False
 
     @property
     def key(self) -> str:
-        fields = asdict(self)
+        fields = self._fields()
         if fields["fill"] == 0.0:  # the default keeps the keys that records were written under before fill
             del fields["fill"]
         return digest(fields, 16)
 
+    def _fields(self) -> dict[str, Any]:
+        fields = asdict(self)
+        if not fields["sparse_input"]:  # dense keeps the keys and records written before sparse_input
+            del fields["sparse_input"]
+        return fields
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self) | {"key": self.key}
+        return self._fields() | {"key": self.key}
+
+
+def sparse_input_wanted(setting: Any, arch: str, k: float, d: int) -> bool:
+    """The config's half of retrain.sparse_input's rule, on the job's shape alone (no torch, no device):
+    `false` never, `true` for every stacked MLP, `auto` for stacked MLPs with d >= SPARSE_MIN_D and
+    n / d <= SPARSE_MAX_SHARE. Where the job then runs decides the rest (fastroar.training.batched.
+    uses_sparse_input: the CPU, resident data, the compiled extension)."""
+    if setting is False or arch not in BATCHABLE_ARCHS:
+        return False
+    return setting is True or (d >= SPARSE_MIN_D and n_kept(k, d) <= SPARSE_MAX_SHARE * d)
 
 
 def sweep(cfg: dict[str, Any], model_hashes: dict[str, str], dataset_key: str, recipe: dict[str, Any],
           models: Sequence[str], attributions: Sequence[str], levels: Sequence[float],
-          directions: Sequence[str], seeds: Sequence[int], fill: float = 0.0) -> list[Job]:
-    """The cartesian product of the sweep, in a stable order."""
+          directions: Sequence[str], seeds: Sequence[int], fill: float = 0.0,
+          sparse_input: Callable[[float], bool] | None = None) -> list[Job]:
+    """The cartesian product of the sweep, in a stable order. `sparse_input(k)`: whether a level-k job's first
+    layer runs sparse (retrain.sparse_input resolved; default never)."""
     return [
         Job(model=m, attribution=a, k=float(k), direction=d, seed=int(s), model_hash=model_hashes[m],
             dataset_key=dataset_key, arch=cfg["model"]["arch"], arch_params=dict(cfg["model"]["params"]),
-            recipe=dict(recipe), fill=float(fill))
+            recipe=dict(recipe), fill=float(fill), sparse_input=bool(sparse_input and sparse_input(float(k))))
         for m, a, k, d, s in product(models, attributions, levels, directions, seeds)
     ]
