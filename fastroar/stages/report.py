@@ -22,9 +22,11 @@ from fastroar.errors import MissingInputError
 from fastroar.metrics.aq import attribution_quality, majority_rate
 from fastroar.metrics.diffroar import diffroar_rows
 from fastroar.metrics.localization import localization
+from fastroar.metrics.mask_probe import leaks
 from fastroar.metrics.road import DEFAULT_NOISE
 from fastroar.stages.artifacts import Prepared, checkpoint_path, identity, load_prepared, model_warnings, sweep_records
 from fastroar.stages.contract import Context, stage
+from fastroar.stages.mask_control import mask_controls, with_mask_columns
 from fastroar.training.jobs import Job
 
 
@@ -86,6 +88,10 @@ def plot_curves(rows: list[dict[str, Any]], path: Path, title: str) -> None:
         s = np.nan_to_num(np.array([p["std"] for p in pts], dtype=float))  # one run: no band
         (line,) = ax.plot(k, m, marker="o", label=f"{model} / {attribution}")
         ax.fill_between(k, m - s, m + s, color=line.get_color(), alpha=0.15)
+        masked = [p for p in pts if p.get("mask_top") is not None and p.get("mask_bottom") is not None]
+        if masked:  # the mask-only control: what DiffROAR would be from the keep-mask's shape alone
+            ax.plot([p["k"] for p in masked], [p["mask_top"] - p["mask_bottom"] for p in masked], ls="--",
+                    marker="x", color=line.get_color(), alpha=0.7, label=f"{model} / {attribution}: mask only")
     ax.axhline(0.0, color="black", lw=0.8)
     ax.set_xlabel("k (fraction of coordinates kept)")
     ax.set_ylabel("DiffROAR = acc(top-k) - acc(bottom-k)")
@@ -113,6 +119,7 @@ def road_estimates(workdir: Workdir, dataset_key: str, records: Iterable[dict[st
 
 DIFFROAR_COLUMNS = ("model", "attribution", "k", "acc_top", "acc_bottom", "diffroar", "std", "runs")
 LOCALIZATION_COLUMNS = ("model", "attribution", "k", "signal_share", "chance")
+MASK_COLUMNS = ("mask_top", "mask_bottom")   # the mask-only control (fastroar.metrics.mask_probe)
 
 
 AQ_COLUMNS = ("model", "attribution", "m", "top_hit", "bottom_hit", "aq")
@@ -163,11 +170,15 @@ def report(ctx: Context) -> dict[str, Any]:
                                 f"`fastroar retrain --workdir {workdir.root}` with the same settings first")
     rows = with_missing_cells(diffroar_rows(mine), jobs)
     columns = DIFFROAR_COLUMNS
+    cells = {(r["model"], r["attribution"], float(r["k"]), r["direction"]) for r in mine}  # retrained: ranks exist
+    hashes = {r["model"]: r["model_hash"] for r in mine}
+    rows = with_mask_columns(rows, mask_controls(cfg, workdir, prepared, cells, hashes))
     road = road_estimates(workdir, prepared.meta["key"], mine)
     if road:  # `fastroar estimate` has run: its ROAD(k) beside DiffROAR(k)
         for r in rows:
             r["road"] = road.get((r["model"], r["attribution"], r["k"]), "")
         columns = DIFFROAR_COLUMNS + ("road",)
+    columns += MASK_COLUMNS
     loc_rows, aq_rows = signal_rows(cfg, workdir, prepared, sorted({(r["model"], r["attribution"]) for r in mine}),
                                     {r["model"]: r["model_hash"] for r in mine})
     model_rows = base_model_rows(cfg, workdir, prepared)
@@ -185,6 +196,7 @@ def report(ctx: Context) -> dict[str, Any]:
         log("ROAD: the retraining-free estimate (`fastroar estimate`): acc of the base model on top-k vs "
             "bottom-k kept, the rest imputed")
     log(format_table(rows, columns))
+    log(leakage_line(rows, prepared.arrays("test")[1]))
     short = [r for r in rows if r["runs"] < cfg["retrain"]["seeds"]]
     if short:
         log(f"({len(short)} row(s) have fewer than retrain.seeds = {cfg['retrain']['seeds']} runs in both directions: "
@@ -205,6 +217,25 @@ def report(ctx: Context) -> dict[str, Any]:
     result["models"] = model_rows
     log(f"\nreport: {out / 'diffroar.csv'}\nplot: {png}")
     return result
+
+
+def leakage_line(rows: list[dict[str, Any]], test_labels: np.ndarray) -> str:
+    """One line under the table: the rows whose keep-mask alone reaches the retrained accuracy (within two
+    binomial standard errors, above chance by as much: fastroar.metrics.mask_probe.leaks), or that none does."""
+    chance, n = majority_rate(test_labels), len(test_labels)
+    hits: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for r in rows:
+        for d in ("top", "bottom"):
+            if leaks(r.get(f"mask_{d}"), r.get(f"acc_{d}"), chance, n):
+                hits[(r["model"], r["attribution"])].append(f"{d} {r['k']:g}")
+    if not hits:
+        return ("mask_top / mask_bottom: test accuracy of a probe on the keep-mask alone (no pixel values); in no "
+                "row does it reach the retrained accuracy")
+    cells = "; ".join(f"{m}/{a} {', '.join(v)}" for (m, a), v in hits.items())
+    return (f"LEAKAGE: the keep-mask alone reaches the retrained accuracy in {sum(map(len, hits.values()))} cell(s) "
+            f"({cells}): "
+            "there DiffROAR measures the mask's shape as much as the kept pixels (retrain.fill=road removes without "
+            "leaking; README: Leakage control)")
 
 
 def with_missing_cells(rows: list[dict[str, Any]], jobs: Sequence[Job]) -> list[dict[str, Any]]:
