@@ -25,6 +25,7 @@ from fastroar.engine.workspace import SPLITS, Workdir
 from fastroar.errors import ConfigError, FastroarError, MissingInputError, StoreMismatchError
 from fastroar.keys import digest, file_sha256
 from fastroar.method import pixel_scale, rank_dtype
+from fastroar.metrics.road import DEFAULT_NOISE, METHOD as ROAD_METHOD
 from fastroar.models import build_model, state_hash
 from fastroar.training.jobs import Job, sweep
 from fastroar.training.settings import Recipe, airbench_recipe, fast_recipe
@@ -319,9 +320,10 @@ def retrain_recipe(cfg: dict[str, Any], n_train: int | None = None) -> Recipe:
 def fill_value(cfg: dict[str, Any], prepared: Prepared) -> float:
     """The value removed coordinates take, in model-input units (x/255 for uint8 images): retrain.fill is
     `zero` (the paper's definition, default), `mean` (the scalar mean of the train split's model input,
-    what the reference code's early version filled with), or a number."""
+    what the reference code's early version filled with), or a number. `road` imputes instead
+    (imputation()); its value, 0, is what a removed coordinate takes where an image plane keeps none."""
     fill = cfg["retrain"].get("fill", "zero")
-    if fill == "zero":
+    if fill in ("zero", "road"):
         return 0.0
     if fill == "mean":
         beton = prepared.beton("train")
@@ -334,6 +336,15 @@ def fill_value(cfg: dict[str, Any], prepared: Prepared) -> float:
 
 
 _TRAIN_MEANS: dict[tuple, float] = {}
+
+
+def imputation(cfg: dict[str, Any]) -> dict[str, Any] | None:
+    """How removed coordinates are imputed (retrain.fill road: ROAD's noisy linear imputation with the
+    estimate stage's default noise, fastroar.stages.imputed), or None (they take fill_value). Enters the
+    job key only when set."""
+    if cfg["retrain"].get("fill", "zero") != "road":
+        return None
+    return {"method": ROAD_METHOD, "noise": DEFAULT_NOISE, "seed": 0}
 
 
 def _train_mean(prepared: Prepared) -> float:
@@ -383,7 +394,7 @@ def sweep_jobs(cfg: dict[str, Any], workdir: Workdir, prepared: Prepared, *, mod
     hashes = {name: model_hash(workdir, name, prepared) for name in models}
     recipe = retrain_recipe(cfg, prepared.size("train")).to_dict()
     return sweep(cfg, hashes, prepared.meta["key"], recipe, models, attributions, levels, directions, seeds,
-                 fill=fill_value(cfg, prepared))
+                 fill=fill_value(cfg, prepared), impute=imputation(cfg))
 
 
 def sweep_records(cfg: dict[str, Any], workdir: Workdir, prepared: Prepared

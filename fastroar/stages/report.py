@@ -196,7 +196,7 @@ def report(ctx: Context) -> dict[str, Any]:
         log("ROAD: the retraining-free estimate (`fastroar estimate`): acc of the base model on top-k vs "
             "bottom-k kept, the rest imputed")
     log(format_table(rows, columns))
-    log(leakage_line(rows, prepared.arrays("test")[1]))
+    log(leakage_line(rows, prepared.arrays("test")[1], imputed=cfg["retrain"].get("fill") == "road"))
     short = [r for r in rows if r["runs"] < cfg["retrain"]["seeds"]]
     if short:
         log(f"({len(short)} row(s) have fewer than retrain.seeds = {cfg['retrain']['seeds']} runs in both directions: "
@@ -219,7 +219,7 @@ def report(ctx: Context) -> dict[str, Any]:
     return result
 
 
-def leakage_line(rows: list[dict[str, Any]], test_labels: np.ndarray) -> str:
+def leakage_line(rows: list[dict[str, Any]], test_labels: np.ndarray, imputed: bool = False) -> str:
     """One line under the table: the rows whose keep-mask alone reaches the retrained accuracy (within two
     binomial standard errors, above chance by as much: fastroar.metrics.mask_probe.leaks), or that none does."""
     chance, n = majority_rate(test_labels), len(test_labels)
@@ -232,10 +232,11 @@ def leakage_line(rows: list[dict[str, Any]], test_labels: np.ndarray) -> str:
         return ("mask_top / mask_bottom: test accuracy of a probe on the keep-mask alone (no pixel values); in no "
                 "row does it reach the retrained accuracy")
     cells = "; ".join(f"{m}/{a} {', '.join(v)}" for (m, a), v in hits.items())
+    why = ("the removed pixels are imputed here (retrain.fill road), so the retrained models do not see the mask "
+           "as zeros" if imputed else "there DiffROAR measures the mask's shape as much as the kept pixels "
+           "(retrain.fill road removes without showing the mask")
     return (f"LEAKAGE: the keep-mask alone reaches the retrained accuracy in {sum(map(len, hits.values()))} cell(s) "
-            f"({cells}): "
-            "there DiffROAR measures the mask's shape as much as the kept pixels (retrain.fill=road removes without "
-            "leaking; README: Leakage control)")
+            f"({cells}): {why}; README: Leakage control{'' if imputed else ')'}")
 
 
 def with_missing_cells(rows: list[dict[str, Any]], jobs: Sequence[Job]) -> list[dict[str, Any]]:
@@ -289,6 +290,8 @@ def _difference(r: dict[str, Any], job: Job, first: Job | None) -> str:
             return f"retrain.{key} {recipe.get(key)} vs {job.recipe.get(key)}"
     if float(r.get("fill", 0.0)) != job.fill:
         return f"retrain.fill {r.get('fill', 0.0):g} vs {job.fill:g}"
+    if r.get("impute") != job.impute:
+        return f"retrain.fill {'road' if r.get('impute') else 'zero'} vs {'road' if job.impute else 'zero'}"
     return "another fastroar version's job key"
 
 

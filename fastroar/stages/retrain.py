@@ -39,12 +39,13 @@ from fastroar.engine.loaders.plan import resident_bytes
 from fastroar.engine.results import append_result, read_results
 from fastroar.engine.store import RankStore, SplitArrays
 from fastroar.engine.workspace import SPLITS, Workdir
-from fastroar.errors import MissingInputError
+from fastroar.errors import ConfigError, MissingInputError
 from fastroar.method import rank_dtype
 from fastroar.models import build_model, build_seeded
 from fastroar.stages.artifacts import (Prepared, identity, load_prepared, resolve_device, retrain_recipe,
                                        sweep_jobs)
 from fastroar.stages.contract import Context, stage
+from fastroar.stages.imputed import imputed_inputs
 from fastroar.training.batched import Spec, batchable, train_stacked
 from fastroar.training.jobs import Job
 from fastroar.training.loop import evaluate, train_model
@@ -66,6 +67,11 @@ def plan(cfg: dict[str, Any], workdir: Workdir, **selection: Any) -> list[Job]:
         if not entry.is_complete():
             raise MissingInputError(f"ranks of {name}/{a} are incomplete in {store.path}; "
                                     f"run `fastroar precompute --workdir {workdir.root}` (it resumes)")
+    if any(j.impute for j in jobs) and prepared.data_path(cfg["loader"], resolve_device(cfg["device"]),
+                                                         ranks=True) != "resident":
+        raise ConfigError("retrain.fill road imputes each (k, direction) once and holds the result in memory, "
+                          "which needs the resident data path; this split is streamed (loader "
+                          f"{cfg['loader']!r} or too large): set loader: resident, or use retrain.fill zero")
     return jobs
 
 
@@ -95,16 +101,32 @@ def run_job(job: Job, cfg: dict[str, Any], workdir: Workdir, prepared: Prepared 
     t0 = time.perf_counter()
     mask = dict(k=job.k, direction=job.direction, fill=job.fill)
     store = str(workdir.store_path)
-    train_loader, path_name = prepared.loader(
-        "train", mode=cfg["loader"], batch_size=recipe.batch_size, seed=job.seed, train=True, device=device,
-        ranks=_ranks(store, job.model, job.attribution, "train"), **mask)
-    test_loader, _ = prepared.loader(
-        "test", mode=cfg["loader"], batch_size=512, seed=0, train=False, device=device,
-        ranks=_ranks(store, job.model, job.attribution, "test"), **mask)
+    if job.impute:   # the imputed inputs, held whole (plan() checked the resident path is taken)
+        train_loader, test_loader = (imputed_loader(job, workdir, prepared, s, device, recipe) for s in SPLITS)
+        path_name = "resident"
+    else:
+        train_loader, path_name = prepared.loader(
+            "train", mode=cfg["loader"], batch_size=recipe.batch_size, seed=job.seed, train=True, device=device,
+            ranks=_ranks(store, job.model, job.attribution, "train"), **mask)
+        test_loader, _ = prepared.loader(
+            "test", mode=cfg["loader"], batch_size=512, seed=0, train=False, device=device,
+            ranks=_ranks(store, job.model, job.attribution, "test"), **mask)
     model = build_seeded(job.seed, job.arch, prepared.shape, prepared.num_classes, **job.arch_params).to(device)
     stats = train_model(model, train_loader, recipe, desc=f"retrain {job.direction}-{job.k}", progress=progress)
     accuracy = evaluate(model, test_loader, recipe)
     return _record(job, recipe, accuracy, stats, time.perf_counter() - t0, path_name, device, 1)
+
+
+def imputed_loader(job: Job, workdir: Workdir, prepared: Prepared, split: str, device: torch.device,
+                   recipe: Recipe):
+    """A resident loader over the job's imputed inputs of `split` (shuffled by the job's seed for train)."""
+    from fastroar.engine.loaders import ResidentLoader
+
+    ranks = np.asarray(_ranks(str(workdir.store_path), job.model, job.attribution, split)[:])
+    x = imputed_inputs(workdir, prepared, split, ranks, job.k, job.direction, job.impute, device)
+    train = split == "train"
+    return ResidentLoader(x.reshape(-1, *prepared.shape), prepared.arrays(split)[1], device=device, shuffle=train,
+                          batch_size=recipe.batch_size if train else 512, seed=job.seed if train else 0)
 
 
 def _record(job: Job, recipe: Recipe, accuracy: float, stats: dict[str, Any], seconds: float, loader: str,
@@ -134,7 +156,7 @@ def stackable(job: Job, cfg: dict[str, Any], prepared: Prepared, device: torch.d
     """Whether the job trains in a stack: an MLP, or any other architecture when retrain.stack_conv is on,
     whose train and test splits (with their rank maps) take the resident path (the engine's one rule,
     fastroar.engine.loaders.choose_path)."""
-    if not (batchable(job.arch) or stacks_conv(cfg, device)):
+    if not (batchable(job.arch) or (stacks_conv(cfg, device) and not job.impute)):  # conv stacks mask in place
         return False
     return prepared.data_path(cfg["loader"], device, ranks=True) == "resident"
 
@@ -150,7 +172,7 @@ def groups(jobs: Sequence[Job], cfg: dict[str, Any], prepared: Prepared, device:
             out.append([job])
             continue
         key = json.dumps([job.model, job.attribution, job.model_hash, job.arch, job.arch_params, job.recipe,
-                          job.fill], sort_keys=True)
+                          job.fill] + ([job.impute] if job.impute else []), sort_keys=True)
         group = open_groups.get(key)
         if group is None or len(group) >= size:
             group = open_groups[key] = []
@@ -165,9 +187,9 @@ def run_group(jobs: Sequence[Job], cfg: dict[str, Any], workdir: Workdir,
     prepared = prepared or load_prepared(cfg, workdir)
     device = resolve_device(cfg["device"])
     first = jobs[0]
-    if any((j.model, j.attribution, j.arch, j.arch_params, j.recipe)
-           != (first.model, first.attribution, first.arch, first.arch_params, first.recipe) for j in jobs):
-        raise ValueError("a group's jobs must share model, attribution, arch and recipe")
+    if any((j.model, j.attribution, j.arch, j.arch_params, j.recipe, j.impute)
+           != (first.model, first.attribution, first.arch, first.arch_params, first.recipe, first.impute) for j in jobs):
+        raise ValueError("a group's jobs must share model, attribution, arch, recipe and imputation")
     recipe = Recipe(**first.recipe)
     store = str(workdir.store_path)
     t0 = time.perf_counter()
@@ -175,10 +197,17 @@ def run_group(jobs: Sequence[Job], cfg: dict[str, Any], workdir: Workdir,
     split = {s: (*prepared.arrays(s), np.asarray(_ranks(store, first.model, first.attribution, s)[:]))
              for s in ("train", "test")}
     timing = {"ranks": time.perf_counter() - t0}
+    extra = {}
+    if first.impute:   # each (k, direction) of the group imputed once (or read back), then shared by its seeds
+        t1 = time.perf_counter()
+        masks = sorted({(j.k, j.direction) for j in jobs})
+        extra["inputs"] = tuple({m: imputed_inputs(workdir, prepared, s, split[s][2], *m, first.impute, device)
+                                 for m in masks} for s in ("train", "test"))
+        timing["impute"] = time.perf_counter() - t1
     results = stack_trainer(first.arch)(first.arch, first.arch_params, prepared.shape, prepared.num_classes,
                                         split["train"], split["test"],
                                         [Spec(j.k, j.direction, j.seed, j.fill) for j in jobs], recipe, device,
-                                        timings=timing)
+                                        timings=timing, **extra)
     total = time.perf_counter() - t0
     timing["task"] = total
     seconds = total / len(jobs)

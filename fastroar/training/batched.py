@@ -27,7 +27,7 @@ import functools
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -280,20 +280,34 @@ def _may_use_threads() -> bool:
     return torch.get_num_threads() > 1
 
 
+Inputs = Mapping[tuple[float, str], np.ndarray]   # (k, direction) -> (N, d) float32 model input, already masked
+
+
 class _Split:
     """One split held whole on the device for a stack: images, labels, ranks and each model's keep bounds.
 
     batch(idx) gives the (M, B, d) masked images of rows idx (M, B): on the CPU one fused pass over the
     caller's rank map (the extension's kernel, or Numba's), elsewhere a gather and one comparison per model
-    on the device.
+    on the device. With `inputs` (removed coordinates imputed beforehand, one array per (k, direction) of
+    the specs) the split holds those arrays instead and batch() is one gather from them.
     """
 
     def __init__(self, split: tuple[np.ndarray, np.ndarray, np.ndarray], specs: Sequence[Spec],
-                 device: torch.device) -> None:
+                 device: torch.device, inputs: Inputs | None = None) -> None:
         images, labels, ranks = split
         self.device = device
-        self.x = torch.from_numpy(model_input(images)).to(device)
         self.y = torch.from_numpy(np.asarray(labels).astype(np.int64)).to(device)
+        self.premasked = inputs is not None
+        if self.premasked:
+            masks = sorted({(s.k, s.direction) for s in specs})
+            self.n, self.d = len(self.y), int(math.prod(images.shape[1:]))
+            stacked = np.stack([np.asarray(inputs[m], dtype=np.float32).reshape(self.n, self.d) for m in masks])
+            self.x = torch.from_numpy(stacked).to(device).view(len(masks) * self.n, self.d)
+            # model m reads rows of its mask's block: block index * n + row
+            self.base = torch.tensor([masks.index((s.k, s.direction)) * self.n for s in specs],
+                                     dtype=torch.long, device=device).view(-1, 1)
+            return
+        self.x = torch.from_numpy(model_input(images)).to(device)
         self.n, self.d = self.x.shape
         self.fill = torch.tensor([s.fill for s in specs], dtype=torch.float32).to(device)
         if device.type == "cpu":
@@ -305,6 +319,8 @@ class _Split:
             self.lo, self.hi = (t.to(device) for t in keep_bounds(specs, self.d, off, self.ranks.dtype))
 
     def batch(self, idx: torch.Tensor) -> torch.Tensor:
+        if self.premasked:
+            return self.x.index_select(0, (idx + self.base).reshape(-1)).view(*idx.shape, self.d)
         if self.device.type != "cpu":
             return _masked_batch(self.x, self.ranks, idx, self.lo, self.hi, self.fill)
         out = torch.empty((*idx.shape, self.d), dtype=torch.float32)
@@ -316,10 +332,13 @@ def train_stacked(arch: str, arch_params: dict[str, Any], shape: Sequence[int], 
                   train: tuple[np.ndarray, np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray, np.ndarray],
                   specs: Sequence[Spec], recipe: Recipe, device: torch.device | str = "cpu",
                   test_batch_size: int = 512, return_models: bool = False,
-                  timings: dict[str, float] | None = None) -> list[dict[str, Any]]:
+                  timings: dict[str, float] | None = None,
+                  inputs: tuple[Inputs, Inputs] | None = None) -> list[dict[str, Any]]:
     """Trains one model per spec on (images, labels, ranks) of train, evaluates on test's; per spec a dict
     {accuracy, train_acc, loss} (plus "state_dict" when return_models), in the order of `specs`.
-    `timings`, when given, receives the seconds of "setup" (data, models), "train" and "eval"."""
+    `timings`, when given, receives the seconds of "setup" (data, models), "train" and "eval".
+    `inputs`, when given, are (train, test) model inputs already masked per (k, direction) (removed
+    coordinates imputed, fastroar.stages.imputed): the models read those instead of masking the images."""
     if not batchable(arch):
         raise ValueError(f"train_stacked handles {', '.join(BATCHABLE_ARCHS)}, not {arch!r}")
     if not specs:
@@ -328,7 +347,7 @@ def train_stacked(arch: str, arch_params: dict[str, Any], shape: Sequence[int], 
     device = torch.device(device)
     real = len(specs)
     specs = list(specs) + ([specs[0]] if real == 1 else [])  # a stack of 1 takes another matmul kernel
-    data = _Split(train, specs, device)
+    data = _Split(train, specs, device, inputs[0] if inputs else None)
     if data.d != int(math.prod(shape)):
         raise ValueError(f"images have {data.d} coordinates, the model's shape {tuple(shape)} wants {math.prod(shape)}")
     n = data.n
@@ -373,7 +392,7 @@ def train_stacked(arch: str, arch_params: dict[str, Any], shape: Sequence[int], 
     train_loss = [v / n for v in loss_sum.tolist()]
     train_acc = [c / n for c in correct.tolist()]
     t2 = time.perf_counter()
-    accuracy = evaluate_stacked(stack, test, specs, device, test_batch_size, cd)
+    accuracy = evaluate_stacked(stack, test, specs, device, test_batch_size, cd, inputs[1] if inputs else None)
     if timings is not None:
         timings.update(setup=t1 - t0, train=t2 - t1, eval=time.perf_counter() - t2)
     return stack_records(accuracy[:real], train_acc, train_loss, stack.state_dict if return_models else None)
@@ -389,9 +408,10 @@ def stack_records(accuracy: Sequence[float], train_acc: Sequence[float], loss: S
 @torch.no_grad()
 def evaluate_stacked(stack: StackedMLP, test: tuple[np.ndarray, np.ndarray, np.ndarray], specs: Sequence[Spec],
                      device: torch.device, batch_size: int = 512,
-                     compute_dtype: torch.dtype = torch.float32) -> list[float]:
-    """Top-1 accuracy of each stacked model on the test split masked by its own spec (in order)."""
-    data = _Split(test, specs, device)
+                     compute_dtype: torch.dtype = torch.float32, inputs: Inputs | None = None) -> list[float]:
+    """Top-1 accuracy of each stacked model on the test split masked by its own spec (in order), or on its
+    mask's premasked `inputs`."""
+    data = _Split(test, specs, device, inputs)
     m = len(specs)
     correct = torch.zeros(m, dtype=torch.long, device=device)
     for start in range(0, data.n, batch_size):

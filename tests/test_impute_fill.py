@@ -1,0 +1,152 @@
+"""retrain.fill road: removed coordinates imputed by ROAD's noisy linear imputation before retraining. The
+stored inputs equal a dense solve of ROAD's equations written out by hand plus the documented noise; the
+jobs are keyed apart from zero fill (whose keys and records stay as they were); the stacked trainer reads
+exactly those inputs; a rerun reuses them, a damaged file is recomputed; the streamed path refuses."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from fastroar.cli import cli
+from fastroar.engine.kernels.reference import keep_mask_reference
+from fastroar.engine.results import read_results
+from fastroar.metrics.road import impute
+from tests.conftest import tiny_args
+from tests.test_estimate import dense_reference
+
+SUBSET = ["--model", "robust", "--attribution", "gradient", "--k", "0.25"]
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, [*args, "--no-progress", *tiny_args()])
+
+
+@pytest.mark.parametrize("shape,p_keep", [((3, 2, 5, 4), 0.3), ((2, 1, 6, 6), 0.7), ((4, 3, 3, 7), 0.1),
+                                          ((2, 1, 10, 1), 0.4), ((5, 1, 16, 8), 0.05)])
+def test_banded_solve_equals_the_dense_solve(shape, p_keep):
+    rng = np.random.default_rng(sum(shape))
+    x = rng.random(shape)
+    keep = rng.random(shape) < p_keep
+    planes_keep = keep.reshape(-1, *shape[-2:])
+    planes_keep[:, 0, 0] |= ~planes_keep.any(axis=(1, 2))
+    out = impute(x, keep, solver="banded")
+    want = np.stack([dense_reference(p, k) for p, k in zip(x.reshape(-1, *shape[-2:]), planes_keep)])
+    np.testing.assert_allclose(out.reshape(want.shape), want, rtol=0, atol=1e-10)
+    assert np.array_equal(out[keep], x[keep])
+
+
+@pytest.fixture(scope="module")
+def road_run(run_workdir, tmp_path_factory):
+    """A copy of the tiny run with the SUBSET retrained under retrain.fill road, and the CLI result."""
+    wd = tmp_path_factory.mktemp("road") / "wd"
+    shutil.copytree(run_workdir[0], wd)
+    result = invoke("retrain", "--workdir", str(wd), "--fill", "road", *SUBSET)
+    return wd, result
+
+
+def stored_inputs(wd, split: str, direction: str, k: float = 0.25):
+    from fastroar.engine.store import RankStore
+    from fastroar.stages.artifacts import identity, imputation, load_prepared, model_hash
+    from fastroar.stages.contract import open_context
+    from fastroar.stages.imputed import imputed_inputs
+
+    ctx = open_context(wd)   # the run's saved config: the tiny settings
+    prepared = load_prepared(ctx.cfg, ctx.wd)
+    store = RankStore(str(ctx.wd.store_path), mode="r")
+    entry = store.open_entry("robust", "gradient", identity(ctx.cfg, prepared, model_hash(ctx.wd, "robust", prepared),
+                                                            "gradient"))
+    ranks = entry.split(split).read("ranks")
+    impute_cfg = imputation({"retrain": {"fill": "road"}})
+    return prepared, ranks, imputed_inputs(ctx.wd, prepared, split, ranks, k, direction, impute_cfg), ctx.wd
+
+
+def test_road_jobs_are_keyed_apart_and_zero_fill_records_are_unchanged(road_run, run_workdir):
+    wd, result = road_run
+    assert result.exit_code == 0, result.output
+    zero = read_results(run_workdir[0] / "results" / "results.jsonl")
+    records = read_results(wd / "results" / "results.jsonl")
+    new = [r for key, r in records.items() if key not in zero]
+    assert len(new) == 4 and all(r["impute"] == {"method": "road-noisy-linear-v1", "noise": 0.01, "seed": 0}
+                                 and r["fill"] == 0.0 for r in new)
+    assert all("impute" not in r for r in zero.values())   # records of the default carry no new field
+    for r in new:   # the zero-filled twin (same mask, seed, recipe) has its old key and record
+        twin = next(z for z in zero.values() if all(z[f] == r[f] for f in ("model", "attribution", "k", "direction",
+                                                                             "seed")))
+        assert twin["key"] != r["key"] and records[twin["key"]] == twin
+    out = invoke("report", "--workdir", str(wd), "--fill", "road").output
+    assert "retrain.fill zero vs road (32)" in out
+
+
+def test_stored_inputs_equal_the_road_reference(road_run):
+    from fastroar.method import model_input_array
+    from fastroar.stages.imputed import sigma_of
+
+    wd, _ = road_run
+    for split, direction, code in (("train", "top", (0, 0)), ("test", "bottom", (1, 1))):
+        prepared, ranks, got, _ = stored_inputs(wd, split, direction)
+        x = model_input_array(prepared.arrays(split)[0]).astype(np.float64)   # (N, 1, 16, 8)
+        keep = keep_mask_reference(ranks, 0.25, direction).reshape(x.shape)
+        rows = np.arange(0, len(x), 7)   # a sample of images: the dense reference solves pixel by pixel
+        want = np.stack([dense_reference(x[i, 0], keep[i, 0]) for i in rows])
+        # the documented noise: N(0, sigma^2) on removed coordinates, seeded [0, round(k 1e6), direction, split]
+        noise = np.random.default_rng([0, 250000, code[0], code[1]]).standard_normal(x.shape)[rows, 0]
+        sigma = sigma_of(prepared, 0.01)
+        assert sigma == pytest.approx(0.01)   # blockdigits' bounds are [0, 1]
+        want = np.where(keep[rows, 0], want, want + sigma * noise)
+        np.testing.assert_allclose(got[rows].reshape(want.shape), want, rtol=0, atol=2e-6)
+        assert np.array_equal(got.reshape(x.shape)[keep], x[keep].astype(np.float32))   # kept pixels as they are
+
+
+def test_the_stack_trains_on_exactly_the_stored_inputs(road_run):
+    from fastroar.training.batched import Spec, train_stacked
+    from fastroar.training.settings import Recipe
+
+    wd, _ = road_run
+    parts = {(s, d): stored_inputs(wd, s, d) for s in ("train", "test") for d in ("top", "bottom")}
+    prepared = parts[("train", "top")][0]
+    labels = {s: prepared.arrays(s)[1] for s in ("train", "test")}
+    records = {r["key"]: r for r in read_results(wd / "results" / "results.jsonl").values() if "impute" in r}
+    for direction in ("top", "bottom"):
+        for seed in (0, 1):
+            # reference: the imputed images as plain inputs (all-zero ranks, a top spec keeps every coordinate)
+            split = {s: (parts[(s, direction)][2].reshape(-1, *prepared.shape), labels[s],
+                         np.zeros_like(parts[(s, direction)][1])) for s in ("train", "test")}
+            (rec,) = [r for r in records.values() if r["direction"] == direction and r["seed"] == seed]
+            (ref,) = train_stacked(rec["arch"], rec["arch_params"], prepared.shape, prepared.num_classes,
+                                   split["train"], split["test"], [Spec(0.5, "top", seed)], Recipe(**rec["recipe"]))
+            assert rec["accuracy"] == ref["accuracy"] and rec["loss"] == ref["loss"]
+
+
+def test_a_rerun_reuses_the_inputs_and_a_damaged_file_is_recomputed(road_run):
+    wd, _ = road_run
+    files = sorted((wd / "imputed").glob("*.npz"))
+    assert len(files) == 4   # (top, bottom) x (train, test) of k = 0.25, each computed once for both seeds
+    stamps = {f: f.stat().st_mtime_ns for f in files}
+    again = invoke("retrain", "--workdir", str(wd), "--fill", "road", *SUBSET)
+    assert again.exit_code == 0 and "0 to run" in again.output
+    _, _, before, _ = stored_inputs(wd, "test", "bottom")
+    assert {f: f.stat().st_mtime_ns for f in files} == stamps   # read back, not recomputed
+    victim = max(files, key=lambda f: f.stat().st_size)
+    raw = bytearray(victim.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    victim.write_bytes(bytes(raw))
+    for split in ("train", "test"):
+        for direction in ("top", "bottom"):
+            stored_inputs(wd, split, direction)
+    _, _, after, _ = stored_inputs(wd, "test", "bottom")
+    assert np.array_equal(before, after)
+    assert victim.read_bytes() != bytes(raw)   # rewritten whole
+
+
+def test_road_fill_refuses_the_streamed_path(run_workdir, tmp_path):
+    wd = tmp_path / "w"
+    shutil.copytree(run_workdir[0], wd)
+    before = (wd / "results" / "results.jsonl").read_bytes()
+    result = invoke("retrain", "--workdir", str(wd), "--fill", "road", "--set", "loader=ffcv", *SUBSET)
+    assert result.exit_code == 2 and result.output.startswith("Error: retrain.fill road") \
+        and "loader: resident" in result.output and "Traceback" not in result.output
+    assert (wd / "results" / "results.jsonl").read_bytes() == before and not (wd / "imputed").exists()
