@@ -150,3 +150,46 @@ def test_road_fill_refuses_the_streamed_path(run_workdir, tmp_path):
     assert result.exit_code == 2 and result.output.startswith("Error: retrain.fill road") \
         and "loader: resident" in result.output and "Traceback" not in result.output
     assert (wd / "results" / "results.jsonl").read_bytes() == before and not (wd / "imputed").exists()
+
+
+def test_conv_jobs_train_one_per_task_on_the_stored_inputs(tmp_path):
+    """A conv architecture (stacks mask in place, so imputed jobs run one model per task even with
+    stack_conv on) trains on the same stored inputs: its records are those of training on them directly."""
+    import torch
+
+    from fastroar.engine.loaders import ResidentLoader
+    from fastroar.models import build_seeded
+    from fastroar.training.loop import evaluate, train_model
+    from fastroar.training.settings import Recipe
+
+    sets = ["model.arch=tests.test_stacked_conv:tiny_cnn", "model.params={}", "models=[{name: standard}]",
+            "attributions=[gradient]", "levels=[0.5]", "train.epochs=1", "retrain.epochs=2", "retrain.seeds=1",
+            "retrain.stack_conv=true", "retrain.fill=road"]
+    wd = tmp_path / "conv"
+    result = CliRunner().invoke(cli, ["run", "--workdir", str(wd), "--no-progress",
+                                      *[a for s in sets for a in ("--set", s)]])
+    assert result.exit_code == 0, result.output
+    assert "2 to run in 2 tasks" in result.output
+    (top,) = [r for r in read_results(wd / "results" / "results.jsonl").values() if r["direction"] == "top"]
+    assert top["impute"]["method"] == "road-noisy-linear-v1" and top["loader"] == "resident"
+
+    from fastroar.engine.store import RankStore
+    from fastroar.stages.artifacts import identity, imputation, load_prepared
+    from fastroar.stages.contract import open_context
+    from fastroar.stages.imputed import imputed_inputs
+
+    ctx = open_context(wd)
+    prepared = load_prepared(ctx.cfg, ctx.wd)
+    entry = RankStore(str(ctx.wd.store_path), mode="r").open_entry(
+        "standard", "gradient", identity(ctx.cfg, prepared, top["model_hash"], "gradient"))
+    x = {s: imputed_inputs(ctx.wd, prepared, s, entry.split(s).read("ranks"), 0.5, "top", imputation(ctx.cfg))
+         for s in ("train", "test")}
+    recipe = Recipe(**top["recipe"])
+    torch.set_num_threads(1)   # as the stage's tasks run
+    model = build_seeded(0, top["arch"], prepared.shape, prepared.num_classes, **top["arch_params"])
+    loader = ResidentLoader(x["train"].reshape(-1, *prepared.shape), prepared.arrays("train")[1],
+                            batch_size=recipe.batch_size, seed=0)
+    train_model(model, loader, recipe, progress=False)
+    test = ResidentLoader(x["test"].reshape(-1, *prepared.shape), prepared.arrays("test")[1], batch_size=512,
+                          shuffle=False)
+    assert evaluate(model, test, recipe) == top["accuracy"]
