@@ -193,3 +193,40 @@ def test_conv_jobs_train_one_per_task_on_the_stored_inputs(tmp_path):
     test = ResidentLoader(x["test"].reshape(-1, *prepared.shape), prepared.arrays("test")[1], batch_size=512,
                           shuffle=False)
     assert evaluate(model, test, recipe) == top["accuracy"]
+
+
+def test_replicate_leakage_control_numbers(run_workdir, tmp_path):
+    """replicate's section 5: DiffROAR of input gradients under zero fill and imputation per k (mean over
+    seeds of acc(top) - acc(bottom), recomputed here from the records), the mask-only accuracies, and whether
+    robust > standard holds under each; the workdir's saved config keeps its fill."""
+    from fastroar.stages import leakage_claim
+    from fastroar.stages.contract import open_context
+    from fastroar.stages.mask_control import mask_probe_path
+
+    wd = tmp_path / "w"
+    shutil.copytree(run_workdir[0], wd)
+    saved = (wd / "config.yaml").read_text()
+    ctx = open_context(wd, log=lambda *a: None, progress=False)
+    lc = leakage_claim.leakage_control(ctx, fill_missing=True)
+    assert (wd / "config.yaml").read_text() == saved and lc["available"]
+    records = list(read_results(wd / "results" / "results.jsonl").values())
+    masks = {(r["model"], r["k"], r["direction"]): r["mask_acc"] for r in read_results(mask_probe_path(ctx.wd)).values()
+             if r["attribution"] == "gradient"}
+
+    def diffroar(model, k, imputed):
+        acc = {d: np.mean([r["accuracy"] for r in records if (r["model"], r["attribution"], r["k"], r["direction"])
+                           == (model, "gradient", k, d) and bool(r.get("impute")) == imputed]) for d in ("top", "bottom")}
+        return acc["top"] - acc["bottom"]
+
+    assert [r["k"] for r in lc["rows"]] == [0.25, 0.5]
+    for row in lc["rows"]:
+        for kind in ("standard", "robust"):
+            assert row[f"{kind}_zero"] == pytest.approx(diffroar(kind, row["k"], False), abs=1e-12)
+            assert row[f"{kind}_road"] == pytest.approx(diffroar(kind, row["k"], True), abs=1e-12)
+            assert row[f"{kind}_mask_top"] == masks[(kind, row["k"], "top")]
+        assert row["robust_higher_road"] == (row["robust_road"] > row["standard_road"])
+    assert lc["robust_higher_at_every_k"]["road"] == all(r["robust_higher_road"] for r in lc["rows"])
+    claim = leakage_claim.claim_row({"leakage_control": lc})
+    assert claim["agrees"] == ("yes" if lc["robust_higher_at_every_k"]["road"] else "no")
+    table = leakage_claim.markdown({"leakage_control": lc})
+    assert sum(line.startswith("| 0.") for line in table) == 2

@@ -277,7 +277,8 @@ class Recorder:
         if self.ctx.verbose:
             self.ctx.log(f"[retrain] task {self.tasks}/{self.planned}: {len(records)} jobs; compute {busy:.2f}s (train "
                          f"{timing['train']:.2f}s, eval {timing['eval']:.2f}s), the rest {other:.3f}s = "
-                         f"{1000 * other / len(records):.1f} ms/job (ranks {timing['ranks']:.3f}s, setup "
+                         f"{1000 * other / len(records):.1f} ms/job (ranks {timing['ranks']:.3f}s, "
+                         f"{'imputation ' + format(timing['impute'], '.3f') + 's, ' if 'impute' in timing else ''}setup "
                          f"{timing['setup']:.3f}s, recording {time.perf_counter() - t_write:.3f}s)")
 
     def summary(self, threads: int, overlapped: bool = False) -> None:
