@@ -30,12 +30,13 @@ from fastroar.keys import file_sha256
 from fastroar.metrics.diffroar import diffroar_rows
 from fastroar.stages.artifacts import load_prepared, model_families, sweep_records
 from fastroar.stages.contract import Context, open_context
+from fastroar.stages.mask_control import mask_controls, with_mask_columns
 from fastroar.stages.run import run
 
 RUN_COLUMNS = ("model", "attribution", "k", "direction", "seed", "accuracy", "train_acc", "loss", "recipe_name",
                "fill", "arch", "model_hash", "dataset_key", "seconds", "loader", "key")
 SUMMARY_COLUMNS = ("model", "attribution", "k", "acc_top", "acc_bottom", "diffroar", "ci_low", "ci_high", "se",
-                   "p_positive", "std", "runs", "bases", "interval")
+                   "p_positive", "std", "runs", "bases", "interval", "mask_top", "mask_bottom")
 
 
 @dataclass
@@ -46,7 +47,9 @@ class Results:
     summary: one row per (model, attribution, k): mean acc_top, acc_bottom, DiffROAR = their difference
     (paired by seed), its 95% interval (ci_low, ci_high: over retraining seeds and test images, and base
     models for replicated models; `interval` says which), its standard error, the one-sided p-value of
-    DiffROAR > 0, the std over runs and the number of runs; workdir: where everything is.
+    DiffROAR > 0, the std over runs, the number of runs, and the mask-only control mask_top / mask_bottom
+    (test accuracy of a probe on the keep-mask alone, fastroar.metrics.mask_probe); workdir: where
+    everything is.
     Unpacks as ``runs, summary = results``.
     """
 
@@ -151,10 +154,15 @@ def _results(ctx: Context) -> Results:
     import pandas as pd
 
     cfg, wd = ctx.cfg, ctx.wd
-    _, mine, _, _ = sweep_records(cfg, wd, load_prepared(cfg, wd))  # by job key, as `fastroar report`
+    prepared = load_prepared(cfg, wd)
+    _, mine, _, _ = sweep_records(cfg, wd, prepared)  # by job key, as `fastroar report`
     records = sorted(mine, key=lambda r: (r["model"], r["attribution"], r["k"], r["direction"] != "top", r["seed"]))
     runs = pd.DataFrame([{c: r.get(c) for c in RUN_COLUMNS} for r in records], columns=list(RUN_COLUMNS))
-    summary = pd.DataFrame(diffroar_rows(records, model_families(cfg)), columns=list(SUMMARY_COLUMNS))
+    hashes = {r["model"]: r["model_hash"] for r in records}
+    cells = {(r["model"], r["attribution"], float(r["k"]), r["direction"]) for r in records}
+    rows = with_mask_columns(diffroar_rows(records, model_families(cfg)),
+                             mask_controls(cfg, wd, prepared, cells, hashes))
+    summary = pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
     return Results(runs, summary, wd.root)
 
 

@@ -55,4 +55,4 @@ def test_mean_fill_jobs_records_and_report(run_workdir, tmp_path):
 def test_bad_fill_is_a_config_error(run_workdir):
     ref, _ = run_workdir
     result = CliRunner().invoke(cli, ["retrain", "--workdir", str(ref), "--set", "retrain.fill=median"])
-    assert result.exit_code == 2 and "retrain.fill must be zero, mean or a number, got 'median'" in result.output
+    assert result.exit_code == 2 and "retrain.fill must be zero, mean, road or a number, got 'median'" in result.output

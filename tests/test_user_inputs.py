@@ -372,7 +372,8 @@ def test_evaluate_and_load_results_return_the_tables(run_workdir, tmp_path):
     runs, summary = res
     assert len(runs) == 2 * 2 * 2 * 2 and set(runs["direction"]) == {"top", "bottom"}
     assert list(summary.columns) == ["model", "attribution", "k", "acc_top", "acc_bottom", "diffroar", "ci_low",
-                                     "ci_high", "se", "p_positive", "std", "runs", "bases", "interval"]
+                                     "ci_high", "se", "p_positive", "std", "runs", "bases", "interval", "mask_top",
+                                     "mask_bottom"]
     assert len(summary) == 4 and set(summary["model"]) == {"mine"} and (summary["runs"] == 2).all()
     row = summary[(summary.attribution == "gradient") & (summary.k == 0.5)].iloc[0]
     assert row.diffroar == pytest.approx(row.acc_top - row.acc_bottom)

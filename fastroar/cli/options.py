@@ -224,10 +224,11 @@ RECIPE_OPTION = config_option(
          "config key retrain.recipe, recorded in every result.")
 
 FILL_OPTION = config_option(
-    "--fill", key="retrain.fill", type=click.Choice(["zero", "mean"]),
-    help="Value of removed coordinates: zero (the paper's definition; config default) or mean (the train "
-         "split's mean, as the reference code's early version). Config key retrain.fill (which also takes a "
-         "number).")
+    "--fill", key="retrain.fill", type=click.Choice(["zero", "mean", "road"]),
+    help="Value of removed coordinates: zero (the paper's definition; config default), mean (the train "
+         "split's mean, as the reference code's early version) or road (imputed from their neighbours with "
+         "ROAD's noisy linear imputation, so the mask's shape does not leak the label; resident data only). "
+         "Config key retrain.fill (which also takes a number).")
 
 
 def parse_levels(ctx, param, values) -> list[float] | None:

@@ -188,8 +188,8 @@ def validate(cfg: dict[str, Any]) -> dict[str, Any]:
     if cfg.setdefault("loader", "auto") not in LOADERS:
         raise ConfigError(f"loader must be one of {LOADERS}, got {cfg['loader']!r}")
     fill = rt.setdefault("fill", "zero")
-    if fill not in ("zero", "mean") and (isinstance(fill, bool) or not isinstance(fill, (int, float))):
-        raise ConfigError(f"retrain.fill must be zero, mean or a number, got {fill!r}")
+    if fill not in ("zero", "mean", "road") and (isinstance(fill, bool) or not isinstance(fill, (int, float))):
+        raise ConfigError(f"retrain.fill must be zero, mean, road or a number, got {fill!r}")
     if cfg.get("store") is not None and not (isinstance(cfg["store"], str) and cfg["store"].strip()):
         raise ConfigError(f"store must be a path or an fsspec URL, got {cfg['store']!r}")
     if cfg.get("store") and "://" not in cfg["store"]:

@@ -26,9 +26,9 @@ Number = float  # strict: a YAML int or float, never a bool or a string
 
 
 def _fill(value: Any) -> Any:
-    if value in ("zero", "mean") or (isinstance(value, (int, float)) and not isinstance(value, bool)):
+    if value in ("zero", "mean", "road") or (isinstance(value, (int, float)) and not isinstance(value, bool)):
         return value
-    raise ValueError("must be zero, mean or a number")
+    raise ValueError("must be zero, mean, road or a number")
 
 
 def _stack_conv(value: Any) -> Any:
@@ -110,6 +110,7 @@ class Retrain(Recipe):
     recipe: Literal["paper", "fast", "airbench"] = "paper"
     batch_models: StrictInt = Field(16, ge=1, le=MAX_MODELS_PER_GROUP)
     fast_epochs: Optional[StrictInt] = Field(None, ge=1, le=100_000)
+    # zero | mean | a number | road: removed coordinates imputed as ROAD does (noisy linear, resident data)
     fill: Annotated[Any, AfterValidator(_fill)] = "zero"
     stack_conv: Annotated[Any, AfterValidator(_stack_conv)] = "auto"   # conv models in stacks: auto = on CUDA
     # the stacked MLP's first layer on the kept coordinates only (CPU): auto | true | false (same values)

@@ -26,6 +26,7 @@ from fastroar.engine.workspace import SPLITS, Workdir
 from fastroar.errors import ConfigError, FastroarError, MissingInputError, StoreMismatchError
 from fastroar.keys import digest, file_sha256
 from fastroar.method import pixel_scale, rank_dtype
+from fastroar.metrics.road import DEFAULT_NOISE, METHOD as ROAD_METHOD
 from fastroar.models import build_model, state_hash
 from fastroar.training.jobs import Job, sparse_input_wanted, sweep
 from fastroar.training.settings import Recipe, airbench_recipe, fast_recipe
@@ -326,9 +327,10 @@ def retrain_recipe(cfg: dict[str, Any], n_train: int | None = None) -> Recipe:
 def fill_value(cfg: dict[str, Any], prepared: Prepared) -> float:
     """The value removed coordinates take, in model-input units (x/255 for uint8 images): retrain.fill is
     `zero` (the paper's definition, default), `mean` (the scalar mean of the train split's model input,
-    what the reference code's early version filled with), or a number."""
+    what the reference code's early version filled with), or a number. `road` imputes instead
+    (imputation()); its value, 0, is what a removed coordinate takes where an image plane keeps none."""
     fill = cfg["retrain"].get("fill", "zero")
-    if fill == "zero":
+    if fill in ("zero", "road"):
         return 0.0
     if fill == "mean":
         beton = prepared.beton("train")
@@ -341,6 +343,15 @@ def fill_value(cfg: dict[str, Any], prepared: Prepared) -> float:
 
 
 _TRAIN_MEANS: dict[tuple, float] = {}
+
+
+def imputation(cfg: dict[str, Any]) -> dict[str, Any] | None:
+    """How removed coordinates are imputed (retrain.fill road: ROAD's noisy linear imputation with the
+    estimate stage's default noise, fastroar.stages.imputed), or None (they take fill_value). Enters the
+    job key only when set."""
+    if cfg["retrain"].get("fill", "zero") != "road":
+        return None
+    return {"method": ROAD_METHOD, "noise": DEFAULT_NOISE, "seed": 0}
 
 
 def _train_mean(prepared: Prepared) -> float:
@@ -408,8 +419,11 @@ def sweep_jobs(cfg: dict[str, Any], workdir: Workdir, prepared: Prepared, *, mod
     setting, arch = cfg["retrain"].get("sparse_input", "auto"), cfg["model"]["arch"]
     wanted = {float(k) for k in levels if sparse_input_wanted(setting, arch, float(k), prepared.d)}
     sparse = bool(wanted) and (not here or sparse_input_here(cfg, prepared))
+    impute = imputation(cfg)
     return sweep(cfg, hashes, prepared.meta["key"], recipe, models, attributions, levels, directions, seeds,
-                 fill=fill_value(cfg, prepared), sparse_input=lambda k: sparse and k in wanted)
+                 fill=fill_value(cfg, prepared), impute=impute,
+                 # imputed inputs have no constant fill for the sparse layer to skip: they stay dense
+                 sparse_input=lambda k: sparse and k in wanted and impute is None)
 
 
 def sparse_input_here(cfg: dict[str, Any], prepared: Prepared) -> bool:

@@ -50,6 +50,7 @@ from fastroar.metrics.localization import localization, localization_shares
 from fastroar.stages.artifacts import load_model, load_prepared, model_warnings
 from fastroar.stages.contract import Context, resolve_config, save_config, stage
 from fastroar.stages.estimate import estimate
+from fastroar.stages import leakage_claim
 from fastroar.stages.precompute import precompute
 from fastroar.stages.prepare import prepare
 from fastroar.stages.report import plot_curves, road_estimates
@@ -383,8 +384,9 @@ def diffroar_experiment(ctx: Context, prepared_key: str, hashes: dict[str, str],
     cfg, wd, log = ctx.cfg, ctx.wd, ctx.log
 
     def ours() -> list[dict[str, Any]]:
-        return [r for r in read_results(wd.results_path).values()
-                if r.get("dataset_key") == prepared_key and hashes.get(r["model"]) == r.get("model_hash")]
+        return [r for r in read_results(wd.results_path).values()   # zero fill: imputed records are section 5's
+                if r.get("dataset_key") == prepared_key and hashes.get(r["model"]) == r.get("model_hash")
+                and not r.get("impute")]
 
     records = ours()
     if fill_missing and not any(r["attribution"] == "gradient" for r in records):
@@ -475,6 +477,9 @@ def replicate(ctx: Context, *, quick: bool = False, instances: int = 20) -> dict
         key = load_prepared(cfg, wd).meta["key"]
         hashes = {n: m["hash"] for n, m in summary["blockdigits"]["models"].items()}
         summary["diffroar"] = diffroar_experiment(ctx, key, hashes, out_dir, fill_missing=not quick)
+        t = time.perf_counter()
+        summary["leakage_control"] = leakage_claim.leakage_control(ctx, fill_missing=not quick)
+        summary["leakage_control"]["seconds"] = round(time.perf_counter() - t, 1)
     else:
         note = (f"the workdir's dataset {cfg['dataset']['name']!r} records no signal blocks; use a workdir "
                 "of blockdigits / blockmnist (e.g. a fresh --workdir) for the BlockMNIST and DiffROAR experiments")
@@ -642,6 +647,8 @@ def claims(s: dict[str, Any]) -> list[dict[str, str]]:
                                  f"{sum(c['robust_higher'] for c in df['comparison'])}/{len(df['comparison'])} k, "
                                  f"significantly at {df['significantly_higher']}",
                      "agrees": _agree_higher(df)})
+    if leakage_claim.claim_row(s):
+        rows.append(leakage_claim.claim_row(s))
     return rows
 
 
@@ -751,6 +758,8 @@ def summary_markdown(s: dict[str, Any]) -> str:
             lines += ["", "ROAD (`fastroar estimate`, no retraining: base model on imputed inputs) orders robust vs "
                       f"standard as DiffROAR does at k in {same or 'none'} of {[c['k'] for c in df['comparison']]}."]
         lines += ["", f"![diffroar]({Path(df['png']).name})", ""]
+    if "leakage_control" in s:
+        lines += leakage_claim.markdown(s)
     return "\n".join(lines)
 
 

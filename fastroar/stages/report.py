@@ -22,10 +22,12 @@ from fastroar.errors import MissingInputError
 from fastroar.metrics.aq import attribution_quality, majority_rate
 from fastroar.metrics.diffroar import comparison_rows, diffroar_rows
 from fastroar.metrics.localization import localization
+from fastroar.metrics.mask_probe import leaks
 from fastroar.metrics.road import DEFAULT_NOISE
 from fastroar.stages.artifacts import (Prepared, checkpoint_path, identity, load_prepared, model_families,
                                        model_warnings, seed_counts, sweep_records)
 from fastroar.stages.contract import Context, stage
+from fastroar.stages.mask_control import mask_controls, with_mask_columns
 from fastroar.training.jobs import Job
 
 
@@ -89,6 +91,10 @@ def plot_curves(rows: list[dict[str, Any]], path: Path, title: str) -> None:
         (line,) = ax.plot(k, m, marker="o", label=f"{model} / {attribution}")
         known = ~(np.isnan(lo) | np.isnan(hi))   # a row without an interval draws no band
         ax.fill_between(k, np.where(known, lo, m), np.where(known, hi, m), color=line.get_color(), alpha=0.15)
+        masked = [p for p in pts if p.get("mask_top") is not None and p.get("mask_bottom") is not None]
+        if masked:  # the mask-only control: what DiffROAR would be from the keep-mask's shape alone
+            ax.plot([p["k"] for p in masked], [p["mask_top"] - p["mask_bottom"] for p in masked], ls="--",
+                    marker="x", color=line.get_color(), alpha=0.7, label=f"{model} / {attribution}: mask only")
     ax.axhline(0.0, color="black", lw=0.8)
     ax.set_xlabel("k (fraction of coordinates kept)")
     ax.set_ylabel("DiffROAR = acc(top-k) - acc(bottom-k), 95% interval")
@@ -122,6 +128,7 @@ PRINTED_COLUMNS = ("model", "attribution", "k", "acc_top", "acc_bottom", "diffro
 COMPARISON_COLUMNS = ("of", "k", "a", "b", "difference", "ci_low", "ci_high", "p_two_sided", "runs")
 PRINTED_COMPARISON = ("of", "k", "a - b", "difference", "95% interval", "p", "runs")
 LOCALIZATION_COLUMNS = ("model", "attribution", "k", "signal_share", "chance")
+MASK_COLUMNS = ("mask_top", "mask_bottom")   # the mask-only control (fastroar.metrics.mask_probe)
 
 
 AQ_COLUMNS = ("model", "attribution", "m", "top_hit", "bottom_hit", "aq")
@@ -175,12 +182,16 @@ def report(ctx: Context) -> dict[str, Any]:
     rows = with_missing_cells(diffroar_rows(mine, families), jobs, families)
     comparisons = comparison_rows(mine, families)
     columns = DIFFROAR_COLUMNS
+    cells = {(r["model"], r["attribution"], float(r["k"]), r["direction"]) for r in mine}  # retrained: ranks exist
+    hashes = {r["model"]: r["model_hash"] for r in mine}
+    rows = with_mask_columns(rows, mask_controls(cfg, workdir, prepared, cells, hashes))
     road = road_estimates(workdir, prepared.meta["key"], mine)
     printed = PRINTED_COLUMNS
     if road:  # `fastroar estimate` has run: its ROAD(k) beside DiffROAR(k)
         for r in rows:
             r["road"] = road.get((r["model"], r["attribution"], r["k"]), "")
         columns, printed = DIFFROAR_COLUMNS + ("road",), PRINTED_COLUMNS + ("road",)
+    columns, printed = columns + MASK_COLUMNS, printed + MASK_COLUMNS
     loc_rows, aq_rows = signal_rows(cfg, workdir, prepared, sorted({(r["model"], r["attribution"]) for r in mine}),
                                     {r["model"]: r["model_hash"] for r in mine})
     model_rows = base_model_rows(cfg, workdir, prepared)
@@ -201,6 +212,7 @@ def report(ctx: Context) -> dict[str, Any]:
             "bottom-k kept, the rest imputed")
     log(format_table([printable(r) for r in rows], printed))
     log(interval_note(rows, model_rows))
+    log(leakage_line(rows, prepared.arrays("test")[1], imputed=cfg["retrain"].get("fill") == "road"))
     first, _ = seed_counts(cfg)
     short = [r for r in rows if r["runs"] < first * max(1, r.get("bases") or 1)]
     if short:
@@ -265,6 +277,26 @@ def interval_note(rows: Sequence[dict[str, Any]], model_rows: Sequence[dict[str,
             "DiffROAR > 0.")
 
 
+def leakage_line(rows: list[dict[str, Any]], test_labels: np.ndarray, imputed: bool = False) -> str:
+    """One line under the table: the rows whose keep-mask alone reaches the retrained accuracy (within two
+    binomial standard errors, above chance by as much: fastroar.metrics.mask_probe.leaks), or that none does."""
+    chance, n = majority_rate(test_labels), len(test_labels)
+    hits: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for r in rows:
+        for d in ("top", "bottom"):
+            if leaks(r.get(f"mask_{d}"), r.get(f"acc_{d}"), chance, n):
+                hits[(r["model"], r["attribution"])].append(f"{d} {r['k']:g}")
+    if not hits:
+        return ("mask_top / mask_bottom: test accuracy of a probe on the keep-mask alone (no pixel values); in no "
+                "row does it reach the retrained accuracy")
+    cells = "; ".join(f"{m}/{a} {', '.join(v)}" for (m, a), v in hits.items())
+    why = ("the removed pixels are imputed here (retrain.fill road), so the retrained models do not see the mask "
+           "as zeros" if imputed else "there DiffROAR measures the mask's shape as much as the kept pixels "
+           "(retrain.fill road removes without showing the mask")
+    return (f"LEAKAGE: the keep-mask alone reaches the retrained accuracy in {sum(map(len, hits.values()))} cell(s) "
+            f"({cells}): {why}; README: Leakage control{'' if imputed else ')'}")
+
+
 def with_missing_cells(rows: list[dict[str, Any]], jobs: Sequence[Job],
                        families: dict[str, str] | None = None) -> list[dict[str, Any]]:
     """rows plus one row per (model, attribution, k) of the sweep that has no seed in both directions,
@@ -321,6 +353,8 @@ def _difference(r: dict[str, Any], job: Job, first: Job | None) -> str:
         return f"retrain.fill {r.get('fill', 0.0):g} vs {job.fill:g}"
     if bool(r.get("sparse_input", False)) != job.sparse_input:
         return f"retrain.sparse_input: a {'sparse' if r.get('sparse_input') else 'dense'} first layer"
+    if r.get("impute") != job.impute:
+        return f"retrain.fill {'road' if r.get('impute') else 'zero'} vs {'road' if job.impute else 'zero'}"
     return "another fastroar version's job key"
 
 

@@ -49,12 +49,13 @@ from fastroar.engine.loaders.plan import resident_bytes
 from fastroar.engine.results import append_result, read_results
 from fastroar.engine.store import RankStore, SplitArrays
 from fastroar.engine.workspace import SPLITS, Workdir
-from fastroar.errors import MissingInputError
+from fastroar.errors import ConfigError, MissingInputError
 from fastroar.method import rank_dtype
 from fastroar.models import build_model, build_seeded
 from fastroar.stages.artifacts import (Prepared, identity, load_prepared, resolve_device, retrain_recipe,
                                        seed_counts, sweep_jobs)
 from fastroar.stages.contract import Context, stage
+from fastroar.stages.imputed import imputed_inputs
 from fastroar.training.batched import Spec, batchable, train_stacked
 from fastroar.training.jobs import Job
 from fastroar.training.loop import accuracy_of, test_hits, train_model
@@ -76,6 +77,11 @@ def plan(cfg: dict[str, Any], workdir: Workdir, **selection: Any) -> list[Job]:
         if not entry.is_complete():
             raise MissingInputError(f"ranks of {name}/{a} are incomplete in {store.path}; "
                                     f"run `fastroar precompute --workdir {workdir.root}` (it resumes)")
+    if any(j.impute for j in jobs) and prepared.data_path(cfg["loader"], resolve_device(cfg["device"]),
+                                                         ranks=True) != "resident":
+        raise ConfigError("retrain.fill road imputes each (k, direction) once and holds the result in memory, "
+                          "which needs the resident data path; this split is streamed (loader "
+                          f"{cfg['loader']!r} or too large): set loader: resident, or use retrain.fill zero")
     return jobs
 
 
@@ -105,17 +111,33 @@ def run_job(job: Job, cfg: dict[str, Any], workdir: Workdir, prepared: Prepared 
     t0 = time.perf_counter()
     mask = dict(k=job.k, direction=job.direction, fill=job.fill)
     store = str(workdir.store_path)
-    train_loader, path_name = prepared.loader(
-        "train", mode=cfg["loader"], batch_size=recipe.batch_size, seed=job.seed, train=True, device=device,
-        ranks=_ranks(store, job.model, job.attribution, "train"), **mask)
-    test_loader, _ = prepared.loader(
-        "test", mode=cfg["loader"], batch_size=512, seed=0, train=False, device=device,
-        ranks=_ranks(store, job.model, job.attribution, "test"), **mask)
+    if job.impute:   # the imputed inputs, held whole (plan() checked the resident path is taken)
+        train_loader, test_loader = (imputed_loader(job, workdir, prepared, s, device, recipe) for s in SPLITS)
+        path_name = "resident"
+    else:
+        train_loader, path_name = prepared.loader(
+            "train", mode=cfg["loader"], batch_size=recipe.batch_size, seed=job.seed, train=True, device=device,
+            ranks=_ranks(store, job.model, job.attribution, "train"), **mask)
+        test_loader, _ = prepared.loader(
+            "test", mode=cfg["loader"], batch_size=512, seed=0, train=False, device=device,
+            ranks=_ranks(store, job.model, job.attribution, "test"), **mask)
     model = build_seeded(job.seed, job.arch, prepared.shape, prepared.num_classes, **job.arch_params).to(device)
     stats = train_model(model, train_loader, recipe, desc=f"retrain {job.direction}-{job.k}", progress=progress)
     hits = test_hits(model, test_loader, recipe)
     stats = stats | {"accuracy": accuracy_of(hits), "hits": hits.numpy()}
     return _record(job, recipe, stats, time.perf_counter() - t0, path_name, device, 1)
+
+
+def imputed_loader(job: Job, workdir: Workdir, prepared: Prepared, split: str, device: torch.device,
+                   recipe: Recipe):
+    """A resident loader over the job's imputed inputs of `split` (shuffled by the job's seed for train)."""
+    from fastroar.engine.loaders import ResidentLoader
+
+    ranks = np.asarray(_ranks(str(workdir.store_path), job.model, job.attribution, split)[:])
+    x = imputed_inputs(workdir, prepared, split, ranks, job.k, job.direction, job.impute, device)
+    train = split == "train"
+    return ResidentLoader(x.reshape(-1, *prepared.shape), prepared.arrays(split)[1], device=device, shuffle=train,
+                          batch_size=recipe.batch_size if train else 512, seed=job.seed if train else 0)
 
 
 def _record(job: Job, recipe: Recipe, result: dict[str, Any], seconds: float, loader: str,
@@ -148,7 +170,7 @@ def stackable(job: Job, cfg: dict[str, Any], prepared: Prepared, device: torch.d
     """Whether the job trains in a stack: an MLP, or any other architecture when retrain.stack_conv is on,
     whose train and test splits (with their rank maps) take the resident path (the engine's one rule,
     fastroar.engine.loaders.choose_path)."""
-    if not (batchable(job.arch) or stacks_conv(cfg, device)):
+    if not (batchable(job.arch) or (stacks_conv(cfg, device) and not job.impute)):  # conv stacks mask in place
         return False
     return prepared.data_path(cfg["loader"], device, ranks=True) == "resident"
 
@@ -164,7 +186,8 @@ def groups(jobs: Sequence[Job], cfg: dict[str, Any], prepared: Prepared, device:
             out.append([job])
             continue
         key = json.dumps([job.model, job.attribution, job.model_hash, job.arch, job.arch_params, job.recipe,
-                          job.fill] + ([True] if job.sparse_input else []), sort_keys=True)
+                          job.fill] + ([True] if job.sparse_input else []) + ([job.impute] if job.impute else []),
+                         sort_keys=True)
         group = open_groups.get(key)
         if group is None or len(group) >= size:
             group = open_groups[key] = []
@@ -179,10 +202,10 @@ def run_group(jobs: Sequence[Job], cfg: dict[str, Any], workdir: Workdir,
     prepared = prepared or load_prepared(cfg, workdir)
     device = resolve_device(cfg["device"])
     first = jobs[0]
-    if any((j.model, j.attribution, j.arch, j.arch_params, j.recipe, j.sparse_input)
-           != (first.model, first.attribution, first.arch, first.arch_params, first.recipe, first.sparse_input)
-           for j in jobs):
-        raise ValueError("a group's jobs must share model, attribution, arch, recipe and sparse_input")
+    if any((j.model, j.attribution, j.arch, j.arch_params, j.recipe, j.sparse_input, j.impute)
+           != (first.model, first.attribution, first.arch, first.arch_params, first.recipe, first.sparse_input,
+               first.impute) for j in jobs):
+        raise ValueError("a group's jobs must share model, attribution, arch, recipe, sparse_input and imputation")
     recipe = Recipe(**first.recipe)
     store = str(workdir.store_path)
     t0 = time.perf_counter()
@@ -190,10 +213,17 @@ def run_group(jobs: Sequence[Job], cfg: dict[str, Any], workdir: Workdir,
     split = {s: (*prepared.arrays(s), np.asarray(_ranks(store, first.model, first.attribution, s)[:]))
              for s in ("train", "test")}
     timing = {"ranks": time.perf_counter() - t0}
+    extra: dict[str, Any] = {"sparse_input": True} if first.sparse_input else {}
+    if first.impute:   # each (k, direction) of the group imputed once (or read back), then shared by its seeds
+        t1 = time.perf_counter()
+        masks = sorted({(j.k, j.direction) for j in jobs})
+        extra["inputs"] = tuple({m: imputed_inputs(workdir, prepared, s, split[s][2], *m, first.impute, device)
+                                 for m in masks} for s in ("train", "test"))
+        timing["impute"] = time.perf_counter() - t1
     results = stack_trainer(first.arch)(first.arch, first.arch_params, prepared.shape, prepared.num_classes,
                                         split["train"], split["test"],
                                         [Spec(j.k, j.direction, j.seed, j.fill) for j in jobs], recipe, device,
-                                        timings=timing, **({"sparse_input": True} if first.sparse_input else {}))
+                                        timings=timing, **extra)
     total = time.perf_counter() - t0
     timing["task"] = total
     seconds = total / len(jobs)
@@ -263,7 +293,8 @@ class Recorder:
         if self.ctx.verbose:
             self.ctx.log(f"[retrain] task {self.tasks}/{self.planned}: {len(records)} jobs; compute {busy:.2f}s (train "
                          f"{timing['train']:.2f}s, eval {timing['eval']:.2f}s), the rest {other:.3f}s = "
-                         f"{1000 * other / len(records):.1f} ms/job (ranks {timing['ranks']:.3f}s, setup "
+                         f"{1000 * other / len(records):.1f} ms/job (ranks {timing['ranks']:.3f}s, "
+                         f"{'imputation ' + format(timing['impute'], '.3f') + 's, ' if 'impute' in timing else ''}setup "
                          f"{timing['setup']:.3f}s, recording {time.perf_counter() - t_write:.3f}s)")
 
     def summary(self, threads: int, overlapped: bool = False) -> None:

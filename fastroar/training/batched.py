@@ -27,7 +27,7 @@ import functools
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -316,6 +316,9 @@ def _may_use_threads() -> bool:
     return torch.get_num_threads() > 1
 
 
+Inputs = Mapping[tuple[float, str], np.ndarray]   # (k, direction) -> (N, d) float32 model input, already masked
+
+
 class _Split:
     """One split held whole on the device for a stack: images, labels, ranks and each model's keep bounds.
 
@@ -323,14 +326,28 @@ class _Split:
     caller's rank map (the extension's kernel, or Numba's), elsewhere a gather and one comparison per model
     on the device. With `sparse` (CPU only) the split holds the inverse rank map instead (order[row, r] = the
     coordinate of rank r, as compact as the ranks) and sparse_batch(idx) gives each row's kept coordinates.
+    With `inputs` (removed coordinates imputed beforehand, one array per (k, direction) of the specs) the
+    split holds those arrays instead and batch() is one gather from them.
     """
 
     def __init__(self, split: tuple[np.ndarray, np.ndarray, np.ndarray], specs: Sequence[Spec],
-                 device: torch.device, sparse: bool = False) -> None:
+                 device: torch.device, sparse: bool = False, inputs: Inputs | None = None) -> None:
+        if sparse and inputs is not None:
+            raise ValueError("imputed inputs have no constant fill: the sparse first layer does not apply")
         images, labels, ranks = split
         self.device = device
-        self.x = torch.from_numpy(model_input(images)).to(device)
         self.y = torch.from_numpy(np.asarray(labels).astype(np.int64)).to(device)
+        self.premasked = inputs is not None
+        if self.premasked:
+            masks = sorted({(s.k, s.direction) for s in specs})
+            self.n, self.d = len(self.y), int(math.prod(images.shape[1:]))
+            stacked = np.stack([np.asarray(inputs[m], dtype=np.float32).reshape(self.n, self.d) for m in masks])
+            self.x = torch.from_numpy(stacked).to(device).view(len(masks) * self.n, self.d)
+            # model m reads rows of its mask's block: block index * n + row
+            self.base = torch.tensor([masks.index((s.k, s.direction)) * self.n for s in specs],
+                                     dtype=torch.long, device=device).view(-1, 1)
+            return
+        self.x = torch.from_numpy(model_input(images)).to(device)
         self.n, self.d = self.x.shape
         self.fill = torch.tensor([s.fill for s in specs], dtype=torch.float32).to(device)
         if sparse:
@@ -352,6 +369,8 @@ class _Split:
         return SparseRows(cols, vals, count, self.fill)
 
     def batch(self, idx: torch.Tensor) -> torch.Tensor:
+        if self.premasked:
+            return self.x.index_select(0, (idx + self.base).reshape(-1)).view(*idx.shape, self.d)
         if self.device.type != "cpu":
             return _masked_batch(self.x, self.ranks, idx, self.lo, self.hi, self.fill)
         out = torch.empty((*idx.shape, self.d), dtype=torch.float32)
@@ -363,12 +382,15 @@ def train_stacked(arch: str, arch_params: dict[str, Any], shape: Sequence[int], 
                   train: tuple[np.ndarray, np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray, np.ndarray],
                   specs: Sequence[Spec], recipe: Recipe, device: torch.device | str = "cpu",
                   test_batch_size: int = 512, return_models: bool = False,
-                  timings: dict[str, float] | None = None, sparse_input: bool = False) -> list[dict[str, Any]]:
+                  timings: dict[str, float] | None = None, sparse_input: bool = False,
+                  inputs: tuple[Inputs, Inputs] | None = None) -> list[dict[str, Any]]:
     """Trains one model per spec on (images, labels, ranks) of train, evaluates on test's; per spec a dict
-    {accuracy, train_acc, loss} (plus "state_dict" when return_models), in the order of `specs`.
+    {accuracy, hits, train_acc, loss} (plus "state_dict" when return_models), in the order of `specs`.
     `timings`, when given, receives the seconds of "setup" (data, models), "train" and "eval".
     `sparse_input`: the first layer, in training and evaluation, on each row's kept coordinates only (CPU,
-    compiled extension; see uses_sparse_input): the same model within float rounding, not bit for bit."""
+    compiled extension; see uses_sparse_input): the same model within float rounding, not bit for bit.
+    `inputs`, when given, are (train, test) model inputs already masked per (k, direction) (removed
+    coordinates imputed, fastroar.stages.imputed): the models read those instead of masking the images."""
     if not batchable(arch):
         raise ValueError(f"train_stacked handles {', '.join(BATCHABLE_ARCHS)}, not {arch!r}")
     if not specs:
@@ -379,7 +401,7 @@ def train_stacked(arch: str, arch_params: dict[str, Any], shape: Sequence[int], 
     specs = list(specs) + ([specs[0]] if real == 1 else [])  # a stack of 1 takes another matmul kernel
     if sparse_input and not sparse_available(device):
         raise ValueError("the sparse first layer needs the CPU and the compiled extension fastroar._C")
-    data = _Split(train, specs, device, sparse_input)
+    data = _Split(train, specs, device, sparse_input, inputs[0] if inputs else None)
     if data.d != int(math.prod(shape)):
         raise ValueError(f"images have {data.d} coordinates, the model's shape {tuple(shape)} wants {math.prod(shape)}")
     n = data.n
@@ -426,7 +448,8 @@ def train_stacked(arch: str, arch_params: dict[str, Any], shape: Sequence[int], 
     train_loss = [v / n for v in loss_sum.tolist()]
     train_acc = [c / n for c in correct.tolist()]
     t2 = time.perf_counter()
-    hits = evaluate_stacked(stack, test, specs, device, test_batch_size, cd, sparse_input)
+    hits = evaluate_stacked(stack, test, specs, device, test_batch_size, cd, sparse_input,
+                            inputs[1] if inputs else None)
     if timings is not None:
         timings.update(setup=t1 - t0, train=t2 - t1, eval=time.perf_counter() - t2)
     return stack_records(hits[:real], train_acc, train_loss, stack.state_dict if return_models else None)
@@ -446,11 +469,12 @@ def stack_records(hits: torch.Tensor, train_acc: Sequence[float], loss: Sequence
 @torch.no_grad()
 def evaluate_stacked(stack: StackedMLP, test: tuple[np.ndarray, np.ndarray, np.ndarray], specs: Sequence[Spec],
                      device: torch.device, batch_size: int = 512,
-                     compute_dtype: torch.dtype = torch.float32, sparse_input: bool = False) -> torch.Tensor:
-    """Which test images each stacked model classifies correctly on the test split masked by its own spec:
-    (M, N) bool on the CPU, models in order, images in the split's order; with sparse_input the first layer
-    on the kept coordinates only (as train_stacked's)."""
-    data = _Split(test, specs, device, sparse_input)
+                     compute_dtype: torch.dtype = torch.float32, sparse_input: bool = False,
+                     inputs: Inputs | None = None) -> torch.Tensor:
+    """Which test images each stacked model classifies correctly on the test split masked by its own spec (or
+    on its mask's premasked `inputs`): (M, N) bool on the CPU, models in order, images in the split's order;
+    with sparse_input the first layer on the kept coordinates only (as train_stacked's)."""
+    data = _Split(test, specs, device, sparse_input, inputs)
     m = len(specs)
     hits = []
     for start in range(0, data.n, batch_size):

@@ -36,6 +36,7 @@ class Job:
     # the first layer ran on the kept coordinates only (retrain.sparse_input resolved for this job): its sums
     # run in another order, so its records differ from the dense layer's at float rounding and get their own key
     sparse_input: bool = False
+    impute: dict | None = None  # removed coordinates imputed instead (retrain.fill road): method, noise, seed
 
     @property
     def key(self) -> str:
@@ -45,9 +46,13 @@ class Job:
         return digest(fields, 16)
 
     def _fields(self) -> dict[str, Any]:
+        """The job's fields without those at defaults that older keys and records never held: a dense job
+        without imputation keeps the key and record fields written before sparse_input and impute existed."""
         fields = asdict(self)
-        if not fields["sparse_input"]:  # dense keeps the keys and records written before sparse_input
+        if not fields["sparse_input"]:
             del fields["sparse_input"]
+        if fields["impute"] is None:
+            del fields["impute"]
         return fields
 
     def to_dict(self) -> dict[str, Any]:
@@ -67,12 +72,14 @@ def sparse_input_wanted(setting: Any, arch: str, k: float, d: int) -> bool:
 def sweep(cfg: dict[str, Any], model_hashes: dict[str, str], dataset_key: str, recipe: dict[str, Any],
           models: Sequence[str], attributions: Sequence[str], levels: Sequence[float],
           directions: Sequence[str], seeds: Sequence[int], fill: float = 0.0,
-          sparse_input: Callable[[float], bool] | None = None) -> list[Job]:
+          sparse_input: Callable[[float], bool] | None = None, impute: dict[str, Any] | None = None) -> list[Job]:
     """The cartesian product of the sweep, in a stable order. `sparse_input(k)`: whether a level-k job's first
-    layer runs sparse (retrain.sparse_input resolved; default never)."""
+    layer runs sparse (retrain.sparse_input resolved; default never); `impute`: the imputation of removed
+    coordinates (retrain.fill road), else None."""
     return [
         Job(model=m, attribution=a, k=float(k), direction=d, seed=int(s), model_hash=model_hashes[m],
             dataset_key=dataset_key, arch=cfg["model"]["arch"], arch_params=dict(cfg["model"]["params"]),
-            recipe=dict(recipe), fill=float(fill), sparse_input=bool(sparse_input and sparse_input(float(k))))
+            recipe=dict(recipe), fill=float(fill), sparse_input=bool(sparse_input and sparse_input(float(k))),
+            impute=dict(impute) if impute else None)
         for m, a, k, d, s in product(models, attributions, levels, directions, seeds)
     ]

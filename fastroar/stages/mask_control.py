@@ -1,0 +1,77 @@
+"""The mask-only control of every DiffROAR cell (fastroar.metrics.mask_probe), computed from the rank
+store and cached.
+
+One record per (model, attribution, k, direction) in <workdir>/controls/mask_probe.jsonl, keyed by the
+store entry's identity (base-model hash, data, attribution and its parameters, levels, shape), k,
+direction and the probe's settings: `report` computes only what is missing (about 0.1 s a cell at
+d = 128) and otherwise reads the file. The records sit outside results/, so adding the control leaves a
+workdir's results as they were.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+from fastroar import __version__
+from fastroar.engine.results import append_result, read_results
+from fastroar.engine.store import RankStore
+from fastroar.engine.workspace import Workdir
+from fastroar.keys import digest
+from fastroar.metrics.aq import majority_rate
+from fastroar.metrics.mask_probe import mask_only_accuracy, probe_settings
+from fastroar.stages.artifacts import Prepared, identity
+
+Cell = tuple[str, str, float, str]   # (model, attribution, k, direction)
+
+
+def mask_probe_path(workdir: Workdir) -> Path:
+    return workdir.root / "controls" / "mask_probe.jsonl"
+
+
+def mask_controls(cfg: dict[str, Any], workdir: Workdir, prepared: Prepared, cells: Iterable[Cell],
+                  hashes: dict[str, str]) -> dict[Cell, float]:
+    """Mask-only test accuracy of each cell (model, attribution, k, direction), the base models given by
+    hash; cached cells are read, the rest computed from the rank store (checksums verified) and appended."""
+    path = mask_probe_path(workdir)
+    done = read_results(path)
+    probe = probe_settings()
+    by_entry: dict[tuple[str, str], list[tuple[Cell, str, dict[str, Any]]]] = {}
+    out: dict[Cell, float] = {}
+    for cell in sorted(set(cells)):
+        model, attribution, k, direction = cell
+        ident = identity(cfg, prepared, hashes[model], attribution)
+        keyed = {"entry": ident, "k": float(k), "direction": direction, "probe": probe}
+        key = digest(keyed, 16)
+        if key in done:
+            out[cell] = float(done[key]["mask_acc"])
+        else:
+            by_entry.setdefault((model, attribution), []).append((cell, key, ident))
+    if not by_entry:
+        return out
+    store = RankStore(str(workdir.store_path), mode="r")
+    labels = {s: prepared.arrays(s)[1] for s in ("train", "test")}
+    chance = majority_rate(labels["test"])
+    for (model, attribution), todo in by_entry.items():
+        entry = store.open_entry(model, attribution, todo[0][2])   # identity checked: ranks of this model
+        ranks = {s: entry.split(s).read("ranks") for s in ("train", "test")}
+        for cell, key, ident in todo:
+            t0 = time.perf_counter()
+            acc = mask_only_accuracy(ranks["train"], labels["train"], ranks["test"], labels["test"], cell[2], cell[3])
+            append_result(path, {
+                "key": key, "model": model, "attribution": attribution, "model_hash": ident["model_hash"],
+                "dataset_key": ident["dataset_key"], "k": float(cell[2]), "direction": cell[3], "mask_acc": acc,
+                "chance": chance, "n_test": int(len(labels["test"])), "probe": probe,
+                "seconds": round(time.perf_counter() - t0, 3), "fastroar_version": __version__,
+                "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+            out[cell] = acc
+    return out
+
+
+def with_mask_columns(rows: list[dict[str, Any]], controls: dict[Cell, float]) -> list[dict[str, Any]]:
+    """rows (one per (model, attribution, k)) with mask_top and mask_bottom set from `controls` (None where
+    a cell has no control)."""
+    for r in rows:
+        for direction in ("top", "bottom"):
+            r[f"mask_{direction}"] = controls.get((r["model"], r["attribution"], float(r["k"]), direction))
+    return rows
