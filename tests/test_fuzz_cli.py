@@ -86,7 +86,7 @@ CASES = [
     ("adversary-typo", ["train", "--set", "models=[{name: a, adversary: {norm: l2, esp: 1}}]"],
      "did you mean models[0].adversary.eps?"),
     ("seeds-set-huge", ["retrain", "--set", "retrain.seeds=1000000"], "retrain.seeds must be <= 1000"),
-    ("seeds-set-bool", ["retrain", "--set", "retrain.seeds=true"], "retrain.seeds must be an integer"),
+    ("seeds-set-bool", ["retrain", "--set", "retrain.seeds=true"], "retrain.seeds must be an integer or auto"),
     ("autocast-int", ["retrain", "--set", "train.autocast=1"], "train.autocast must be true or false"),
     ("level-one", ["run", "--set", "levels=[0.2, 1.0]"], "k must lie strictly between 0 and 1"),
     ("level-text", ["retrain", "--set", "levels=[abc]"], "levels[0] must be a number"),

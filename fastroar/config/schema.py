@@ -151,7 +151,8 @@ def check(cfg: Any, source: str = "the config") -> None:
 
 
 def _message(err: dict[str, Any], cfg: dict[str, Any], source: str) -> str:
-    loc = [p for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p in ("float", "str")))]  # union tags
+    loc = [p for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p in ("float", "str", "int")
+                                                             or p.startswith("constrained-")))]  # union tags
     key = _dotted(loc)
     kind, value = err["type"], err.get("input")
     if kind == "extra_forbidden":
@@ -164,7 +165,13 @@ def _message(err: dict[str, Any], cfg: dict[str, Any], source: str) -> str:
         return (f"unknown config key {key!r} in {source}{hint} (valid keys{where}: {', '.join(valid)})")
     if kind == "missing":
         return f"{source} lacks {key} (e.g. {_example(key)})"
+    if key in UNION_EXPECTS and kind in ("int_type", "int_parsing", "int_from_float", "literal_error"):
+        return f"config key {key} {UNION_EXPECTS[key]}, got {_shown(value)}"
     return f"config key {key} {_expects(err)}, got {_shown(value)}"
+
+
+# keys that take a number or a word: pydantic reports one branch of the union, the message names both
+UNION_EXPECTS = {"retrain.seeds": "must be an integer or auto"}
 
 
 def _expects(err: dict[str, Any]) -> str:
