@@ -91,7 +91,7 @@ CASES = [
     ("level-one", ["run", "--set", "levels=[0.2, 1.0]"], "k must lie strictly between 0 and 1"),
     ("level-text", ["retrain", "--set", "levels=[abc]"], "levels[0] must be a number"),
     ("levels-empty", ["retrain", "--set", "levels=[]"], "levels must be at least 1 long"),
-    ("fill-word", ["retrain", "--set", "retrain.fill=median"], "retrain.fill must be zero, mean or a number"),
+    ("fill-word", ["retrain", "--set", "retrain.fill=median"], "retrain.fill must be zero, mean, road or a number"),
     ("direction-set", ["run", "--set", "retrain.directions=[sideways]"], "must be one of 'top' or 'bottom'"),
     ("loader-set", ["run", "--set", "loader=fast"], "loader must be one of 'auto', 'ffcv' or 'resident'"),
     ("device-set", ["run", "--set", "device=tpu"], "device must be one of 'auto', 'cpu' or 'cuda'"),
@@ -214,7 +214,8 @@ def test_results_of_other_settings_are_named_never_mixed(run_workdir, tmp_path):
     assert "missing" not in old
     new = runner.invoke(cli, ["report", "--workdir", str(wd), "--set", "retrain.epochs=1"]).output
     assert "record(s) from other settings ignored: retrain.epochs 2 vs 1 (32)" in new
-    rows = [line.split() for line in new.split("Signal-block")[0].splitlines() if " 0.500 " in line]
+    diffroar_table = new.split("Signal-block")[0].split("Paired comparisons")[0]
+    rows = [line.split() for line in diffroar_table.splitlines() if " 0.500 " in line]
     assert rows and all("missing" in r for r in rows)
 
 
