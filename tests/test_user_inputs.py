@@ -410,6 +410,7 @@ def test_the_docs_page_shows_the_examples_these_tests_run():
 
 def test_the_readme_shows_one_of_these_examples_per_door():
     section = readme_section()
+    assert SALIENCY.split("\n\n\ndef wrong_shape")[0] in section
     for snippet in ('"saliency:input_gradient"', "--scores mine=my-scores", '"captum:IntegratedGradients"',
                     "--checkpoint mine=fn-work/models/standard/model.pt", "fastroar.evaluate(",
                     "docs/your-method.md"):
