@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 TOP_LEVEL = ("README.md", "CHANGELOG.md", "CONTRIBUTING.md")
@@ -38,13 +39,18 @@ def test_the_docs_site_builds_with_warnings_as_errors(tmp_path):
         assert (tmp_path / "site" / page / "index.html").is_file(), page
 
 
-def test_a_broken_link_fails_the_strict_build(tmp_path):
-    """The check above can fail: a page linking to a missing page stops `mkdocs build --strict`."""
+@pytest.mark.parametrize("link, named", [("missing.md", "missing.md"), ("other.md#no-such-heading", "no-such-heading")])
+def test_a_broken_link_fails_the_strict_build(tmp_path, link, named):
+    """The check above can fail: under the repository's validation settings, a page linking to a missing
+    page or to a missing heading of another page stops `mkdocs build --strict`."""
     (tmp_path / "docs").mkdir()
-    (tmp_path / "docs" / "index.md").write_text("# Home\n\nSee [the missing page](missing.md).\n")
-    (tmp_path / "mkdocs.yml").write_text("site_name: t\ndocs_dir: docs\ntheme:\n  name: mkdocs\n")
+    (tmp_path / "docs" / "index.md").write_text(f"# Home\n\nSee [there]({link}).\n")
+    (tmp_path / "docs" / "other.md").write_text("# Other\n\n## A heading\n")
+    validation = yaml.safe_load((REPO / "mkdocs.yml").read_text())["validation"]
+    config = {"site_name": "t", "docs_dir": "docs", "theme": {"name": "mkdocs"}, "validation": validation}
+    (tmp_path / "mkdocs.yml").write_text(yaml.safe_dump(config))
     out = mkdocs_build(tmp_path, tmp_path / "site")
-    assert out.returncode != 0 and "missing.md" in out.stdout + out.stderr
+    assert out.returncode != 0 and named in out.stdout + out.stderr, out.stdout + out.stderr
 
 
 @pytest.mark.parametrize("name", TOP_LEVEL)
