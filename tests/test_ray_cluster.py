@@ -1,9 +1,9 @@
-"""The cluster path as the README gives it: a Ray head started with `ray start --head` and token
+"""The cluster path as docs/cluster.md gives it: a Ray head started with `ray start --head` and token
 authentication in its own processes, and `fastroar precompute` / `retrain --executor ray --address` run as
 separate processes. The head listens on the loopback interface only and is torn down by pid.
 
-The commands are taken from the README's "Running on a cluster" block (so the README and the test cannot
-drift apart), with test-only additions: a free port, a short temp dir, 2 CPUs, no dashboard, and the
+The commands are taken from the first bash block of docs/cluster.md, "Running on a cluster" (so the page
+and the test cannot drift apart), with test-only additions: a free port, a short temp dir, 2 CPUs, no dashboard, and the
 loopback binding (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, --node-ip-address=127.0.0.1).
 """
 from __future__ import annotations
@@ -38,21 +38,24 @@ HEAD_TEST_FLAGS = ["--node-ip-address=127.0.0.1", "--num-cpus", "2", "--include-
                    "--disable-usage-stats"]
 
 
+CLUSTER_PAGE = REPO / "docs" / "cluster.md"
+
+
 def readme_commands() -> list[str]:
-    """The command lines of the README's cluster recipe (its first bash block), comments dropped."""
-    text = (REPO / "README.md").read_text()
-    section = text.split("## Running on a cluster", 1)[1].split("\n## ", 1)[0]
+    """The command lines of the cluster recipe (the first bash block of docs/cluster.md), comments dropped."""
+    text = CLUSTER_PAGE.read_text()
+    section = text.split("# Running on a cluster", 1)[1].split("\n## ", 1)[0]
     block = section.split("```bash\n", 1)[1].split("```", 1)[0]
     return [line.strip() for line in block.splitlines() if line.strip() and not line.strip().startswith("#")]
 
 
 def readme_command(prefix: str, **subs: str) -> tuple[dict[str, str], list[str]]:
-    """(environment additions, argv) of the one README command that starts with `prefix`, with the README's
+    """(environment additions, argv) of the one documented command that starts with `prefix`, with the page's
     placeholders replaced: HEAD_IP:6379 -> subs['address'], 6379 -> subs['port'], /shared/study ->
     subs['workdir']; `fastroar` runs this checkout's CLI, `ray` this environment's; --gpus-per-task is
     dropped (the test machine has no GPU)."""
     lines = [line for line in readme_commands() if line.startswith(prefix)]
-    assert len(lines) == 1, f"README cluster recipe should have one `{prefix} ...` line, has {lines}"
+    assert len(lines) == 1, f"docs/cluster.md's recipe should have one `{prefix} ...` line, has {lines}"
     words = shlex.split(lines[0])
     env = {}
     while "=" in words[0] and words[0].split("=", 1)[0].isupper():
@@ -114,7 +117,7 @@ class Cluster:
 
     def fastroar(self, prefix: str, wd: Path, *args: str, home: Path | None = None, env: dict | None = None,
                  timeout: float = 300) -> subprocess.CompletedProcess:
-        """The README's `fastroar <prefix>` command against this cluster, as a separate process."""
+        """The documented `fastroar <prefix>` command against this cluster, as a separate process."""
         readme_env, argv = readme_command(prefix, address=self.address, workdir=str(wd))
         return subprocess.run([*argv, *args, "--no-progress", *tiny_args()], cwd=REPO, text=True,
                               capture_output=True, timeout=timeout,
@@ -137,7 +140,7 @@ def group_processes(pgid: int) -> list[psutil.Process]:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    """A one-node Ray cluster with token authentication, started with the README's commands."""
+    """A one-node Ray cluster with token authentication, started with the commands of docs/cluster.md."""
     home = tmp_path_factory.mktemp("home")
     temp_dir = Path(tempfile.mkdtemp(prefix="fr-ray-"))  # short: Ray's socket paths must stay < 108 chars
     port = str(free_port())

@@ -1,4 +1,4 @@
-"""Evaluating what the user brings (README "Evaluate your own method"): their attribution function, their
+"""Evaluating what the user brings (docs/your-method.md, "Evaluate your own method"): their attribution function, their
 precomputed scores, their architecture and their trained model, through the CLI, the config and the Python
 API, on the embedded default (blockdigits) at the tiny settings of conftest.py. Each door is followed to a
 DiffROAR table; each bad input ends in one line, exit 2, no traceback, and leaves the workdir byte-identical.
@@ -19,9 +19,11 @@ from fastroar.cli import cli
 from tests.conftest import tiny_args
 from tests.test_bad_inputs import fails_cleanly
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+REPO = Path(__file__).resolve().parent.parent
+PAGE = REPO / "docs" / "your-method.md"  # the doors' full examples
+README = REPO / "README.md"              # one short example per door
 
-# The module of the README's first example (an input gradient written by hand) and broken variants.
+# The module of the page's first example (an input gradient written by hand) and broken variants.
 SALIENCY = '''import torch
 
 
@@ -54,8 +56,9 @@ def invoke(args: list[str], wd: Path):
 
 
 def readme_section() -> str:
+    """The README's "Evaluate your method" section (one short example per door)."""
     text = README.read_text()
-    start = text.index("## Evaluate your own method")
+    start = text.index("## Evaluate your method")
     return text[start:text.index("\n## ", start + 1)]
 
 
@@ -138,7 +141,7 @@ def test_builtin_identities_are_unchanged_by_the_new_doors(copy):
 
 def gradient_scores(wd: Path, model: str = "standard") -> dict[str, np.ndarray]:
     """fastroar.attribute's input gradients of a workdir's model, per split, batched as precompute batches
-    (the README's export example)."""
+    (the export example of docs/your-method.md)."""
     from fastroar.method import to_model_input
     from fastroar.stages.artifacts import load_model, load_prepared
     from fastroar.stages.contract import open_context
@@ -394,12 +397,21 @@ def test_evaluate_and_load_results_return_the_tables(run_workdir, tmp_path):
                           store_arrays(first, "standard", "gradient")["test/ranks"])
 
 
-# ------------------------------------------------------------------ 7. the README's examples
+# ------------------------------------------------------------------ 7. the documented examples
 
-def test_the_readme_shows_the_examples_these_tests_run():
-    section = readme_section()
-    assert SALIENCY.split("\n\n\ndef wrong_shape")[0] in section
+def test_the_docs_page_shows_the_examples_these_tests_run():
+    page = PAGE.read_text()
+    assert SALIENCY.split("\n\n\ndef wrong_shape")[0] in page
     for snippet in ('"saliency:input_gradient"', "--scores mine=my-scores", "model.arch=torchvision:resnet18",
                     "--checkpoint mine=fn-work/models/standard/model.pt", "fastroar.evaluate(",
                     "fastroar.attribute(model, x[i:i + 256])"):
+        assert snippet in page, snippet
+
+
+def test_the_readme_shows_one_of_these_examples_per_door():
+    section = readme_section()
+    assert SALIENCY.split("\n\n\ndef wrong_shape")[0] in section
+    for snippet in ('"saliency:input_gradient"', "--scores mine=my-scores", '"captum:IntegratedGradients"',
+                    "--checkpoint mine=fn-work/models/standard/model.pt", "fastroar.evaluate(",
+                    "docs/your-method.md"):
         assert snippet in section, snippet
