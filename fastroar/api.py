@@ -30,6 +30,7 @@ from fastroar.keys import file_sha256
 from fastroar.metrics.diffroar import diffroar_rows
 from fastroar.stages.artifacts import load_prepared, sweep_records
 from fastroar.stages.contract import Context, open_context
+from fastroar.stages.report import explain
 from fastroar.stages.run import run
 
 RUN_COLUMNS = ("model", "attribution", "k", "direction", "seed", "accuracy", "train_acc", "loss", "recipe_name",
@@ -148,7 +149,13 @@ def _results(ctx: Context) -> Results:
     import pandas as pd
 
     cfg, wd = ctx.cfg, ctx.wd
-    _, mine, _, _ = sweep_records(cfg, wd, load_prepared(cfg, wd))  # by job key, as `fastroar report`
+    jobs, mine, others, skipped = sweep_records(cfg, wd, load_prepared(cfg, wd))  # by job key, as `report`
+    if skipped:  # torn, damaged (checksum) or not retraining records: never used
+        ctx.log(f"[fastroar] {skipped.note(wd.results_path)}")
+    if not mine:
+        other = f" ({len(others)} record(s) of other settings: {explain(others, jobs)})" if others else ""
+        ctx.log(f"[fastroar] no retraining results of this config in {wd.results_path}{other}: the frames are "
+                f"empty; run `fastroar retrain --workdir {wd.root}` with the same settings first")
     records = sorted(mine, key=lambda r: (r["model"], r["attribution"], r["k"], r["direction"] != "top", r["seed"]))
     runs = pd.DataFrame([{c: r.get(c) for c in RUN_COLUMNS} for r in records], columns=list(RUN_COLUMNS))
     summary = pd.DataFrame(diffroar_rows(records), columns=list(SUMMARY_COLUMNS))

@@ -46,6 +46,7 @@ def paths(run_workdir, tmp_path_factory):
         "file": base / "a-file.txt", "yaml_list": base / "list.yaml", "binary": base / "binary.yaml",
         "dir": base / "a-dir", "empty": base / "empty.yaml", "bad_yaml": base / "bad.yaml",
         "no_dataset": base / "no-dataset.yaml", "nowhere": base / "nowhere.yaml",
+        "duplicate": base / "duplicate.yaml",
     }
     files["file"].write_text("not a directory\n")
     files["yaml_list"].write_text("- dataset\n- model\n")
@@ -54,6 +55,8 @@ def paths(run_workdir, tmp_path_factory):
     files["empty"].write_text("# nothing here\n")
     files["bad_yaml"].write_text("dataset: {name: blockdigits\nmodel: [\n")
     files["no_dataset"].write_text("model: {arch: mlp2}\n")
+    files["duplicate"].write_text("dataset: {name: blockdigits}\nmodel: {arch: mlp2}\nretrain:\n  seeds: 3\n"
+                                  "retrain:\n  epochs: 2\n")
     return files
 
 
@@ -109,6 +112,36 @@ CASES = [
     ("store-protocol", ["retrain", "--set", "store=foo://bar"], "unknown protocol 'foo'"),
     ("store-s3-no-s3fs", ["retrain", "--store", "s3://bucket/study.zarr"], "pip install s3fs"),
     ("store-is-file", ["retrain", "--store", "@file"], "is a file; --store takes a directory"),
+    # issue 26, silently wrong before: numbers that are not finite or out of range, duplicate YAML keys
+    ("lr-inf", ["train", "--set", "train.lr=.inf"], "train.lr must be a finite number"),
+    ("weight-decay-inf", ["train", "--set", "train.weight_decay=.inf"], "train.weight_decay must be a finite number"),
+    ("fill-nan", ["retrain", "--set", "retrain.fill=.nan"], "retrain.fill must be a finite number"),
+    ("fill-minus-inf", ["retrain", "--set", "retrain.fill=-.inf"], "retrain.fill must be a finite number"),
+    ("momentum-inf", ["retrain", "--set", "retrain.momentum=.inf"], "retrain.momentum must be a finite number"),
+    ("momentum-one", ["train", "--set", "train.momentum=1.5"], "train.momentum must be < 1"),
+    ("warmup-inf", ["retrain", "--set", "retrain.warmup_epochs=.inf"], "retrain.warmup_epochs must be a finite"),
+    ("eps-inf", ["train", "--set", "models=[{name: a, adversary: {norm: l2, eps: .inf}}]"],
+     "adversary.eps must be a finite number"),
+    ("level-nan", ["run", "--set", "levels=[.nan]"], "levels[0] must be a finite number"),
+    ("model-seed-negative", ["train", "--set", "models=[{name: a, seed: -1}]"], "models[0].seed must be >= 0"),
+    ("width-zero", ["run", "--set", "model.params.width=0"], "model.params.width must be an integer between 1"),
+    ("width-negative", ["run", "--set", "model.params.width=-3"], "model.params.width must be an integer"),
+    ("width-string", ["run", "--set", "model.params.width='32'"], "model.params.width must be an integer"),
+    ("width-float", ["run", "--set", "model.params.width=32.5"], "model.params.width must be an integer"),
+    ("noise-inf", ["estimate", "--noise", "inf"], "must be a finite number > 0, got inf"),
+    ("noise-nan", ["estimate", "--noise", "nan"], "must be a finite number > 0"),
+    ("noise-zero", ["estimate", "--noise", "0"], "must be a finite number > 0"),
+    ("estimate-seed-negative", ["estimate", "--seed", "-3"], "x>=0"),
+    ("config-duplicate-key", ["run", "--config", "@duplicate"], "key 'retrain' appears twice (lines 3 and 5)"),
+    ("set-duplicate-key", ["train", "--set", "train={epochs: 2, epochs: 3}"], "key 'epochs' appears twice"),
+    # a config the base models were not trained with: refused by every stage that reads them, as by train
+    ("trained-otherwise-precompute", ["precompute", "--set", "train.epochs=2"],
+     "base model 'standard' in"),
+    ("trained-otherwise-retrain", ["retrain", "--set", "train.epochs=2"], "was trained with another config"),
+    ("trained-otherwise-report", ["report", "--set", "train.epochs=2"], "was trained with another config"),
+    ("trained-otherwise-estimate", ["estimate", "--set", "train.epochs=2"], "was trained with another config"),
+    ("report-other-adversary", ["report", "--set", "models=[{name: standard}, {name: robust, adversary: "
+                                "{norm: l2, eps: 1.0, steps: 2}}]"], "'robust' in"),
     # --config files
     ("config-list", ["run", "--config", "@yaml_list"], "must be a mapping of keys"),
     ("config-binary", ["run", "--config", "@binary"], "is not a text file"),
@@ -129,7 +162,7 @@ CASES = [
     ("model-typo-precompute", ["precompute", "--model", "robst"], "unknown model 'robst'"),
     ("model-typo-estimate", ["estimate", "--model", "robst"], "unknown model 'robst'"),
     ("attribution-not-in-config", ["retrain", "--attribution", "edge"], "unknown attribution 'edge'"),
-    ("noise-negative", ["estimate", "--noise", "-1"], "x>=0"),
+    ("noise-negative", ["estimate", "--noise", "-1"], "must be a finite number > 0"),
     ("workers-with-ray", ["retrain", "--executor", "ray", "--workers", "2"], "--workers applies to --executor local"),
     ("address-without-ray", ["retrain", "--address", "127.0.0.1:1"], "--address and --ray-auth-token-file only apply to --executor ray"),
     ("cpus-zero", ["precompute", "--cpus-per-task", "0"], "x>0"),
@@ -196,10 +229,58 @@ def test_garbage_in_the_results_log_is_named_not_fatal(run_workdir, tmp_path):
     clean = CliRunner().invoke(cli, ["report", "--workdir", str(run_workdir[0])]).output
     result = CliRunner().invoke(cli, ["report", "--workdir", str(wd)])
     assert result.exit_code == 0, result.output
-    assert "1 unreadable line(s)" in result.output and "(line 4)" in result.output
-    assert "1 record(s) from other settings ignored: not retraining records (1)" in result.output
+    # a line holding a key and nothing else is not a record (no model, seed, accuracy, ...): unreadable
+    assert "2 unreadable line(s)" in result.output and "(line 4, 5)" in result.output
+    assert "other settings" not in result.output and "checksum" not in result.output
     table = lambda text: text.split("DiffROAR (")[1].split("report:")[0]  # noqa: E731
     assert table(result.output) == table(clean)           # the same numbers as without the garbage
+
+
+def _table(text: str) -> str:
+    return text.split("DiffROAR (")[1].split("report:")[0]
+
+
+@pytest.mark.parametrize("damage", ["digit", "null", "text", "no-seed", "bool"])
+def test_a_damaged_record_is_counted_and_excluded(run_workdir, tmp_path, damage, capsys):
+    """Issue 26 cases 7 and 17: one changed digit of an accuracy fails the record's checksum; accuracy null or
+    "0.5x", or no seed, is not a usable record. report names the line and uses the record nowhere (the row
+    shows the runs left, not the damaged number); load_results says the same; retrain runs that job again
+    and the report is then the clean one."""
+    from fastroar.api import load_results
+
+    wd = _copy(run_workdir, tmp_path)
+    log = wd / "results" / "results.jsonl"
+    lines = log.read_text().splitlines(keepends=True)
+    rec = json.loads(lines[2])
+    assert "crc" in rec                                   # every record carries its checksum
+    if damage == "digit":
+        text = json.dumps(rec, sort_keys=True)
+        acc = json.dumps(rec["accuracy"])
+        changed = acc[:3] + str((int(acc[3]) + 7) % 10) + acc[4:]
+        lines[2] = text.replace(f'"accuracy": {acc}', f'"accuracy": {changed}') + "\n"
+        assert lines[2] != text + "\n"
+    else:
+        bad = {k: v for k, v in rec.items() if k != "crc"}
+        if damage == "no-seed":
+            del bad["seed"]
+        else:
+            bad["accuracy"] = {"null": None, "text": "0.5x", "bool": True}[damage]
+        lines[2] = json.dumps(bad, sort_keys=True) + "\n"   # no checksum: read as a record of an old version
+    log.write_text("".join(lines))
+    clean = CliRunner().invoke(cli, ["report", "--workdir", str(run_workdir[0])]).output
+    result = CliRunner().invoke(cli, ["report", "--workdir", str(wd)])
+    assert result.exit_code == 0 and "Traceback" not in result.output, result.output
+    assert "1 unreadable line(s)" in result.output and "(line 3)" in result.output
+    assert ("fail their checksum" in result.output) == (damage == "digit")
+    row = next(line.split() for line in _table(result.output).splitlines()
+               if line.split()[:3] == [rec["model"], rec["attribution"], f"{rec['k']:.3f}"])
+    assert row[-1] == "1"                                 # one of 2 seeds left: the damaged one is not used
+    capsys.readouterr()
+    runs = load_results(wd).runs
+    assert "1 unreadable line(s)" in capsys.readouterr().out and len(runs) == len(lines) - 1
+    again = CliRunner().invoke(cli, ["retrain", "--workdir", str(wd), "--no-progress"])
+    assert again.exit_code == 0 and "1 to run" in again.output and "their jobs run again" in again.output
+    assert _table(CliRunner().invoke(cli, ["report", "--workdir", str(wd)]).output) == _table(clean)
 
 
 def test_results_of_other_settings_are_named_never_mixed(run_workdir, tmp_path):
@@ -351,3 +432,25 @@ def test_killed_prepare_leaves_no_temporary_files_and_reruns_identically(run_wor
     (mine,), (ref,) = (wd / "data").iterdir(), (run_workdir[0] / "data").iterdir()
     same_data(mine, ref)
     assert not [p for p in wd.rglob("*") if ".tmp" in p.name or ".errors" in p.name]
+
+
+# ---------------------------------------------------------------- issue 26: more odd but valid cases
+
+def test_a_base_model_at_chance_is_failed_and_its_rows_marked(run_workdir, tmp_path):
+    """Case 8: a base model whose clean accuracy is below chance (0.078; chance is the test split's
+    majority rate) is FAILED, not only "not robust", and its rows are marked in the table and the CSV."""
+    import csv
+
+    wd = _copy(run_workdir, tmp_path)
+    info = wd / "models" / "robust" / "model.json"
+    summary = json.loads(info.read_text())
+    summary["test_acc"] = 0.078
+    info.write_text(json.dumps(summary, indent=2))
+    result = CliRunner().invoke(cli, ["report", "--workdir", str(wd)])
+    assert result.exit_code == 0, result.output
+    assert "FAILED: base model 'robust' learned nothing: clean test accuracy 0.078" in result.output
+    assert "'robust' is not robust" not in result.output
+    rows = list(csv.DictReader((wd / "report" / "diffroar.csv").open()))
+    assert rows and {r["model"]: r["base_model"] for r in rows} == {"robust": "FAILED", "standard": ""}
+    clean = CliRunner().invoke(cli, ["report", "--workdir", str(run_workdir[0])]).output
+    assert "FAILED" not in clean and "base_model" not in clean

@@ -7,7 +7,8 @@ import time
 import click
 
 from fastroar.cli.options import (CHECKPOINT_OPTION, FILL_OPTION, RECIPE_OPTION, VERBOSE_OPTION, common_options,
-                                  context, executor_options, fail_cleanly, parse_levels, scores_option)
+                                  context, executor_options, fail_cleanly, finite_positive, parse_levels,
+                                  scores_option)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -105,9 +106,10 @@ def report(workdir, dataset, config_path, overrides, device, loader, progress) -
               help="Level(s) k in (0, 1) (repeatable or comma-separated). Default: the config's levels.")
 @click.option("--model", "models", multiple=True, help="Only this base model (repeatable).")
 @click.option("--attribution", "attributions", multiple=True, help="Only this attribution (repeatable).")
-@click.option("--noise", type=click.FloatRange(min=0), default=0.01, show_default=True,
-              help="Std of the noise added to imputed pixels, as a fraction of the inputs' value range.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the imputation noise.")
+@click.option("--noise", type=float, default=0.01, show_default=True, callback=finite_positive,
+              help="Std of the noise added to imputed pixels, as a fraction of the inputs' value range (> 0).")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Seed of the imputation noise (>= 0).")
 @fail_cleanly
 def estimate(workdir, dataset, config_path, overrides, device, loader, progress, levels, models, attributions,
              noise, seed) -> None:

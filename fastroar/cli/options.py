@@ -238,3 +238,12 @@ def parse_levels(ctx, param, values) -> list[float] | None:
         return [check_level(v) for v in levels] or None
     except FastroarError as e:
         raise click.BadParameter(str(e)) from None
+
+
+def finite_positive(ctx, param, value: float | None) -> float | None:
+    """A number option that must be finite and > 0 (click's FloatRange lets inf through)."""
+    import math
+
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise click.BadParameter(f"must be a finite number > 0, got {value}")
+    return value

@@ -22,6 +22,38 @@ SCORES_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 LOADERS = ("auto", "ffcv", "resident")
 
 
+class DuplicateKeyError(yaml.YAMLError):
+    """A mapping names one key twice (YAML keeps the last silently: a first `retrain:` block would be lost)."""
+
+    def __init__(self, key: Any, first: int, second: int) -> None:
+        super().__init__(f"key {key!r} appears twice (lines {first} and {second}); YAML would keep only the last "
+                         "silently: merge the two into one")
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a mapping naming a key twice (merge keys `<<` excepted)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                if key in seen:
+                    raise DuplicateKeyError(key, seen[key], line)
+                seen[key] = line
+            except TypeError:  # an unhashable key: SafeLoader's own error names it
+                continue
+        return super().construct_mapping(node, deep=deep)
+
+
+def parse_yaml(text: str) -> Any:
+    """The YAML `text` as Python values (yaml.safe_load's), refusing duplicate keys (DuplicateKeyError)."""
+    return yaml.load(text, Loader=UniqueKeyLoader)
+
+
 def config_dir() -> Path:
     """Where the shipped YAML configs are (the repository's configs/, or the installed copy)."""
     repo = Path(__file__).resolve().parents[2] / "configs"
@@ -50,9 +82,11 @@ def load_config(dataset: str | None = None, path: str | Path | None = None,
             raise ConfigError(f"unknown dataset {name!r}; choose one of: {', '.join(available_configs())} "
                               "(or pass --config FILE)")
     try:
-        cfg = yaml.safe_load(p.read_text(encoding="utf-8"))
+        cfg = parse_yaml(p.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
         raise ConfigError(f"{p} is not a text file; --config takes a YAML file") from None
+    except DuplicateKeyError as e:
+        raise ConfigError(f"{p}: {e}") from None
     except yaml.YAMLError as e:
         first = " ".join(str(e).split())
         raise ConfigError(f"{p} is not valid YAML: {first}") from None
@@ -97,7 +131,9 @@ def set_dotted(cfg: dict[str, Any], item: str) -> None:
         if not isinstance(node, dict):
             raise ConfigError(f"override {item!r}: {part!r} is not a section")
     try:
-        node[parts[-1]] = yaml.safe_load(raw)
+        node[parts[-1]] = parse_yaml(raw)
+    except DuplicateKeyError as e:
+        raise ConfigError(f"override {item!r}: {e}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"override {item!r}: value is not valid YAML ({' '.join(str(e).split())})") from None
 

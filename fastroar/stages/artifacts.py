@@ -20,7 +20,7 @@ from fastroar.attribution import METHODS
 from fastroar.attribution.scores import scan
 from fastroar.attribution.user import function_identity, is_reference
 from fastroar.engine.beton import map_beton, read_beton_cached, verify_beton
-from fastroar.engine.results import read_results_checked
+from fastroar.engine.results import RETRAIN_FIELDS, Skipped, read_results_checked
 from fastroar.engine.workspace import SPLITS, Workdir
 from fastroar.errors import ConfigError, FastroarError, MissingInputError, StoreMismatchError
 from fastroar.keys import digest, file_sha256
@@ -166,6 +166,19 @@ def train_settings(cfg: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in cfg["train"].items() if k not in TRAIN_CHECK_KEYS}
 
 
+def chance_tolerance(chance: float, n_test: int, errors: float = 2.0) -> float:
+    """`errors` binomial standard errors, sqrt(p (1 - p) / n), of an accuracy p = `chance` on n_test images."""
+    return errors * (chance * (1.0 - chance) / max(1, n_test)) ** 0.5
+
+
+def at_chance(summary: dict[str, Any], chance: float, n_test: int) -> bool:
+    """Whether a base model's clean test accuracy is at or below chance: not above it by more than one
+    binomial standard error (chance_tolerance(errors=1)). Such a model learned nothing, and the attributions
+    of a model that learned nothing say nothing."""
+    acc = summary.get("test_acc")
+    return isinstance(acc, (int, float)) and acc <= chance + chance_tolerance(chance, n_test, errors=1.0)
+
+
 def model_warnings(cfg: dict[str, Any], ckpt: dict[str, Any], chance: float, n_test: int) -> list[str]:
     """Why a trained base model is not in the regime its config asks for: clean test accuracy below
     train.min_test_acc, or accuracy under its PGD adversary within two binomial standard errors of chance
@@ -174,13 +187,18 @@ def model_warnings(cfg: dict[str, Any], ckpt: dict[str, Any], chance: float, n_t
     out = []
     floor = float(cfg["train"].get("min_test_acc") or 0.0)
     acc = summary.get("test_acc")
-    if acc is not None and acc < floor:
+    if at_chance(summary, chance, n_test):
+        out.append(f"FAILED: base model {name!r} learned nothing: clean test accuracy {acc:.3f} is at or below "
+                   f"chance {chance:.3f} (within {chance_tolerance(chance, n_test, 1.0):.3f}); its DiffROAR rows "
+                   "(marked FAILED) mean nothing: check its train settings (lr, epochs, adversary eps) and "
+                   "train it again")
+    elif acc is not None and acc < floor:
         out.append(f"WARNING: base model {name!r} is undertrained: clean test accuracy {acc:.3f} < "
                    f"train.min_test_acc {floor:g} (chance {chance:.3f}); train it longer (train.epochs) before "
                    "reading its attributions")
     robust = summary.get("robust_test_acc")
-    if robust is not None:
-        tol = 2.0 * (chance * (1.0 - chance) / max(1, n_test)) ** 0.5
+    if robust is not None and not at_chance(summary, chance, n_test):
+        tol = chance_tolerance(chance, n_test)
         if robust <= chance + tol:
             adv = ckpt["config"].get("adversary") or {}
             out.append(f"WARNING: base model {name!r} is not robust: accuracy under its PGD adversary "
@@ -201,6 +219,33 @@ def model_config(cfg: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
         "dataset_key": dataset_key(cfg), "recipe": Recipe(**train_settings(cfg)).to_dict(),
         "adversary": spec.get("adversary"), "seed": int(spec.get("seed", 0)),
     }
+
+
+def check_trained(cfg: dict[str, Any], workdir: Workdir) -> None:
+    """StoreMismatchError when a base model of the config was trained (or registered) in `workdir` with
+    another model config than the one `cfg` gives it: the check `train` makes, for the stages that read the
+    trained models. Without it, `--set train.epochs=2` (or another adversary) on precompute, retrain or
+    report would run and label the sweep of a model trained otherwise. Read from model.json (no torch); a
+    registered model whose checkpoint file is gone is not checked (its recorded hash still keys it), nor
+    anything while the config's data are not prepared (the stage then says to run `prepare`)."""
+    if not (workdir.data_dir(dataset_key(cfg)) / "meta.json").exists():
+        return
+    for spec in cfg["models"]:
+        info = checkpoint_path(workdir, spec["name"]).with_name("model.json")
+        if not info.is_file() or (spec.get("checkpoint") and not Path(str(spec["checkpoint"])).expanduser().is_file()):
+            continue
+        try:
+            trained = json.loads(info.read_text()).get("config")
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            raise StoreMismatchError(f"{info} is damaged (not the JSON `train` writes); delete {info.parent} and "
+                                     "rerun `fastroar train`") from None
+        wanted = json.loads(json.dumps(model_config(cfg, spec)))
+        if trained is not None and trained != wanted:
+            raise StoreMismatchError(
+                f"base model {spec['name']!r} in {info.parent} was trained with another config "
+                f"({config_diff(trained, wanted)}); drop the --set/--config that changes it (the workdir's "
+                f"config.yaml has the settings it was trained with), or delete {info.parent} and rerun "
+                "`fastroar train`")
 
 
 def checkpoint_file(spec: dict[str, Any]) -> Path:
@@ -387,12 +432,13 @@ def sweep_jobs(cfg: dict[str, Any], workdir: Workdir, prepared: Prepared, *, mod
 
 
 def sweep_records(cfg: dict[str, Any], workdir: Workdir, prepared: Prepared
-                  ) -> tuple[list[Job], list[dict[str, Any]], list[dict[str, Any]], list[int]]:
-    """(the config's jobs, their records, the records of other settings, unreadable line numbers) of the
-    workdir's results log: a record belongs to the config when its job key is one of the config's jobs
-    (base-model hashes, data, recipe, fill, ... all enter the key), so settings are never mixed."""
+                  ) -> tuple[list[Job], list[dict[str, Any]], list[dict[str, Any]], Skipped]:
+    """(the config's jobs, their records, the records of other settings, the skipped lines: torn, damaged
+    or not a retraining record) of the workdir's results log: a record belongs to the config when its job
+    key is one of the config's jobs (base-model hashes, data, recipe, fill, ... all enter the key), so
+    settings are never mixed."""
     jobs = sweep_jobs(cfg, workdir, prepared)
-    records, unreadable = read_results_checked(workdir.results_path)
+    records, unreadable = read_results_checked(workdir.results_path, RETRAIN_FIELDS)
     wanted = {j.key for j in jobs}
     mine = [records[j.key] for j in jobs if j.key in records]
     others = [r for key, r in records.items() if key not in wanted]

@@ -31,7 +31,12 @@ import yaml
 from fastroar.config import load_config
 from fastroar.engine.faults import fault_point
 from fastroar.engine.workspace import Workdir, atomic_write_text, stage_lock
+from fastroar.stages.artifacts import check_trained
 from fastroar.stages.checks import check_config
+
+# Stages that use the base models `train` made: each refuses a config the models were not trained with
+# (what `train` itself refuses), before doing any work.
+READS_TRAINED_MODELS = ("precompute", "retrain", "report", "estimate")
 
 
 @dataclass
@@ -102,6 +107,8 @@ def stage(name: str, *, saves_config: bool = False, uses_torch: bool = True,
                 with contextlib.ExitStack() as held:
                     for lock in locks or (name,):
                         held.enter_context(stage_lock(ctx.wd, lock))
+                    if name in READS_TRAINED_MODELS:
+                        check_trained(ctx.cfg, ctx.wd)
                     fault_point(f"stage.{name}")  # tests: pause or kill here, lock held
                     t0 = time.perf_counter()
                     result = fn(ctx, **options)

@@ -6,7 +6,7 @@ import time
 from typing import Any, Sequence
 
 from fastroar import __version__
-from fastroar.engine.results import append_result, read_results
+from fastroar.engine.results import ROAD_FIELDS, append_result, read_results
 from fastroar.engine.store import RankStore
 from fastroar.errors import ConfigError, MissingInputError
 from fastroar.keys import digest
@@ -40,7 +40,7 @@ def estimate(ctx: Context, *, models: Sequence[str] | None = None, attributions:
     path = workdir.road_path
     device = resolve_device(cfg["device"])
     solver = "torch" if device.type == "cuda" else "scipy"   # imputation solve on the device (same result to 1e-5)
-    done = read_results(path)
+    done = read_results(path, ROAD_FIELDS)
     records = []
     for name in models:
         model, ckpt = load_model(workdir, name, prepared)

@@ -15,7 +15,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from fastroar.engine.results import read_results
+from fastroar.engine.results import ROAD_FIELDS, read_results
 from fastroar.engine.store import RankStore
 from fastroar.engine.workspace import Workdir, atomic_write
 from fastroar.errors import MissingInputError
@@ -23,7 +23,8 @@ from fastroar.metrics.aq import attribution_quality, majority_rate
 from fastroar.metrics.diffroar import diffroar_rows
 from fastroar.metrics.localization import localization
 from fastroar.metrics.road import DEFAULT_NOISE
-from fastroar.stages.artifacts import Prepared, checkpoint_path, identity, load_prepared, model_warnings, sweep_records
+from fastroar.stages.artifacts import (Prepared, at_chance, checkpoint_path, identity, load_prepared,
+                                      model_warnings, sweep_records)
 from fastroar.stages.contract import Context, stage
 from fastroar.training.jobs import Job
 
@@ -101,7 +102,7 @@ def road_estimates(workdir: Workdir, dataset_key: str, records: Iterable[dict[st
     and the lowest seed are shown."""
     hashes = {(r["model"], r.get("model_hash")) for r in records}
     best: dict[tuple, tuple] = {}
-    for e in read_results(workdir.road_path).values():
+    for e in read_results(workdir.road_path, ROAD_FIELDS).values():
         if e.get("dataset_key") != dataset_key or (e["model"], e.get("model_hash")) not in hashes:
             continue
         key = (e["model"], e["attribution"], float(e["k"]))
@@ -132,10 +133,11 @@ def base_model_rows(cfg: dict[str, Any], workdir: Workdir, prepared: Prepared) -
         summary = json.loads(info.read_text())
         ckpt = {"summary": summary, "config": summary["config"]}   # what model_warnings reads of a checkpoint
         sm = ckpt["summary"]
-        adv = spec.get("adversary")
+        adv = summary["config"].get("adversary")   # the trained model's, not what this call's config says
         rows.append({"model": spec["name"], "adversary": f"{adv['norm']} eps {adv['eps']}" if adv else "-",
                      "test_acc": sm.get("test_acc"), "robust_test_acc": sm.get("robust_test_acc", "-"),
-                     "chance": chance, "warnings": model_warnings(cfg, ckpt, chance, len(labels))})
+                     "chance": chance, "warnings": model_warnings(cfg, ckpt, chance, len(labels)),
+                     "failed": at_chance(sm, chance, len(labels))})
     return rows
 
 
@@ -153,8 +155,7 @@ def report(ctx: Context) -> dict[str, Any]:
     jobs, mine, others, unreadable = sweep_records(cfg, workdir, prepared)
     notes = []
     if unreadable:
-        notes.append(f"[report] {len(unreadable)} unreadable line(s) of {workdir.results_path} skipped (line "
-                     f"{', '.join(map(str, unreadable[:5]))}{', ...' if len(unreadable) > 5 else ''})")
+        notes.append(f"[report] {unreadable.note(workdir.results_path)}")
     if others:
         notes.append(f"[report] {len(others)} record(s) from other settings ignored: {explain(others, jobs)}")
     if not mine:
@@ -171,6 +172,11 @@ def report(ctx: Context) -> dict[str, Any]:
     loc_rows, aq_rows = signal_rows(cfg, workdir, prepared, sorted({(r["model"], r["attribution"]) for r in mine}),
                                     {r["model"]: r["model_hash"] for r in mine})
     model_rows = base_model_rows(cfg, workdir, prepared)
+    failed = {r["model"] for r in model_rows if r["failed"]}
+    if failed:  # a base model at chance: its rows are marked, not mixed in unremarked
+        for r in rows:
+            r["base_model"] = "FAILED" if r["model"] in failed else ""
+        columns = columns + ("base_model",)
     out = workdir.report_dir
     write_csv(rows, out / "diffroar.csv", columns)
     png = out / "diffroar.png"
