@@ -24,11 +24,11 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import torch
 from torch import nn
 
-from fastroar.engine.workspace import atomic_save
-from fastroar.errors import ConfigError, MissingInputError
+from fastroar.engine.workspace import Workdir, atomic_write
+from fastroar.errors import ConfigError, MissingInputError, StoreMismatchError
 from fastroar.keys import file_sha256
 from fastroar.metrics.diffroar import diffroar_rows
-from fastroar.stages.artifacts import load_prepared, sweep_records
+from fastroar.stages.artifacts import checkpoint_path, load_prepared, sweep_records
 from fastroar.stages.contract import Context, open_context
 from fastroar.stages.report import explain
 from fastroar.stages.run import run
@@ -62,16 +62,24 @@ def _set(key: str, value: Any) -> str:
 
 def _model_file(model: nn.Module, workdir: Path, name: str) -> Path:
     """The module's state dict saved under <workdir>/inputs/<name>.pt (rewritten only when it changed, so
-    that a second evaluate of the same model finds its registration unchanged)."""
+    that a second evaluate of the same model finds its registration unchanged). Another model where `name`
+    is already registered and trained on is refused before anything is written: its file is what the
+    workdir's checkpoint, rank maps and records were made from."""
+    import hashlib
+    import io
+
     path = workdir / "inputs" / f"{name}.pt"
-    tmp = path.with_name(path.name + ".new")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    torch.save(state, tmp)
-    if path.exists() and file_sha256(path) == file_sha256(tmp):
-        tmp.unlink()
-    else:
-        tmp.replace(path)
+    buffer = io.BytesIO()
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buffer)
+    data = buffer.getvalue()
+    if path.exists() and file_sha256(path) == hashlib.sha256(data).hexdigest():
+        return path
+    registered = checkpoint_path(Workdir(workdir), name).with_name("model.json")
+    if path.exists() and registered.exists():
+        raise StoreMismatchError(f"{workdir} already holds base model {name!r}, registered from another model "
+                                 f"({path}); pass another workdir= (or name=) for this model, or delete "
+                                 f"{registered.parent} and {path} to replace it")
+    atomic_write(path, lambda f: f.write(data))
     return path
 
 
@@ -102,7 +110,7 @@ def evaluate(model_or_checkpoint: nn.Module | str | Path | None = None, dataset:
     checkpoints: dict[str, str] = {}
     if model_or_checkpoint is not None:
         if isinstance(model_or_checkpoint, nn.Module):
-            path = _model_file(model_or_checkpoint, root, name)
+            path = root / "inputs" / f"{name}.pt"   # written by _model_file once the workdir is open
         elif isinstance(model_or_checkpoint, (str, Path)):
             path = Path(model_or_checkpoint).expanduser()
         else:
@@ -129,6 +137,8 @@ def evaluate(model_or_checkpoint: nn.Module | str | Path | None = None, dataset:
     ctx = open_context(root, dataset=None if config else dataset, config_path=str(config) if config else None,
                        overrides=[*sets, *overrides], create=True, log=log, progress=progress,
                        checkpoints=checkpoints)
+    if isinstance(model_or_checkpoint, nn.Module):
+        _model_file(model_or_checkpoint, root, name)
     run(ctx)
     return _results(ctx)
 

@@ -46,7 +46,7 @@ def paths(run_workdir, tmp_path_factory):
         "file": base / "a-file.txt", "yaml_list": base / "list.yaml", "binary": base / "binary.yaml",
         "dir": base / "a-dir", "empty": base / "empty.yaml", "bad_yaml": base / "bad.yaml",
         "no_dataset": base / "no-dataset.yaml", "nowhere": base / "nowhere.yaml",
-        "duplicate": base / "duplicate.yaml",
+        "duplicate": base / "duplicate.yaml", "foreign": base / "mine",
     }
     files["file"].write_text("not a directory\n")
     files["yaml_list"].write_text("- dataset\n- model\n")
@@ -55,6 +55,9 @@ def paths(run_workdir, tmp_path_factory):
     files["empty"].write_text("# nothing here\n")
     files["bad_yaml"].write_text("dataset: {name: blockdigits\nmodel: [\n")
     files["no_dataset"].write_text("model: {arch: mlp2}\n")
+    (files["foreign"] / "report").mkdir(parents=True)         # the user's own files, not a workdir
+    (files["foreign"] / "config.yaml").write_text("my: own settings\n")
+    (files["foreign"] / "report" / "diffroar.csv").write_text("my,own,numbers\n")
     files["duplicate"].write_text("dataset: {name: blockdigits}\nmodel: {arch: mlp2}\nretrain:\n  seeds: 3\n"
                                   "retrain:\n  epochs: 2\n")
     return files
@@ -176,6 +179,11 @@ CASES = [
     ("workdir-missing", ["report", "-w", "@missing"], "does not exist; run `fastroar prepare"),
     ("workdir-unwritable", ["prepare", "-w", "/proc/fastroar-cannot-be-here"], "cannot write to workdir"),
     ("train-before-prepare", ["train", "-w", "@dir", "-d", "blockdigits"], "run `fastroar prepare"),
+    # issue 26 case 9: a directory of the user's own files is not a workdir: nothing read, nothing overwritten
+    ("foreign-run", ["run", "-w", "@foreign"], "holds files fastroar did not write (config.yaml, report/)"),
+    ("foreign-run-dataset", ["run", "-w", "@foreign", "--dataset", "blockdigits"], "`touch "),
+    ("foreign-prepare", ["prepare", "-w", "@foreign", "-d", "blockdigits"], "choose a new or empty --workdir"),
+    ("foreign-report", ["report", "-w", "@foreign"], "holds files fastroar did not write"),
 ]
 
 
@@ -184,7 +192,7 @@ def test_bad_invocation_is_one_line_exit_2_and_changes_nothing(paths, argv, mess
     args = [str(paths[a[1:]]) if a.startswith("@") else a for a in argv]
     if "-w" not in args and "--workdir" not in args:
         args += ["--workdir", str(paths["wd"])]
-    watched = [paths["wd"], paths["fresh"], paths["missing"], paths["dir"]]
+    watched = [paths["wd"], paths["fresh"], paths["missing"], paths["dir"], paths["foreign"]]
     before = [tree(p) for p in watched]
     result = CliRunner().invoke(cli, [*args, "--no-progress"])
     out = result.output
@@ -454,3 +462,26 @@ def test_a_base_model_at_chance_is_failed_and_its_rows_marked(run_workdir, tmp_p
     assert rows and {r["model"]: r["base_model"] for r in rows} == {"robust": "FAILED", "standard": ""}
     clean = CliRunner().invoke(cli, ["report", "--workdir", str(run_workdir[0])]).output
     assert "FAILED" not in clean and "base_model" not in clean
+
+
+def test_a_second_model_on_a_workdir_is_refused_before_anything_is_written(tmp_path):
+    """Case 10: evaluate(netA, workdir=W), then evaluate(netB, workdir=W): the second is refused, and
+    W/inputs/mine.pt is still A (before, B overwrote it and W no longer ran)."""
+    import fastroar
+    from fastroar.errors import StoreMismatchError
+    from fastroar.models import build_model
+
+    settings = dict(attributions=["random"], levels=[0.5], seeds=1, progress=False, log=lambda s: None,
+                    overrides=["model.params.width=8", "retrain.epochs=1", "retrain.directions=[top, bottom]"])
+    wd = tmp_path / "W"
+    net_a = build_model("mlp2", (1, 16, 8), 10, width=8)
+    fastroar.evaluate(net_a, "blockdigits", workdir=wd, **settings)
+    assert (wd / ".fastroar").is_file()
+    before = tree(wd)
+    torch_manual = __import__("torch").manual_seed(1)  # noqa: F841 (another initialisation: another model)
+    net_b = build_model("mlp2", (1, 16, 8), 10, width=8)
+    with pytest.raises(StoreMismatchError, match="already holds base model 'mine', registered from another"):
+        fastroar.evaluate(net_b, "blockdigits", workdir=wd, **settings)
+    assert tree(wd) == before
+    rerun = CliRunner().invoke(cli, ["run", "--workdir", str(wd), "--no-progress"])
+    assert rerun.exit_code == 0, rerun.output

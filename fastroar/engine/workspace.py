@@ -7,6 +7,12 @@
     <workdir>/results/results.jsonl           one record per retraining job
     <workdir>/results/road.jsonl              one record per ROAD estimate
     <workdir>/report/                         diffroar.csv, localization.csv, diffroar.png
+    <workdir>/.fastroar                       the marker: fastroar made this workdir (empty file)
+
+fastroar overwrites those files, so it works only in a directory that is its own: new or empty (it then
+writes the marker), marked, or laid out as an older version's workdir (data/<key>/meta.json or
+models/<name>/model.json, from before the marker). A directory holding other files (the user's own
+config.yaml or report/) is refused before anything is read or written there.
 """
 from __future__ import annotations
 
@@ -21,6 +27,36 @@ from typing import Any, BinaryIO, Callable
 from fastroar.errors import BusyError, FastroarError, MissingInputError
 
 SPLITS = ("train", "test")
+MARKER = ".fastroar"
+
+
+def _bookkeeping(entry: Path) -> bool:
+    """A stage's lock file or the marker: what a failed first stage leaves in a workdir it made."""
+    return entry.is_file() and entry.name.startswith(".") and (entry.name.endswith(".lock") or entry.name == MARKER)
+
+
+def is_ours(root: Path) -> bool:
+    """Whether directory `root` is a fastroar workdir: marked, or laid out as one of before the marker, or
+    holding nothing but fastroar's bookkeeping."""
+    if (root / MARKER).is_file():
+        return True
+    if any(root.glob("data/*/meta.json")) or any(root.glob("models/*/model.json")):
+        return True
+    return all(_bookkeeping(e) for e in root.iterdir())
+
+
+def refuse_foreign(root: str | Path) -> None:
+    """FastroarError when `root` is a directory that fastroar did not make and that holds files: fastroar
+    would read the user's config.yaml as its own and overwrite files of the names it writes."""
+    root = Path(root)
+    if not root.is_dir() or is_ours(root):
+        return
+    names = sorted(e.name + ("/" if e.is_dir() else "") for e in root.iterdir() if not _bookkeeping(e))
+    shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+    raise FastroarError(f"workdir {root} holds files fastroar did not write ({shown}); fastroar writes "
+                        "config.yaml, data/, models/, masks.zarr, results/ and report/ there and would overwrite "
+                        f"them: choose a new or empty --workdir (if {root} is a fastroar workdir, mark it: "
+                        f"`touch {root / MARKER}`)")
 
 
 class Workdir:
@@ -29,6 +65,7 @@ class Workdir:
         self.store = store  # rank store elsewhere: a path or fsspec URL (e.g. s3://bucket/study.zarr)
         if self.root.exists() and not self.root.is_dir():
             raise FastroarError(f"workdir {self.root} is a file, not a directory; choose another --workdir")
+        refuse_foreign(self.root)
         self.created = create and not self.root.exists()  # made by this call (removed again if left empty)
         if create:
             try:
@@ -36,6 +73,8 @@ class Workdir:
                 probe = self.root / ".write-test"
                 probe.write_text("")
                 probe.unlink()
+                if not any(self.root.iterdir()):  # new or empty: fastroar's from now on
+                    (self.root / MARKER).write_text("")
             except OSError as e:
                 raise FastroarError(f"cannot write to workdir {self.root}: {e.strerror}; "
                                     "choose a writable --workdir") from e
@@ -44,12 +83,12 @@ class Workdir:
                                     f"{self.root}` (or `fastroar run`) first")
 
     def remove_if_unused(self) -> None:
-        """Removes the workdir again when this call created it and it holds nothing but lock files (the
-        first stage failed): a failed start leaves no empty workdir behind."""
+        """Removes the workdir again when this call created it and it holds nothing but lock files and the
+        marker (the first stage failed): a failed start leaves no empty workdir behind."""
         if not self.created or not self.root.is_dir():
             return
         entries = list(self.root.iterdir())
-        if all(e.is_file() and e.name.startswith(".") and e.name.endswith(".lock") for e in entries):
+        if all(_bookkeeping(e) for e in entries):
             for e in entries:
                 e.unlink()
             self.root.rmdir()

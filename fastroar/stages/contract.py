@@ -30,7 +30,7 @@ import yaml
 
 from fastroar.config import load_config
 from fastroar.engine.faults import fault_point
-from fastroar.engine.workspace import Workdir, atomic_write_text, stage_lock
+from fastroar.engine.workspace import Workdir, atomic_write_text, refuse_foreign, stage_lock
 from fastroar.stages.artifacts import check_trained
 from fastroar.stages.checks import check_config
 
@@ -69,7 +69,9 @@ def open_context(workdir: str | Path, *, dataset: str | None = None, config_path
                  progress: bool = True, checkpoints: Mapping[str, str] | None = None,
                  verbose: bool = False) -> Context:
     """The Context of a stage call: the config resolved and validated before anything is created, so a bad
-    option creates no workdir; create=True makes the workdir (stages that start a study: prepare, run)."""
+    option creates no workdir; create=True makes the workdir (stages that start a study: prepare, run). A
+    directory that is not fastroar's is refused first: its config.yaml is not a saved config."""
+    refuse_foreign(workdir)
     cfg = resolve_config(workdir, dataset=dataset, config_path=config_path, overrides=overrides,
                          checkpoints=checkpoints)
     return Context(cfg, Workdir(workdir, create=create, store=cfg.get("store")), log, progress,
