@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -83,6 +84,19 @@ def _model_file(model: nn.Module, workdir: Path, name: str) -> Path:
     return path
 
 
+def _check_arguments(attributions: Any, levels: Any, seeds: Any) -> None:
+    """ConfigError for the arguments a Python caller can get subtly wrong: a string where a list belongs
+    (iterated letter by letter: "unknown attribution 'g'"), a seeds count that is not a whole number."""
+    for name, value, example in (("attributions", attributions, "['gradient']"), ("levels", levels, "[0.1, 0.3]")):
+        if value is not None and (isinstance(value, (str, bytes)) or not hasattr(value, "__iter__")):
+            raise ConfigError(f"{name} must be a list, e.g. {name}={example}, got {value!r}")
+    for k in levels if levels is not None else ():
+        if isinstance(k, bool) or not isinstance(k, (int, float, np.floating, np.integer)):
+            raise ConfigError(f"levels must be numbers in (0, 1), e.g. levels=[0.1, 0.3], got {k!r} in {levels!r}")
+    if seeds is not None and (isinstance(seeds, bool) or not isinstance(seeds, int)):
+        raise ConfigError(f"seeds must be a whole number of runs (e.g. seeds=2), got {seeds!r}")
+
+
 def evaluate(model_or_checkpoint: nn.Module | str | Path | None = None, dataset: str | None = "blockdigits",
              attributions: Sequence[str] | None = None, levels: Sequence[float] | None = None,
              workdir: str | Path = "fastroar-work", seeds: int | None = None, recipe: str | None = None, *,
@@ -106,6 +120,7 @@ def evaluate(model_or_checkpoint: nn.Module | str | Path | None = None, dataset:
     (as ``--set``). The call resumes: finished work in `workdir` is reused.
     """
     root = Path(workdir)
+    _check_arguments(attributions, levels, seeds)
     sets: list[str] = []
     checkpoints: dict[str, str] = {}
     if model_or_checkpoint is not None:

@@ -46,8 +46,9 @@ def paths(run_workdir, tmp_path_factory):
         "file": base / "a-file.txt", "yaml_list": base / "list.yaml", "binary": base / "binary.yaml",
         "dir": base / "a-dir", "empty": base / "empty.yaml", "bad_yaml": base / "bad.yaml",
         "no_dataset": base / "no-dataset.yaml", "nowhere": base / "nowhere.yaml",
-        "duplicate": base / "duplicate.yaml", "foreign": base / "mine",
+        "duplicate": base / "duplicate.yaml", "foreign": base / "mine", "dangling": base / "dangling",
     }
+    files["dangling"].symlink_to(base / "gone")
     files["file"].write_text("not a directory\n")
     files["yaml_list"].write_text("- dataset\n- model\n")
     files["binary"].write_bytes(bytes(range(256)) * 4)
@@ -184,6 +185,14 @@ CASES = [
     ("foreign-run-dataset", ["run", "-w", "@foreign", "--dataset", "blockdigits"], "`touch "),
     ("foreign-prepare", ["prepare", "-w", "@foreign", "-d", "blockdigits"], "choose a new or empty --workdir"),
     ("foreign-report", ["report", "-w", "@foreign"], "holds files fastroar did not write"),
+    # issue 26, misleading messages before (cases 23, 24, 27)
+    ("precompute-other-dataset", ["precompute", "-d", "leakage"],
+     "(its config.yaml is for 'blockdigits'); run `fastroar prepare --workdir"),
+    ("k-keeps-nothing", ["retrain", "--k", "1e-9"], "k=1e-09 keeps 0 of the 128 coordinates"),
+    ("k-keeps-everything", ["retrain", "--k", "0.999"], "keeps 128 of the 128 coordinates"),
+    ("dangling-workdir", ["run", "-w", "@dangling"], "is a link to"),
+    ("levels-thousand", ["report", "--set", "levels=[" + ", ".join(f"{0.01 + i * 0.00098:.5f}" for i in range(1000))
+                         + "]"], "(1000 values)"),
 ]
 
 
@@ -200,6 +209,7 @@ def test_bad_invocation_is_one_line_exit_2_and_changes_nothing(paths, argv, mess
     assert "Traceback" not in out and not isinstance(result.exception, (TypeError, KeyError, AttributeError))
     errors = [line for line in out.splitlines() if "Error" in line]
     assert len(errors) == 1 and message in errors[0], out
+    assert len(errors[0]) < 600                            # a line, not a dump of the config
     assert [tree(p) for p in watched] == before            # nothing written, nothing removed
     assert not paths["fresh"].exists() and not paths["missing"].exists()
 
@@ -309,6 +319,9 @@ def test_results_of_other_settings_are_named_never_mixed(run_workdir, tmp_path):
 
 def test_single_run_std_is_blank_not_zero(run_workdir, tmp_path):
     wd = _copy(run_workdir, tmp_path)
+    log = wd / "results" / "results.jsonl"   # one run per row: the records of seed 0 only (report shows every
+    log.write_text("".join(line for line in log.read_text().splitlines(keepends=True)   # seed recorded)
+                           if json.loads(line)["seed"] == 0))
     result = CliRunner().invoke(cli, ["report", "--workdir", str(wd), "--set", "retrain.seeds=1"])
     assert result.exit_code == 0
     csv = (wd / "report" / "diffroar.csv").read_text().splitlines()
@@ -485,3 +498,176 @@ def test_a_second_model_on_a_workdir_is_refused_before_anything_is_written(tmp_p
     assert tree(wd) == before
     rerun = CliRunner().invoke(cli, ["run", "--workdir", str(wd), "--no-progress"])
     assert rerun.exit_code == 0, rerun.output
+
+
+def _one_error(result) -> str:
+    out = result.output
+    assert result.exit_code == 2, out
+    assert "Traceback" not in out and not isinstance(result.exception, (TypeError, KeyError, ValueError))
+    errors = [line for line in out.splitlines() if "Error" in line]
+    assert len(errors) == 1, out
+    return errors[0]
+
+
+@pytest.mark.parametrize("damage, argv", [
+    ("root-truncated", ["report"]), ("root-truncated", ["retrain"]), ("root-truncated", ["precompute"]),
+    ("ranks-deleted", ["report"]), ("ranks-deleted", ["retrain", "--seeds", "3"]),
+])
+def test_damaged_store_metadata_is_one_line(run_workdir, tmp_path, damage, argv):
+    """Case 16: a truncated masks.zarr/zarr.json (JSONDecodeError before) or a deleted
+    .../test/ranks/zarr.json (KeyError: 'ranks') is one line naming what to delete."""
+    wd = _copy(run_workdir, tmp_path)
+    if damage == "root-truncated":
+        meta = wd / "masks.zarr" / "zarr.json"
+        meta.write_bytes(meta.read_bytes()[:30])
+        where = wd / "masks.zarr"
+    else:
+        (wd / "masks.zarr" / "standard" / "gradient" / "test" / "ranks" / "zarr.json").unlink()
+        where = wd / "masks.zarr" / "standard" / "gradient"
+    line = _one_error(CliRunner().invoke(cli, [argv[0], "--workdir", str(wd), "--no-progress", *argv[1:]]))
+    assert "metadata (zarr.json) is damaged or missing" in line and f"delete {where} and rerun" in line, line
+
+
+@pytest.mark.parametrize("damage", ["truncated", "flipped"])
+@pytest.mark.parametrize("stage", ["report", "retrain", "precompute", "train"])
+def test_a_damaged_checkpoint_is_one_line_in_every_stage(run_workdir, tmp_path, stage, damage):
+    """Case 18: a truncated model.pt ('PytorchStreamReader failed reading zip archive' before) or one with a
+    flipped byte (train said 'checkpoint exists, skipped') is one line naming the model's folder."""
+    wd = _copy(run_workdir, tmp_path)
+    path = wd / "models" / "standard" / "model.pt"
+    data = bytearray(path.read_bytes())
+    if damage == "truncated":
+        data = data[: len(data) // 2]
+    else:
+        i = len(data) // 2
+        data[i] ^= 0x10
+    path.write_bytes(bytes(data))
+    line = _one_error(CliRunner().invoke(cli, [stage, "--workdir", str(wd), "--no-progress", *tiny_args()]))
+    assert f"delete {path.parent}" in line and "fastroar train" in line, line
+
+
+def test_a_full_disk_during_torch_save_is_one_line(run_workdir, tmp_path, monkeypatch):
+    """Case 15: torch.save's zip writer reports a failed write as 'enforce fail at inline_container.cc ...
+    unexpected pos'; it is one line saying the disk refused the write, and no temporary file is left."""
+    import torch
+
+    wd = tmp_path / "w"
+    shutil.copytree(run_workdir[0], wd, ignore=shutil.ignore_patterns("models", "masks.zarr", "results", "report"))
+
+    def full_disk(obj, f, *args, **kwargs):
+        f.write(b"PK\x03\x04")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    line = _one_error(CliRunner().invoke(cli, ["train", "--workdir", str(wd), "--no-progress", *tiny_args()]))
+    assert "torch.save could not write model.pt (the disk is full" in line and "has space" in line, line
+    assert not [p for p in (wd / "models").rglob("*") if p.is_file()]
+
+
+def test_levels_and_seeds_retrain_adds_are_reported(run_workdir, tmp_path, capsys):
+    """Case 20, the README's example: `retrain --k 0.2 --direction both --seeds 3` then a bare `report`
+    shows k = 0.2 with its 3 runs, and says so (before: 'k=0.2 not in the config's levels', ignored);
+    load_results returns them too. Records of other settings are still never mixed in."""
+    from fastroar.api import load_results
+
+    wd = _copy(run_workdir, tmp_path)
+    runner = CliRunner()
+    trained = runner.invoke(cli, ["retrain", "--workdir", str(wd), "--no-progress", "--k", "0.2", "--direction",
+                                  "both", "--seeds", "3", "--model", "standard", "--attribution", "gradient"])
+    assert trained.exit_code == 0 and "6 to run" in trained.output, trained.output
+    result = runner.invoke(cli, ["report", "--workdir", str(wd)])
+    assert result.exit_code == 0, result.output
+    assert "also reported, as recorded by retrain with these settings: k = 0.2 beyond the config's levels; " \
+           "seeds up to 3 beyond retrain.seeds = 2" in result.output
+    rows = {tuple(line.split()[:3]): line.split() for line in _table(result.output).splitlines()[2:] if line.strip()}
+    assert rows[("standard", "gradient", "0.200")][-1] == "3"
+    assert ("standard", "random", "0.200") not in rows   # not trained: not shown as missing either
+    assert "other settings" not in result.output and "missing" not in result.output
+    summary = load_results(wd).summary
+    row = summary[(summary.model == "standard") & (summary.attribution == "gradient") & (summary.k == 0.2)]
+    assert list(row.runs) == [3]
+    # the same level under another recipe is another setting: named, not mixed
+    other = runner.invoke(cli, ["retrain", "--workdir", str(wd), "--no-progress", "--k", "0.3", "--model", "standard",
+                                "--attribution", "gradient", "--set", "retrain.epochs=1"])
+    assert other.exit_code == 0
+    again = runner.invoke(cli, ["report", "--workdir", str(wd)]).output
+    assert "record(s) from other settings ignored: retrain.epochs 1 vs 2" in again and "0.300" not in _table(again)
+
+
+def test_a_repeated_model_or_level_runs_once(run_workdir, tmp_path):
+    """Case 21: --model standard --model standard, --k 0.3 --k 0.3,0.30 plan each job once."""
+    wd = _copy(run_workdir, tmp_path)
+    result = CliRunner().invoke(cli, ["retrain", "--workdir", str(wd), "--no-progress", "--model", "standard",
+                                      "--model", "standard", "--k", "0.3", "--k", "0.3,0.30", "--attribution",
+                                      "gradient", "--attribution", "gradient"])
+    assert result.exit_code == 0 and "[retrain] 4 jobs: 0 already done, 4 to run" in result.output, result.output
+    lines = (wd / "results" / "results.jsonl").read_text().splitlines()
+    keys = [json.loads(line)["key"] for line in lines]
+    assert len(keys) == len(set(keys)) == 32 + 4
+
+
+def test_one_direction_config_says_how_to_finish(run_workdir, tmp_path):
+    """Case 24: with retrain.directions=[top] every row is missing; the note says what completes it."""
+    wd = _copy(run_workdir, tmp_path)
+    (wd / "results" / "results.jsonl").write_text("")
+    runner = CliRunner()
+    assert runner.invoke(cli, ["run", "--workdir", str(wd), "--no-progress", *tiny_args("retrain.directions=[top]")]
+                         ).exit_code in (0, 2)
+    result = runner.invoke(cli, ["report", "--workdir", str(wd), *tiny_args("retrain.directions=[top]")])
+    assert "DiffROAR needs both directions and retrain.directions is [top]" in result.output, result.output
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"levels": "0.1"}, "levels must be a list, e.g. levels=[0.1, 0.3], got '0.1'"),
+    ({"levels": ["a"]}, "levels must be numbers in (0, 1)"),
+    ({"attributions": "gradient"}, "attributions must be a list, e.g. attributions=['gradient']"),
+    ({"seeds": 2.7}, "seeds must be a whole number of runs (e.g. seeds=2), got 2.7"),
+])
+def test_api_arguments_a_notebook_gets_wrong(tmp_path, kwargs, message):
+    """Case 25: a string where a list belongs, a fractional seeds count: one message, nothing written."""
+    import fastroar
+    from fastroar.errors import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        fastroar.evaluate(None, workdir=tmp_path / "w", **kwargs)
+    assert message in str(e.value) and not (tmp_path / "w").exists()
+
+
+def test_load_results_of_nothing_says_so(run_workdir, tmp_path, capsys):
+    """Case 25: load_results of a workdir without this config's results (another fill) says so."""
+    from fastroar.api import load_results
+
+    res = load_results(_copy(run_workdir, tmp_path), fill=0.5)
+    assert res.runs.empty and "no retraining results of this config" in capsys.readouterr().out
+
+
+def test_store_path_with_a_variable_is_expanded(tmp_path, monkeypatch):
+    """Case 27: store=$HOME/ranks.zarr is saved as the path it names, not literally."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    result = CliRunner().invoke(cli, ["prepare", "--workdir", str(tmp_path / "w"), "--no-progress",
+                                      "--set", "store=$HOME/ranks.zarr"])
+    assert result.exit_code == 0, result.output
+    assert f"store: {tmp_path / 'ranks.zarr'}" in (tmp_path / "w" / "config.yaml").read_text()
+
+
+def test_sigterm_is_taken_as_an_interruption(run_workdir, tmp_path):
+    """Case 27: SIGTERM during report ends it as Ctrl-C does: one line, exit 143, no temporary files."""
+    wd = tmp_path / "w"
+    shutil.copytree(run_workdir[0], wd)
+    proc = _cli("report", "--workdir", str(wd), "--no-progress", env={"FASTROAR_PAUSE_AT": "stage.report:20"})
+    time.sleep(4.0)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and "Terminated (SIGTERM): finished work is kept" in out and "Traceback" not in out
+    assert not [p for p in wd.rglob(".*") if p.is_file() and not p.name.endswith(".lock") and p.name != ".fastroar"]
+
+
+def test_a_closed_pipe_does_not_stop_the_run(tmp_path):
+    """Case 27: `fastroar run ... | head -2` finishes the run (before: it stopped after train)."""
+    wd = tmp_path / "w"
+    proc = _cli("run", "--workdir", str(wd), "--no-progress", *tiny_args("models=[{name: standard}]",
+                                                                        "attributions=[random]", "levels=[0.5]"))
+    proc.stdout.readline()
+    proc.stdout.close()                                 # the reader leaves after one line
+    assert proc.wait(timeout=300) == 0
+    assert (wd / "report" / "diffroar.csv").is_file()

@@ -65,10 +65,13 @@ def precompute(workdir, dataset, config_path, overrides, device, loader, progres
 @cli.command()
 @common_options
 @click.option("--k", "levels", multiple=True, callback=parse_levels,
-              help="Level(s) k in (0, 1): fraction of coordinates kept (repeatable or comma-separated).")
+              help="Level(s) k in (0, 1): fraction of coordinates kept (repeatable or comma-separated). Levels "
+                   "and seeds beyond the config's are recorded under the config's other settings, and `report` "
+                   "includes them as they are.")
 @click.option("--direction", type=click.Choice(["top", "bottom", "both"]), default="both", show_default=True)
 @click.option("--seeds", type=click.IntRange(min=1, max=1000), default=None,
-              help="Runs per (level, direction), at most 1000  [default: the config's retrain.seeds]")
+              help="Runs per (level, direction), at most 1000  [default: the config's retrain.seeds]; `report` "
+                   "includes the extra seeds.")
 @click.option("--model", "models", multiple=True, help="Only this base model (repeatable).")
 @click.option("--attribution", "attributions", multiple=True, help="Only this attribution (repeatable).")
 @FILL_OPTION

@@ -7,6 +7,7 @@ names the key and the fix.
 from __future__ import annotations
 
 import copy
+import os
 import re
 from pathlib import Path
 from typing import Any, Iterable
@@ -202,7 +203,7 @@ def validate(cfg: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"store must be a path or an fsspec URL, got {cfg['store']!r}")
     if cfg.get("store") and "://" not in cfg["store"]:
         # a local path is kept absolute, so the saved config finds it from any working directory
-        cfg["store"] = str(Path(cfg["store"]).expanduser().resolve())
+        cfg["store"] = str(Path(os.path.expandvars(cfg["store"])).expanduser().resolve())  # $HOME, ~
     if cfg.setdefault("device", "auto") not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"device must be auto, cpu or cuda, got {cfg['device']!r}")
     return cfg

@@ -17,6 +17,7 @@ config.yaml or report/) is refused before anything is read or written there.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -65,6 +66,9 @@ class Workdir:
         self.store = store  # rank store elsewhere: a path or fsspec URL (e.g. s3://bucket/study.zarr)
         if self.root.exists() and not self.root.is_dir():
             raise FastroarError(f"workdir {self.root} is a file, not a directory; choose another --workdir")
+        if self.root.is_symlink() and not self.root.exists():
+            raise FastroarError(f"workdir {self.root} is a link to {os.readlink(self.root)}, which does not exist; "
+                                "create that directory, or choose another --workdir")
         refuse_foreign(self.root)
         self.created = create and not self.root.exists()  # made by this call (removed again if left empty)
         if create:
@@ -167,7 +171,15 @@ def atomic_save(obj: Any, path: Path, saver: Callable[[Any, BinaryIO], None] | N
         import torch
 
         saver = torch.save
-    atomic_write(path, lambda f: saver(obj, f))
+    try:
+        atomic_write(path, lambda f: saver(obj, f))
+    except RuntimeError as e:
+        # torch.save's zip writer reports a failed write (a full disk, a quota) as an internal check:
+        # "[enforce fail at inline_container.cc:...] unexpected pos ..."
+        if "inline_container" not in str(e) and "unexpected pos" not in str(e):
+            raise
+        raise OSError(errno.EIO, f"torch.save could not write {path.name} (the disk is full, or the file system "
+                                 "refused the write)", str(path)) from None
 
 
 def read_json(path: Path) -> dict[str, Any]:

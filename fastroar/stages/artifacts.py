@@ -24,7 +24,7 @@ from fastroar.engine.results import RETRAIN_FIELDS, Skipped, read_results_checke
 from fastroar.engine.workspace import SPLITS, Workdir
 from fastroar.errors import ConfigError, FastroarError, MissingInputError, StoreMismatchError
 from fastroar.keys import digest, file_sha256
-from fastroar.method import pixel_scale, rank_dtype
+from fastroar.method import DIRECTIONS, n_kept, pixel_scale, rank_dtype
 from fastroar.models import build_model, state_hash
 from fastroar.training.jobs import Job, sweep
 from fastroar.training.settings import Recipe, airbench_recipe, fast_recipe
@@ -136,14 +136,32 @@ def load_prepared(cfg: dict[str, Any], workdir: Workdir) -> Prepared:
     """The prepared data of the config's dataset; a clear error when `prepare` has not run."""
     out = workdir.data_dir(dataset_key(cfg))
     if not (out / "meta.json").exists():
-        raise MissingInputError(f"dataset {cfg['dataset']['name']!r} is not prepared in {workdir.root}; "
-                                f"run `fastroar prepare --workdir {workdir.root}` first")
+        name = cfg["dataset"]["name"]
+        saved = _saved_dataset(workdir)
+        if saved is not None and saved != name:  # a bare `prepare` would prepare the saved config's dataset
+            raise MissingInputError(f"dataset {name!r} is not prepared in {workdir.root} (its config.yaml is for "
+                                    f"{saved!r}); run `fastroar prepare --workdir {workdir.root} --dataset {name}` "
+                                    "first, with this command's other --config/--set/--data-root options")
+        raise MissingInputError(f"dataset {name!r} is not prepared in {workdir.root}; "
+                                f"run `fastroar prepare --workdir {workdir.root}` first"
+                                f"{' with the same --dataset/--config/--set options' if saved else ''}")
     prepared = Prepared(out, json.loads((out / "meta.json").read_text()))
     for split in SPLITS:
         path = prepared.beton(split)
         stat = path.stat() if path.exists() else None
         _verified(str(path), stat and stat.st_size, stat and stat.st_mtime_ns)
     return prepared
+
+
+def _saved_dataset(workdir: Workdir) -> str | None:
+    """The dataset name in the workdir's saved config.yaml (None when there is none or it cannot be read)."""
+    import yaml
+
+    try:
+        saved = yaml.safe_load((workdir.root / "config.yaml").read_text())
+        return str(saved["dataset"]["name"])
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return None
 
 
 @functools.lru_cache(maxsize=16)
@@ -284,10 +302,10 @@ def model_hash(workdir: Workdir, name: str, prepared: Prepared) -> str:
 
 def load_model(workdir: Workdir, name: str, prepared: Prepared) -> tuple[nn.Module, dict[str, Any]]:
     """A trained base model (eval mode, CPU) and its checkpoint dict."""
-    import torch
+    from fastroar.models.checkpoint import load_saved   # imports torch
 
     path = trained_checkpoint(workdir, name)
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    ckpt = load_saved(path)
     mcfg = ckpt["config"]
     model = build_model(mcfg["arch"], prepared.shape, prepared.num_classes, **mcfg["params"])
     model.load_state_dict(ckpt["state_dict"])
@@ -336,12 +354,37 @@ def identity_params(cfg: dict[str, Any], prepared: Prepared, attribution: str) -
     return params
 
 
-def identity(cfg: dict[str, Any], prepared: Prepared, model_hash: str, attribution: str) -> dict[str, Any]:
+def identity(cfg: dict[str, Any], prepared: Prepared, model_hash: str, attribution: str,
+             params: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The store identity of an attribution's ranks (`params`: its attribution_params, when already known)."""
     return {
         "model_hash": model_hash, "dataset_key": prepared.meta["key"], "attribution": attribution,
-        "attribution_params": identity_params(cfg, prepared, attribution), "levels": list(cfg["levels"]),
-        "shape": list(prepared.shape),
+        "attribution_params": identity_params(cfg, prepared, attribution) if params is None else params,
+        "levels": list(cfg["levels"]), "shape": list(prepared.shape),
     }
+
+
+def reading_identity(cfg: dict[str, Any], prepared: Prepared, model_hash: str, attribution: str,
+                     stored: dict[str, Any] | None) -> tuple[dict[str, Any], str | None]:
+    """(the identity to read an entry's ranks with, a WARNING line or None). For the user's module:function
+    whose module cannot be imported here, or whose source changed since its ranks were computed, the
+    stored identity of the function is taken: saved results stay readable without the user's code, with
+    a warning that they cannot be re-verified against it. Other attributions: `identity` as is."""
+    if not is_user_function(attribution) or stored is None:
+        return identity(cfg, prepared, model_hash, attribution), None
+    try:
+        fresh = identity(cfg, prepared, model_hash, attribution)
+    except FastroarError as e:
+        reason = f"its module cannot be imported here ({' '.join(str(e).split())[:120]})"
+    else:
+        old, new = stored.get("attribution_params") or {}, fresh["attribution_params"]
+        if old.get("source_sha256") == new.get("source_sha256") or {**old, "source_sha256": None} != \
+                {**new, "source_sha256": None}:
+            return fresh, None       # unchanged, or another difference: the store says which
+        reason = "its source changed since its ranks were computed"
+    return (identity(cfg, prepared, model_hash, attribution, params=stored.get("attribution_params")),
+            f"WARNING: attribution {attribution!r}: {reason}; its saved ranks and rows are shown as computed then, "
+            "and cannot be re-verified against the function")
 
 
 # ---------------------------------------------------------------- retraining
@@ -402,7 +445,8 @@ def select(cfg: dict[str, Any], key: str, names: Sequence[str] | None) -> list[s
     """The config's base models (key "models") or attributions (key "attributions") that a command picks
     with --model / --attribution: all when none are named; ConfigError naming the valid ones otherwise."""
     valid = [m["name"] for m in cfg["models"]] if key == "models" else list(cfg["attributions"])
-    for name in names or ():
+    names = list(dict.fromkeys(names or ()))   # --model a --model a: once
+    for name in names:
         if name not in valid:
             what = "model" if key == "models" else "attribution"
             raise ConfigError(f"unknown {what} {name!r}: the config's {key} are {', '.join(valid)} "
@@ -417,8 +461,13 @@ def sweep_jobs(cfg: dict[str, Any], workdir: Workdir, prepared: Prepared, *, mod
     the base models' hashes (each must be trained), the data, the retrain recipe, the fill."""
     models = select(cfg, "models", models)
     attributions = select(cfg, "attributions", attributions)
-    levels = list(levels or cfg["levels"])
-    directions = list(directions or cfg["retrain"]["directions"])
+    levels = list(dict.fromkeys(float(k) for k in (levels or cfg["levels"])))  # --k 0.3 --k 0.30: once
+    directions = list(dict.fromkeys(directions or cfg["retrain"]["directions"]))
+    for k in levels:  # a level that keeps no coordinate (or all) trains on blank (or unmasked) images
+        if not 0 < n_kept(k, prepared.d) < prepared.d:
+            raise ConfigError(f"k={k:g} keeps {n_kept(k, prepared.d)} of the {prepared.d} coordinates of "
+                              f"{cfg['dataset']['name']} (n = floor(k*d + 1/2)): top-k and bottom-k would not "
+                              f"differ; choose k from {0.5 / prepared.d:.3g} to below {1 - 0.5 / prepared.d:.3g}")
     seeds = range(n_seeds or cfg["retrain"]["seeds"])
     count = len(models) * len(attributions) * len(levels) * len(directions) * len(seeds)
     if count > MAX_JOBS:
@@ -431,14 +480,36 @@ def sweep_jobs(cfg: dict[str, Any], workdir: Workdir, prepared: Prepared, *, mod
                  fill=fill_value(cfg, prepared))
 
 
+def recorded_beyond(cfg: dict[str, Any], workdir: Workdir, prepared: Prepared, records: dict[str, dict[str, Any]],
+                    jobs: Sequence[Job]) -> list[Job]:
+    """Jobs of the config's settings at levels or seeds beyond its own (`retrain --k 0.2 --seeds 3` on a
+    config of levels [0.1] and 1 seed) that have a record: the same job keys retrain wrote them under, so
+    every other setting (base models, data, recipe, fill) is the config's. report and load_results include
+    them: what was trained is reported, without repeating --k and --seeds."""
+    have = {j.key for j in jobs}
+    models, attributions = {m["name"] for m in cfg["models"]}, set(cfg["attributions"])
+    extra = [r for key, r in records.items() if key not in have and r["model"] in models
+             and r["attribution"] in attributions and r["direction"] in DIRECTIONS]
+    if not extra:
+        return []
+    levels = sorted({float(r["k"]) for r in extra} | set(cfg["levels"]))
+    n_seeds = max(int(cfg["retrain"]["seeds"]), 1 + max(int(r["seed"]) for r in extra))
+    try:
+        wider = sweep_jobs(cfg, workdir, prepared, levels=levels, directions=DIRECTIONS, n_seeds=n_seeds)
+    except ConfigError:  # a sweep beyond MAX_JOBS, or a level that keeps nothing: the config's sweep only
+        return []
+    return [j for j in wider if j.key in records and j.key not in have]
+
+
 def sweep_records(cfg: dict[str, Any], workdir: Workdir, prepared: Prepared
                   ) -> tuple[list[Job], list[dict[str, Any]], list[dict[str, Any]], Skipped]:
     """(the config's jobs, their records, the records of other settings, the skipped lines: torn, damaged
     or not a retraining record) of the workdir's results log: a record belongs to the config when its job
     key is one of the config's jobs (base-model hashes, data, recipe, fill, ... all enter the key), so
     settings are never mixed."""
-    jobs = sweep_jobs(cfg, workdir, prepared)
+    jobs = sweep_jobs(cfg, workdir, prepared, directions=DIRECTIONS)   # DiffROAR needs both directions
     records, unreadable = read_results_checked(workdir.results_path, RETRAIN_FIELDS)
+    jobs = jobs + recorded_beyond(cfg, workdir, prepared, records, jobs)
     wanted = {j.key for j in jobs}
     mine = [records[j.key] for j in jobs if j.key in records]
     others = [r for key, r in records.items() if key not in wanted]

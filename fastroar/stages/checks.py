@@ -13,7 +13,7 @@ from fastroar.attribution import METHODS, check_attribution
 from fastroar.datasets.registry import PARAM_HINTS, REGISTRY
 from fastroar.errors import ConfigError
 from fastroar.models import BUILDERS, check_arch
-from fastroar.stages.artifacts import train_settings
+from fastroar.stages.artifacts import is_user_function, train_settings
 from fastroar.training import Adversary, Recipe
 
 
@@ -40,7 +40,9 @@ def check_config(cfg: dict[str, Any]) -> dict[str, Any]:
         if name in METHODS:
             raise ConfigError(f"scores name {name!r} is a built-in attribution; import the scores under another name")
     for a in cfg["attributions"]:
-        if a not in scores:
+        # the user's module:function is imported by the stages that run it (precompute), not here: its saved
+        # rows stay readable (report, load_results) where the module is not importable
+        if a not in scores and not is_user_function(a):
             check_attribution(a)
     rt = cfg["retrain"]
     Recipe(**{**train, **{k: v for k, v in rt.items() if k in Recipe.__dataclass_fields__}})

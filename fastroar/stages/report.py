@@ -23,8 +23,8 @@ from fastroar.metrics.aq import attribution_quality, majority_rate
 from fastroar.metrics.diffroar import diffroar_rows
 from fastroar.metrics.localization import localization
 from fastroar.metrics.road import DEFAULT_NOISE
-from fastroar.stages.artifacts import (Prepared, at_chance, checkpoint_path, identity, load_prepared,
-                                      model_warnings, sweep_records)
+from fastroar.stages.artifacts import (Prepared, at_chance, checkpoint_path, load_prepared, model_warnings,
+                                      reading_identity, sweep_records)
 from fastroar.stages.contract import Context, stage
 from fastroar.training.jobs import Job
 
@@ -91,7 +91,8 @@ def plot_curves(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     ax.set_xlabel("k (fraction of coordinates kept)")
     ax.set_ylabel("DiffROAR = acc(top-k) - acc(bottom-k)")
     ax.set_title(title)
-    ax.legend(fontsize=8)
+    if curves:  # no curve (every cell missing): no legend, and no matplotlib warning about it
+        ax.legend(fontsize=8)
     fig.tight_layout()
     atomic_write(path, lambda f: fig.savefig(f, format="png"))
 
@@ -158,6 +159,9 @@ def report(ctx: Context) -> dict[str, Any]:
         notes.append(f"[report] {unreadable.note(workdir.results_path)}")
     if others:
         notes.append(f"[report] {len(others)} record(s) from other settings ignored: {explain(others, jobs)}")
+    beyond = beyond_note(cfg, jobs)
+    if beyond:
+        notes.append(beyond)
     if not mine:
         raise MissingInputError(f"no retraining results of this config in {workdir.results_path}"
                                 f"{' (' + notes[-1].removeprefix('[report] ') + ')' if others else ''}; run "
@@ -170,7 +174,7 @@ def report(ctx: Context) -> dict[str, Any]:
             r["road"] = road.get((r["model"], r["attribution"], r["k"]), "")
         columns = DIFFROAR_COLUMNS + ("road",)
     loc_rows, aq_rows = signal_rows(cfg, workdir, prepared, sorted({(r["model"], r["attribution"]) for r in mine}),
-                                    {r["model"]: r["model_hash"] for r in mine})
+                                    {r["model"]: r["model_hash"] for r in mine}, notes)
     model_rows = base_model_rows(cfg, workdir, prepared)
     failed = {r["model"] for r in model_rows if r["failed"]}
     if failed:  # a base model at chance: its rows are marked, not mixed in unremarked
@@ -194,7 +198,8 @@ def report(ctx: Context) -> dict[str, Any]:
     short = [r for r in rows if r["runs"] < cfg["retrain"]["seeds"]]
     if short:
         log(f"({len(short)} row(s) have fewer than retrain.seeds = {cfg['retrain']['seeds']} runs in both directions: "
-            f"the sweep is not finished; `fastroar retrain --workdir {workdir.root}` completes it)")
+            f"the sweep is not finished; `fastroar retrain --workdir {workdir.root}` completes it"
+            f"{one_direction_note(cfg)})")
     result: dict[str, Any] = {"diffroar": rows, "csv": out / "diffroar.csv", "png": png, "ignored": len(others)}
     if loc_rows is not None:
         log("\nSignal-block localization (share of top-k coordinates inside the signal block; test split)")
@@ -211,6 +216,26 @@ def report(ctx: Context) -> dict[str, Any]:
     result["models"] = model_rows
     log(f"\nreport: {out / 'diffroar.csv'}\nplot: {png}")
     return result
+
+
+def beyond_note(cfg: dict[str, Any], jobs: Sequence[Job]) -> str:
+    """A line naming the levels and seeds reported beyond the config's (recorded by `retrain --k/--seeds`
+    with the config's other settings; fastroar.stages.artifacts.recorded_beyond), or ""."""
+    levels = sorted({j.k for j in jobs} - set(cfg["levels"]))
+    seeds = max((j.seed for j in jobs), default=0) + 1
+    parts = ([f"k = {', '.join(f'{k:g}' for k in levels)} beyond the config's levels"] if levels else []) + \
+            ([f"seeds up to {seeds} beyond retrain.seeds = {cfg['retrain']['seeds']}"]
+             if seeds > cfg["retrain"]["seeds"] else [])
+    return f"[report] also reported, as recorded by retrain with these settings: {'; '.join(parts)}" if parts else ""
+
+
+def one_direction_note(cfg: dict[str, Any]) -> str:
+    """What a config with one retrain direction must add: DiffROAR needs both."""
+    dirs = cfg["retrain"]["directions"]
+    if set(dirs) == {"top", "bottom"}:
+        return ""
+    return (f"; DiffROAR needs both directions and retrain.directions is [{', '.join(dirs)}]: add "
+            "--set 'retrain.directions=[top, bottom]' (or run retrain with --direction both)")
 
 
 def with_missing_cells(rows: list[dict[str, Any]], jobs: Sequence[Job]) -> list[dict[str, Any]]:
@@ -237,6 +262,12 @@ def explain(others: Sequence[dict[str, Any]], jobs: Sequence[Job]) -> str:
             reasons["not retraining records"] += 1
             continue
         job = by_slot.get(slot)
+        same_model = next((j for j in jobs if j.model == slot[0] and j.attribution == slot[1]), None)
+        if job is None and same_model is not None:  # a level or seed beyond the config's, other settings too
+            why = _difference(r, same_model, first)
+            if why != "another fastroar version's job key":
+                reasons[why] += 1
+                continue
         if job is None:
             m, a, k, d, seed = slot
             why = (f"model {m} not in the config" if m not in models else
@@ -268,7 +299,7 @@ def _difference(r: dict[str, Any], job: Job, first: Job | None) -> str:
 
 
 def signal_rows(cfg: dict[str, Any], workdir: Workdir, prepared: Prepared, pairs: Sequence[tuple[str, str]],
-                hashes: dict[str, str]) -> tuple[list[dict[str, Any]] | None, list[dict[str, Any]] | None]:
+                hashes: dict[str, str], notes: list[str] | None = None) -> tuple[list[dict[str, Any]] | None, list[dict[str, Any]] | None]:
     """(localization rows, AQ rows) of the test split's rank maps, read once per (model, attribution) from
     the store entry of that model's hash (checksums verified): per k the signal-block share of the top-k
     ranks; AQ (fastroar.metrics.aq) per pair. (None, None) where the data record no signal blocks."""
@@ -277,9 +308,14 @@ def signal_rows(cfg: dict[str, Any], workdir: Workdir, prepared: Prepared, pairs
         return None, None
     store = RankStore(str(workdir.store_path), mode="r")
     chance = float(signal.sum(1).mean() / signal.shape[1])
+    warnings = notes if notes is not None else []
     loc, aq = [], []
     for model, attribution in pairs:
-        entry = store.open_entry(model, attribution, identity(cfg, prepared, hashes[model], attribution))
+        ident, warning = reading_identity(cfg, prepared, hashes[model], attribution,
+                                          store.stored_identity(model, attribution))
+        if warning and warning not in warnings:
+            warnings.append(warning)
+        entry = store.open_entry(model, attribution, ident)
         ranks = entry.split("test").read("ranks")
         for k, share in zip(cfg["levels"], localization(ranks, signal, cfg["levels"])):
             loc.append({"model": model, "attribution": attribution, "k": k, "signal_share": share,
