@@ -671,3 +671,24 @@ def test_a_closed_pipe_does_not_stop_the_run(tmp_path):
     proc.stdout.close()                                 # the reader leaves after one line
     assert proc.wait(timeout=300) == 0
     assert (wd / "report" / "diffroar.csv").is_file()
+
+
+def test_a_lock_file_of_another_user_is_named(run_workdir, tmp_path, monkeypatch):
+    """Case 22: a stage's lock file that this user cannot open (left by another user's run) is named with
+    its owner, not 'check that the path is writable'. (Tests run as root, who may open anything: the
+    refusal is simulated.)"""
+    import pwd
+
+    wd = _copy(run_workdir, tmp_path)
+    real_open = os.open
+
+    def refuse(path, *args, **kwargs):
+        if str(path).endswith(".retrain.lock"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", refuse)
+    line = _one_error(CliRunner().invoke(cli, ["retrain", "--workdir", str(wd), "--no-progress"]))
+    owner = pwd.getpwuid(os.stat(wd / ".retrain.lock").st_uid).pw_name
+    assert f"cannot open the lock file {wd / '.retrain.lock'} (Permission denied): it belongs to user {owner}" \
+        in line, line

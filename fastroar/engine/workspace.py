@@ -131,18 +131,36 @@ def stage_lock(workdir: Workdir, stage: str):
     never changes.
     """
     path = str(workdir.root / f".{stage}.lock")
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except PermissionError as e:
+        if not os.path.exists(path):
+            raise
+        raise FastroarError(f"cannot open the lock file {path} ({e.strerror}): it belongs to user "
+                            f"{_owner(path)}, whose fastroar ran on {workdir.root}; work in a workdir of your own "
+                            "(or have that user make this one writable for you)") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        raise BusyError(f"another `fastroar {stage}` is running on {workdir.root} (it holds {path}); wait "
+        raise BusyError(f"another `fastroar {stage}` is running on {workdir.root} (it holds {path}; deleting "
+                        "that file does not free it, it only lets a second run repeat the same work); wait "
                         "for it to finish, then rerun this command: it picks up whatever is left") from None
     try:
         yield
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
+
+
+def _owner(path: str) -> str:
+    import pwd
+
+    uid = os.stat(path).st_uid
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
 
 
 def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
