@@ -142,10 +142,12 @@ CASES = [
     ("trained-otherwise-precompute", ["precompute", "--set", "train.epochs=2"],
      "base model 'standard' in"),
     ("trained-otherwise-retrain", ["retrain", "--set", "train.epochs=2"], "was trained with another config"),
-    ("trained-otherwise-report", ["report", "--set", "train.epochs=2"], "was trained with another config"),
+    ("trained-otherwise-report", ["report", "--set", "train.epochs=2"],
+     "was trained with another config (recipe.epochs: 3 -> 2)"),
     ("trained-otherwise-estimate", ["estimate", "--set", "train.epochs=2"], "was trained with another config"),
     ("report-other-adversary", ["report", "--set", "models=[{name: standard}, {name: robust, adversary: "
-                                "{norm: l2, eps: 1.0, steps: 2}}]"], "'robust' in"),
+                                "{norm: l2, eps: 1.0, steps: 2}}]"],
+     "(adversary.eps: 0.1 -> 1.0, adversary.norm: 'linf' -> 'l2')"),
     # --config files
     ("config-list", ["run", "--config", "@yaml_list"], "must be a mapping of keys"),
     ("config-binary", ["run", "--config", "@binary"], "is not a text file"),

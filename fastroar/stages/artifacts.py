@@ -315,10 +315,21 @@ def load_model(workdir: Workdir, name: str, prepared: Prepared) -> tuple[nn.Modu
     return model.eval(), ckpt
 
 
-def config_diff(old: dict[str, Any], new: dict[str, Any]) -> str:
-    keys = [k for k in sorted(set(old) | set(new)) if json.dumps(old.get(k), sort_keys=True, default=str)
-            != json.dumps(new.get(k), sort_keys=True, default=str)]
-    return ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys) or "unknown difference"
+def config_diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> str:
+    """The keys whose values differ, 'recipe.epochs: 3 -> 2, ...' (sections compared key by key)."""
+    def text(v: Any) -> str:
+        return json.dumps(v, sort_keys=True, default=str)
+
+    parts = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if text(a) == text(b):
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            parts.append(config_diff(a, b, f"{prefix}{k}."))
+        else:
+            parts.append(f"{prefix}{k}: {a!r} -> {b!r}")
+    return ", ".join(parts) or "unknown difference"
 
 
 # ---------------------------------------------------------------- rank store entries

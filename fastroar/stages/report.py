@@ -299,10 +299,12 @@ def _difference(r: dict[str, Any], job: Job, first: Job | None) -> str:
 
 
 def signal_rows(cfg: dict[str, Any], workdir: Workdir, prepared: Prepared, pairs: Sequence[tuple[str, str]],
-                hashes: dict[str, str], notes: list[str] | None = None) -> tuple[list[dict[str, Any]] | None, list[dict[str, Any]] | None]:
+                hashes: dict[str, str], notes: list[str] | None = None
+                ) -> tuple[list[dict[str, Any]] | None, list[dict[str, Any]] | None]:
     """(localization rows, AQ rows) of the test split's rank maps, read once per (model, attribution) from
     the store entry of that model's hash (checksums verified): per k the signal-block share of the top-k
-    ranks; AQ (fastroar.metrics.aq) per pair. (None, None) where the data record no signal blocks."""
+    ranks; AQ (fastroar.metrics.aq) per pair. (None, None) where the data record no signal blocks. `notes`
+    receives a WARNING per user attribution read by its stored identity (artifacts.reading_identity)."""
     signal = prepared.signal("test")
     if signal is None:
         return None, None
