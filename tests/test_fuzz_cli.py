@@ -694,3 +694,16 @@ def test_a_lock_file_of_another_user_is_named(run_workdir, tmp_path, monkeypatch
     owner = pwd.getpwuid(os.stat(wd / ".retrain.lock").st_uid).pw_name
     assert f"cannot open the lock file {wd / '.retrain.lock'} (Permission denied): it belongs to user {owner}" \
         in line, line
+
+
+def test_a_plot_without_curves_warns_nothing(tmp_path):
+    """Case 27: a report whose every cell is missing drew a legend of no curves (matplotlib's UserWarning
+    'No artists with labels found to put in legend' leaked to the user)."""
+    import warnings
+
+    from fastroar.stages.report import plot_curves
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plot_curves([], tmp_path / "empty.png", "nothing recorded")
+    assert (tmp_path / "empty.png").stat().st_size > 0
