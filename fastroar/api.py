@@ -21,16 +21,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
-from fastroar.engine.workspace import atomic_save
-from fastroar.errors import ConfigError, MissingInputError
+from fastroar.engine.workspace import Workdir, atomic_write
+from fastroar.errors import ConfigError, MissingInputError, StoreMismatchError
 from fastroar.keys import file_sha256
 from fastroar.metrics.diffroar import diffroar_rows
-from fastroar.stages.artifacts import load_prepared, model_families, sweep_records
+from fastroar.stages.artifacts import checkpoint_path, load_prepared, model_families, sweep_records
 from fastroar.stages.contract import Context, open_context
 from fastroar.stages.mask_control import mask_controls, with_mask_columns
+from fastroar.stages.report import explain
 from fastroar.stages.run import run
 
 RUN_COLUMNS = ("model", "attribution", "k", "direction", "seed", "accuracy", "train_acc", "loss", "recipe_name",
@@ -67,17 +69,38 @@ def _set(key: str, value: Any) -> str:
 
 def _model_file(model: nn.Module, workdir: Path, name: str) -> Path:
     """The module's state dict saved under <workdir>/inputs/<name>.pt (rewritten only when it changed, so
-    that a second evaluate of the same model finds its registration unchanged)."""
+    that a second evaluate of the same model finds its registration unchanged). Another model where `name`
+    is already registered and trained on is refused before anything is written: its file is what the
+    workdir's checkpoint, rank maps and records were made from."""
+    import hashlib
+    import io
+
     path = workdir / "inputs" / f"{name}.pt"
-    tmp = path.with_name(path.name + ".new")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    torch.save(state, tmp)
-    if path.exists() and file_sha256(path) == file_sha256(tmp):
-        tmp.unlink()
-    else:
-        tmp.replace(path)
+    buffer = io.BytesIO()
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buffer)
+    data = buffer.getvalue()
+    if path.exists() and file_sha256(path) == hashlib.sha256(data).hexdigest():
+        return path
+    registered = checkpoint_path(Workdir(workdir), name).with_name("model.json")
+    if path.exists() and registered.exists():
+        raise StoreMismatchError(f"{workdir} already holds base model {name!r}, registered from another model "
+                                 f"({path}); pass another workdir= (or name=) for this model, or delete "
+                                 f"{registered.parent} and {path} to replace it")
+    atomic_write(path, lambda f: f.write(data))
     return path
+
+
+def _check_arguments(attributions: Any, levels: Any, seeds: Any) -> None:
+    """ConfigError for the arguments a Python caller can get subtly wrong: a string where a list belongs
+    (iterated letter by letter: "unknown attribution 'g'"), a seeds count that is not a whole number."""
+    for name, value, example in (("attributions", attributions, "['gradient']"), ("levels", levels, "[0.1, 0.3]")):
+        if value is not None and (isinstance(value, (str, bytes)) or not hasattr(value, "__iter__")):
+            raise ConfigError(f"{name} must be a list, e.g. {name}={example}, got {value!r}")
+    for k in levels if levels is not None else ():
+        if isinstance(k, bool) or not isinstance(k, (int, float, np.floating, np.integer)):
+            raise ConfigError(f"levels must be numbers in (0, 1), e.g. levels=[0.1, 0.3], got {k!r} in {levels!r}")
+    if seeds is not None and (isinstance(seeds, bool) or not isinstance(seeds, int)):
+        raise ConfigError(f"seeds must be a whole number of runs (e.g. seeds=2), got {seeds!r}")
 
 
 def evaluate(model_or_checkpoint: nn.Module | str | Path | None = None, dataset: str | None = "blockdigits",
@@ -103,11 +126,12 @@ def evaluate(model_or_checkpoint: nn.Module | str | Path | None = None, dataset:
     (as ``--set``). The call resumes: finished work in `workdir` is reused.
     """
     root = Path(workdir)
+    _check_arguments(attributions, levels, seeds)
     sets: list[str] = []
     checkpoints: dict[str, str] = {}
     if model_or_checkpoint is not None:
         if isinstance(model_or_checkpoint, nn.Module):
-            path = _model_file(model_or_checkpoint, root, name)
+            path = root / "inputs" / f"{name}.pt"   # written by _model_file once the workdir is open
         elif isinstance(model_or_checkpoint, (str, Path)):
             path = Path(model_or_checkpoint).expanduser()
         else:
@@ -134,6 +158,8 @@ def evaluate(model_or_checkpoint: nn.Module | str | Path | None = None, dataset:
     ctx = open_context(root, dataset=None if config else dataset, config_path=str(config) if config else None,
                        overrides=[*sets, *overrides], create=True, log=log, progress=progress,
                        checkpoints=checkpoints)
+    if isinstance(model_or_checkpoint, nn.Module):
+        _model_file(model_or_checkpoint, root, name)
     run(ctx)
     return _results(ctx)
 
@@ -155,7 +181,13 @@ def _results(ctx: Context) -> Results:
 
     cfg, wd = ctx.cfg, ctx.wd
     prepared = load_prepared(cfg, wd)
-    _, mine, _, _ = sweep_records(cfg, wd, prepared)  # by job key, as `fastroar report`
+    jobs, mine, others, skipped = sweep_records(cfg, wd, prepared)  # by job key, as `fastroar report`
+    if skipped:  # torn, damaged (checksum) or not retraining records: never used
+        ctx.log(f"[fastroar] {skipped.note(wd.results_path)}")
+    if not mine:
+        other = f" ({len(others)} record(s) of other settings: {explain(others, jobs)})" if others else ""
+        ctx.log(f"[fastroar] no retraining results of this config in {wd.results_path}{other}: the frames are "
+                f"empty; run `fastroar retrain --workdir {wd.root}` with the same settings first")
     records = sorted(mine, key=lambda r: (r["model"], r["attribution"], r["k"], r["direction"] != "top", r["seed"]))
     runs = pd.DataFrame([{c: r.get(c) for c in RUN_COLUMNS} for r in records], columns=list(RUN_COLUMNS))
     hashes = {r["model"]: r["model_hash"] for r in records}

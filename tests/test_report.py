@@ -56,7 +56,10 @@ def test_model_warnings_name_an_undertrained_and_a_non_robust_model():
     assert "not robust" in w[1] and "0.510 is at chance 0.514" in w[1]
     fine = {"config": {"name": "robust", "adversary": adv}, "summary": {"test_acc": 1.0, "robust_test_acc": 0.97}}
     assert model_warnings(cfg, fine, chance=0.5, n_test=500) == []
-    assert model_warnings({"train": {}}, {**under, "summary": {"test_acc": 0.3}}, 0.5, 500) == []  # no floor set
+    assert model_warnings({"train": {}}, {**under, "summary": {"test_acc": 0.6}}, 0.5, 500) == []  # no floor set
+    # at or below chance (0.5 + one binomial standard error, 0.022, on 500 images): FAILED, floor or not
+    (failed,) = model_warnings({"train": {}}, {**under, "summary": {"test_acc": 0.52}}, 0.5, 500)
+    assert failed.startswith("FAILED: base model 'robust' learned nothing: clean test accuracy 0.520")
 
 
 def test_report_prints_chance_aq_and_the_undertrained_warning(run_workdir, tmp_path):

@@ -7,7 +7,8 @@ import time
 import click
 
 from fastroar.cli.options import (CHECKPOINT_OPTION, FILL_OPTION, RECIPE_OPTION, VERBOSE_OPTION, common_options,
-                                  context, executor_options, fail_cleanly, parse_levels, scores_option)
+                                  context, executor_options, fail_cleanly, finite_positive, parse_levels,
+                                  scores_option)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -64,10 +65,13 @@ def precompute(workdir, dataset, config_path, overrides, device, loader, progres
 @cli.command()
 @common_options
 @click.option("--k", "levels", multiple=True, callback=parse_levels,
-              help="Level(s) k in (0, 1): fraction of coordinates kept (repeatable or comma-separated).")
+              help="Level(s) k in (0, 1): fraction of coordinates kept (repeatable or comma-separated). Levels "
+                   "and seeds beyond the config's are recorded under the config's other settings, and `report` "
+                   "includes them as they are.")
 @click.option("--direction", type=click.Choice(["top", "bottom", "both"]), default="both", show_default=True)
 @click.option("--seeds", type=click.IntRange(min=1, max=1000), default=None,
-              help="Runs per (level, direction), at most 1000  [default: the config's retrain.seeds]")
+              help="Runs per (level, direction), at most 1000  [default: the config's retrain.seeds]; `report` "
+                   "includes the extra seeds.")
 @click.option("--model", "models", multiple=True, help="Only this base model (repeatable).")
 @click.option("--attribution", "attributions", multiple=True, help="Only this attribution (repeatable).")
 @FILL_OPTION
@@ -105,9 +109,10 @@ def report(workdir, dataset, config_path, overrides, device, loader, progress) -
               help="Level(s) k in (0, 1) (repeatable or comma-separated). Default: the config's levels.")
 @click.option("--model", "models", multiple=True, help="Only this base model (repeatable).")
 @click.option("--attribution", "attributions", multiple=True, help="Only this attribution (repeatable).")
-@click.option("--noise", type=click.FloatRange(min=0), default=0.01, show_default=True,
-              help="Std of the noise added to imputed pixels, as a fraction of the inputs' value range.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the imputation noise.")
+@click.option("--noise", type=float, default=0.01, show_default=True, callback=finite_positive,
+              help="Std of the noise added to imputed pixels, as a fraction of the inputs' value range (> 0).")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Seed of the imputation noise (>= 0).")
 @click.option("--rule", type=click.Choice(["fastroar", "reference"]), default="fastroar", show_default=True,
               help="Kept set: fastroar = DiffROAR's masks (per coordinate, n = floor(k*d + 1/2)); reference = "
                    "ROAD's code (pixels ranked by the attribution summed over channels, counts truncated).")

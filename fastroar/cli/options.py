@@ -22,8 +22,12 @@ def fail_cleanly(fn: Callable) -> Callable:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        _terminate_as_interrupt()
         try:
             return fn(*args, **kwargs)
+        except StdoutClosed as e:
+            click.echo(f"Error: {e}", err=True)
+            sys.exit(2)
         except FastroarError as e:
             click.echo(f"Error: {e}", err=True)
             sys.exit(2)
@@ -37,11 +41,51 @@ def fail_cleanly(fn: Callable) -> Callable:
             click.echo(f"Error: {e.strerror or e}{where}; check that the path is writable and has space, "
                        "then rerun the same command (finished work is kept)", err=True)
             sys.exit(2)
-        except KeyboardInterrupt:
-            click.echo("\nInterrupted: finished work is kept; rerun the same command to resume.", err=True)
-            sys.exit(130)
+        except KeyboardInterrupt as e:
+            what = "Terminated (SIGTERM)" if isinstance(e, Terminated) else "Interrupted"
+            click.echo(f"\n{what}: finished work is kept; rerun the same command to resume.", err=True)
+            sys.exit(143 if isinstance(e, Terminated) else 130)
 
     return wrapper
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, taken as Ctrl-C is: the stage stops its tasks and removes its temporary files (the default
+    action ends the process on the spot, leaving e.g. report/.diffroar.png.XXXX behind)."""
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+def _terminate_as_interrupt() -> None:
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _terminate)
+
+
+class StdoutClosed(FastroarError):
+    """Standard output refused a line (a full device, an I/O error) while the work itself went on."""
+
+
+def echo(text: str) -> None:
+    """click.echo for the stages' log: when the reader of a pipe has left (`fastroar run | head -2`), the
+    rest of the log is dropped and the work goes on (before, the run stopped after train); when stdout
+    itself fails (`> /dev/full`), one line says so, not "check that the path is writable"."""
+    if getattr(echo, "closed", False):
+        return
+    try:
+        click.echo(text)
+    except BrokenPipeError:
+        echo.closed = True  # type: ignore[attr-defined]
+        _silence_stdout()
+    except OSError as e:
+        echo.closed = True  # type: ignore[attr-defined]
+        _silence_stdout()
+        raise StdoutClosed(f"standard output refused the log ({e.strerror or e}); the work up to here is kept: "
+                           "rerun with stdout sent to a file or a terminal") from None
 
 
 def _silence_stdout() -> None:
@@ -173,8 +217,9 @@ def context(workdir: str, dataset: str | None, config_path: str | None, override
         sets.append(f"loader={loader}")
     if progress is None:
         progress = sys.stderr.isatty()
+    echo.closed = False  # type: ignore[attr-defined]
     return open_context(workdir, dataset=dataset, config_path=config_path, overrides=sets, create=create,
-                        log=click.echo, progress=progress, checkpoints=checkpoints, verbose=verbose)
+                        log=echo, progress=progress, checkpoints=checkpoints, verbose=verbose)
 
 
 def _name_path(ctx, param, values) -> dict[str, str]:
@@ -239,3 +284,12 @@ def parse_levels(ctx, param, values) -> list[float] | None:
         return [check_level(v) for v in levels] or None
     except FastroarError as e:
         raise click.BadParameter(str(e)) from None
+
+
+def finite_positive(ctx, param, value: float | None) -> float | None:
+    """A number option that must be finite and > 0 (click's FloatRange lets inf through)."""
+    import math
+
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise click.BadParameter(f"must be a finite number > 0, got {value}")
+    return value

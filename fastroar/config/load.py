@@ -7,6 +7,7 @@ names the key and the fix.
 from __future__ import annotations
 
 import copy
+import os
 import re
 from pathlib import Path
 from typing import Any, Iterable
@@ -20,6 +21,38 @@ from fastroar.method import DIRECTIONS, RECIPES, check_level
 DEFAULT_DATASET = "blockdigits"
 SCORES_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 LOADERS = ("auto", "ffcv", "resident")
+
+
+class DuplicateKeyError(yaml.YAMLError):
+    """A mapping names one key twice (YAML keeps the last silently: a first `retrain:` block would be lost)."""
+
+    def __init__(self, key: Any, first: int, second: int) -> None:
+        super().__init__(f"key {key!r} appears twice (lines {first} and {second}); YAML would keep only the last "
+                         "silently: merge the two into one")
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a mapping naming a key twice (merge keys `<<` excepted)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                if key in seen:
+                    raise DuplicateKeyError(key, seen[key], line)
+                seen[key] = line
+            except TypeError:  # an unhashable key: SafeLoader's own error names it
+                continue
+        return super().construct_mapping(node, deep=deep)
+
+
+def parse_yaml(text: str) -> Any:
+    """The YAML `text` as Python values (yaml.safe_load's), refusing duplicate keys (DuplicateKeyError)."""
+    return yaml.load(text, Loader=UniqueKeyLoader)
 
 
 def config_dir() -> Path:
@@ -50,9 +83,11 @@ def load_config(dataset: str | None = None, path: str | Path | None = None,
             raise ConfigError(f"unknown dataset {name!r}; choose one of: {', '.join(available_configs())} "
                               "(or pass --config FILE)")
     try:
-        cfg = yaml.safe_load(p.read_text(encoding="utf-8"))
+        cfg = parse_yaml(p.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
         raise ConfigError(f"{p} is not a text file; --config takes a YAML file") from None
+    except DuplicateKeyError as e:
+        raise ConfigError(f"{p}: {e}") from None
     except yaml.YAMLError as e:
         first = " ".join(str(e).split())
         raise ConfigError(f"{p} is not valid YAML: {first}") from None
@@ -97,7 +132,9 @@ def set_dotted(cfg: dict[str, Any], item: str) -> None:
         if not isinstance(node, dict):
             raise ConfigError(f"override {item!r}: {part!r} is not a section")
     try:
-        node[parts[-1]] = yaml.safe_load(raw)
+        node[parts[-1]] = parse_yaml(raw)
+    except DuplicateKeyError as e:
+        raise ConfigError(f"override {item!r}: {e}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"override {item!r}: value is not valid YAML ({' '.join(str(e).split())})") from None
 
@@ -194,7 +231,7 @@ def validate(cfg: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"store must be a path or an fsspec URL, got {cfg['store']!r}")
     if cfg.get("store") and "://" not in cfg["store"]:
         # a local path is kept absolute, so the saved config finds it from any working directory
-        cfg["store"] = str(Path(cfg["store"]).expanduser().resolve())
+        cfg["store"] = str(Path(os.path.expandvars(cfg["store"])).expanduser().resolve())  # $HOME, ~
     if cfg.setdefault("device", "auto") not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"device must be auto, cpu or cuda, got {cfg['device']!r}")
     return cfg

@@ -11,10 +11,11 @@ millions of jobs before the first one ran).
 from __future__ import annotations
 
 import difflib
+import math
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr,
-                      ValidationError)
+from pydantic import (AfterValidator, AllowInfNan, BaseModel, ConfigDict, Field, StrictBool, StrictInt,
+                      StrictStr, ValidationError)
 
 from fastroar.errors import ConfigError
 
@@ -22,12 +23,18 @@ MAX_SEEDS = 1000            # runs per (level, direction)
 MAX_BATCH = 1 << 16         # images per batch, anywhere
 MAX_MODELS_PER_GROUP = 4096
 MAX_REPLICATES = 32         # base models per entry of models
-Number = float  # strict: a YAML int or float, never a bool or a string
+# strict: a YAML int or float, never a bool or a string; and finite: .inf or .nan would train models whose every
+# number is NaN, and every DiffROAR row would print 0.000 without a word
+Number = Annotated[float, AllowInfNan(False)]
 
 
 def _fill(value: Any) -> Any:
-    if value in ("zero", "mean", "road") or (isinstance(value, (int, float)) and not isinstance(value, bool)):
+    if value in ("zero", "mean", "road"):
         return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if math.isfinite(value):
+            return value
+        raise ValueError("must be a finite number (or zero, mean, road)")
     raise ValueError("must be zero, mean, road or a number")
 
 
@@ -58,7 +65,7 @@ class Recipe(Section):
     epochs: StrictInt = Field(10, ge=1, le=100_000)
     batch_size: StrictInt = Field(128, ge=1, le=MAX_BATCH)
     lr: Number = Field(0.1, gt=0)
-    momentum: Number = Field(0.9, ge=0)
+    momentum: Number = Field(0.9, ge=0, lt=1)       # >= 1: every step adds up, SGD diverges
     weight_decay: Number = Field(5e-4, ge=0)
     warmup_epochs: Number = Field(0.0, ge=0)
     label_smoothing: Number = Field(0.0, ge=0, lt=1)
@@ -86,7 +93,7 @@ class Adversary(Section):
 class BaseModelSpec(Section):
     name: StrictStr = Field(min_length=1)
     adversary: Optional[Adversary] = None
-    seed: StrictInt = 0
+    seed: StrictInt = Field(0, ge=0)
     checkpoint: Optional[StrictStr] = Field(None, min_length=1)  # the user's trained model, not trained here
     # B base models of this recipe (seeds seed, seed+1, ...): intervals then span base models too.
     # The loader expands them into entries NAME, NAME.1, ... that name their family in replicate_of.
@@ -180,6 +187,8 @@ def _expects(err: dict[str, Any]) -> str:
         return "must be an integer"
     if kind in ("float_type", "float_parsing"):
         return "must be a number"
+    if kind == "finite_number":
+        return "must be a finite number (not .inf or .nan)"
     if kind == "bool_type":
         return "must be true or false"
     if kind in ("string_type",):

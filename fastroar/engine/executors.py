@@ -58,7 +58,7 @@ class LocalExecutor:
         for i in range(self.workers):
             slots.put(i)
         with cf.ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_pin_worker,
-                                    initargs=(slots,)) as pool:
+                                    initargs=(slots, os.getpid())) as pool:
             futures = [pool.submit(fn, *args) for args in items]
             yield from _as_completed(futures, progress, desc)
 
@@ -192,14 +192,36 @@ def usable_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _pin_worker(slots) -> None:
-    """Worker initializer: take a slot number and make GPU (slot mod #GPUs) this process's default device."""
+def _pin_worker(slots, parent: int | None = None) -> None:
+    """Worker initializer: take a slot number and make GPU (slot mod #GPUs) this process's default device;
+    and leave when the parent process `parent` dies (_exit_with_parent)."""
     import torch
 
+    if parent is not None:
+        _exit_with_parent(parent)
     slot = slots.get()
     torch.set_num_threads(1)
     if torch.cuda.is_available() and torch.cuda.device_count() > 0:
         torch.cuda.set_device(slot % torch.cuda.device_count())
+
+
+PARENT_POLL_S = 0.5
+
+
+def _exit_with_parent(parent: int) -> None:
+    """Ends this worker process when `parent` is no longer its parent (killed, even by SIGKILL, which
+    leaves no chance to stop the pool): a daemon thread polls os.getppid(). Without it, the workers of a
+    killed `fastroar retrain --workers N` trained on, orphaned, and kept the resource tracker alive. (Linux's
+    PR_SET_PDEATHSIG fires when the parent's spawning *thread* ends, which a pool started from a task
+    thread would trip; polling has no such catch.)"""
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_POLL_S)
+        os._exit(1)
+
+    if os.getppid() != parent:  # the parent died before this worker got here
+        os._exit(1)
+    threading.Thread(target=watch, name="fastroar-parent-watch", daemon=True).start()
 
 
 def default_workers() -> int:
@@ -232,6 +254,8 @@ class RayExecutor:
             check_reachable(self.address)
         if ray.is_initialized():
             return
+        if not remote_cluster:
+            check_implicit_address()
         use_auth_token(self.auth_token_file)
         local = {} if self.address else {"_node_ip_address": "127.0.0.1"}  # a private instance: loopback only
         if remote_cluster and "://" not in self.address:  # ray:// (Ray Client) has no GCS port to ask
@@ -281,16 +305,45 @@ def _ray_task(fn: Callable, delay: float, *args: Any) -> Any:
     return fn(*args)
 
 
-def check_reachable(address: str, timeout: float = 5.0) -> None:
-    """Fails fast (ray.init itself waits minutes) when nothing answers at host:port."""
+def check_reachable(address: str, timeout: float = 5.0, named_by: str | None = None) -> None:
+    """Fails fast (ray.init itself waits minutes) when nothing answers at host:port. `named_by`: where the
+    address came from when the user did not pass it (RAY_ADDRESS, Ray's ray_current_cluster file)."""
     import socket
 
     host, port = split_address(address)
     try:
         socket.create_connection((host, int(port)), timeout=timeout).close()
     except OSError as e:
+        if named_by is not None:
+            raise FastroarError(f"no Ray cluster answers at {address} ({e.strerror or e}), the address {named_by} "
+                                "names, which Ray connects to when no --address is given (it would retry it "
+                                "forever); clear it (`ray stop`, or delete the file / unset the variable) to "
+                                "start a private Ray here, pass --address of a running cluster, or use "
+                                "--executor local") from None
         raise FastroarError(f"no Ray cluster answers at {address} ({e.strerror or e}); start one with "
                             "`ray start --head --port PORT` and pass HOST:PORT, or use --executor local") from None
+
+
+def check_implicit_address() -> None:
+    """Without --address, ray.init connects to $RAY_ADDRESS, else to the cluster named in Ray's
+    <temp dir>/ray/ray_current_cluster (written by the last `ray start`, left behind when that cluster
+    died), and retries a dead one about every 40 s, forever. Checks that address first, naming its source."""
+    env = os.environ.get("RAY_ADDRESS", "")
+    if env and env not in ("auto", "local"):
+        if "://" not in env:
+            check_reachable(env, named_by="$RAY_ADDRESS")
+        return
+    try:
+        from ray._common.utils import get_ray_address_file
+    except ImportError:  # another Ray layout: ray.init's own lookup and messages
+        return
+    path = Path(get_ray_address_file(None))
+    try:
+        address = path.read_text().strip()
+    except OSError:  # none: a private Ray starts here
+        return
+    if address:
+        check_reachable(address, named_by=f"Ray's file {path}")
 
 
 def split_address(address: str) -> tuple[str, str]:

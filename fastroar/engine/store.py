@@ -16,14 +16,17 @@ attribution and its parameters, levels); opening it with other inputs raises Sto
 """
 from __future__ import annotations
 
+import contextlib
+import json
+import time
 import zlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import zarr
 
-from fastroar.errors import MissingInputError, StoreCorruptError, StoreMismatchError
+from fastroar.errors import BusyError, MissingInputError, StoreCorruptError, StoreMismatchError
 from fastroar.engine.faults import fault_point
 from fastroar.engine.kernels.reference import rank_dtype
 
@@ -31,6 +34,24 @@ DONE_FLAG = np.uint64(1 << 32)
 CHUNK_BYTES = 32 << 20  # rank rows per chunk: about 32 MiB of ranks (>= 1 row)
 CHUNK_ARRAYS = ("ranks", "top", "bottom")  # what a chunk's CRC covers, in order
 IDENTITY_KEYS = ("model_hash", "dataset_key", "attribution", "attribution_params", "levels", "shape")
+
+
+# What zarr raises on metadata it cannot parse or a node that is gone: a truncated or deleted zarr.json
+DAMAGED_METADATA = (json.JSONDecodeError, UnicodeDecodeError, KeyError, zarr.errors.BaseZarrError)
+IDENTITY_WAIT_S = 10.0   # how long a writer waits for another process to finish creating an entry
+
+
+@contextlib.contextmanager
+def metadata_of(store: str, node: str) -> Iterator[None]:
+    """Turns zarr's failures on damaged or missing metadata of `node` (a path in the store, "" for its root)
+    into one StoreCorruptError naming what to delete."""
+    where = f"{store}/{node}" if node else store
+    try:
+        yield
+    except DAMAGED_METADATA as e:
+        what = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+        raise StoreCorruptError(f"rank store {where}: its metadata (zarr.json) is damaged or missing ({what}); "
+                                f"delete {where} and rerun `fastroar precompute` to recompute it") from None
 
 
 def chunk_rows(d: int, max_rows: int = 1024) -> int:
@@ -56,7 +77,9 @@ class SplitArrays:
 
     def array(self, name: str) -> zarr.Array:
         if name not in self._arrays:
-            self._arrays[name] = self.group[name]
+            root = getattr(self.group.store, "root", self.group.store)
+            with metadata_of(str(root), self.group.path.rsplit("/", 1)[0]):
+                self._arrays[name] = self.group[name]
         return self._arrays[name]
 
     @property
@@ -161,8 +184,12 @@ class RankStore:
                 self.root = zarr.open_group(self.path, mode="r", **opts)
             except (FileNotFoundError, zarr.errors.GroupNotFoundError) as e:
                 raise MissingInputError(f"no rank store at {self.path}; run `fastroar precompute` first") from e
+            except DAMAGED_METADATA:
+                with metadata_of(self.path, ""):
+                    raise
         else:
-            self.root = zarr.open_group(self.path, mode="a", **opts)
+            with metadata_of(self.path, ""):
+                self.root = zarr.open_group(self.path, mode="a", **opts)
 
     def entry_path(self, model: str, attribution: str) -> str:
         return f"{model}/{attribution.replace('/', '_')}"
@@ -174,16 +201,54 @@ class RankStore:
         identity must hold IDENTITY_KEYS; an existing entry made from other inputs raises StoreMismatchError.
         """
         path = self.entry_path(model, attribution)
-        if path in self.root:
-            entry = Entry(self.root[path])
-            if "model_hash" in entry.attrs:
-                entry.check_identity(identity, self.path)
-                return entry
-            del self.root[path]  # creation was interrupted before its identity was written: rebuild
-        if split_sizes is None:
+        entry = self._existing(path, rebuild=split_sizes is not None)
+        if entry is None and split_sizes is None:
             raise MissingInputError(
                 f"no ranks for model {model!r} and attribution {attribution!r} in {self.path}; "
                 "run `fastroar precompute` first")
+        if entry is None:
+            try:
+                return self._create(path, identity, split_sizes, chunk_size)
+            except (zarr.errors.ContainsArrayError, zarr.errors.ContainsGroupError):
+                # another process (a run on another workdir sharing this --store) created it at the same
+                # moment: use theirs, once its identity is written
+                entry = self._existing(path, rebuild=False)
+                if entry is None:
+                    raise BusyError(f"another process is creating rank store entry {self.path}/{path}; rerun "
+                                    "when it is done (finished chunks are kept)") from None
+        entry.check_identity(identity, self.path)
+        return entry
+
+    def stored_identity(self, model: str, attribution: str) -> dict[str, Any] | None:
+        """The identity attributes recorded for (model, attribution), or None where there is no entry."""
+        path = self.entry_path(model, attribution)
+        with metadata_of(self.path, path):
+            return dict(self.root[path].attrs) if path in self.root else None
+
+    def _existing(self, path: str, rebuild: bool) -> "Entry | None":
+        """The entry at `path` once its identity is written, or None when there is none. An entry without
+        identity is being created by another process, or was left so by a killed one: a writer (`rebuild`)
+        waits up to IDENTITY_WAIT_S for the identity, then deletes the leftover to create it anew; a reader
+        is told what to run (deleting it there could break the creating process)."""
+        deadline = time.monotonic() + (IDENTITY_WAIT_S if rebuild else 0.0)
+        with metadata_of(self.path, path):
+            while path in self.root:
+                group = self.root[path]
+                if "model_hash" in group.attrs:
+                    return Entry(group)
+                if time.monotonic() >= deadline:
+                    if not rebuild:
+                        raise MissingInputError(
+                            f"rank store entry {self.path}/{path} is incomplete: a `fastroar precompute` is "
+                            "creating it right now (wait for it), or one was killed while creating it (run "
+                            "`fastroar precompute`: it rebuilds it)")
+                    del self.root[path]  # creation was interrupted before its identity was written: rebuild
+                    return None
+                time.sleep(0.2)
+        return None
+
+    def _create(self, path: str, identity: dict[str, Any], split_sizes: dict[str, int],
+                chunk_size: int | None) -> "Entry":
         group = self.root.require_group(path)
         shape = tuple(identity["shape"])
         d = int(np.prod(shape))
@@ -201,6 +266,7 @@ class RankStore:
             g.create_array("done", shape=(-(-n // rows),), chunks=(1,), dtype="uint64",
                            fill_value=0)
         # Identity last: an entry without it was interrupted while being created and is rebuilt.
+        fault_point("store.before_identity")
         group.attrs.update({k: identity[k] for k in IDENTITY_KEYS} | {"splits": list(split_sizes)})
         return Entry(group)
 
@@ -220,9 +286,11 @@ class Entry:
         return list(self.group.attrs["levels"])
 
     def split(self, name: str) -> SplitArrays:
-        if name not in self.group:
-            raise MissingInputError(f"{self.group.path} has no split {name!r}")
-        return SplitArrays(self.group[name])
+        root = str(getattr(self.group.store, "root", self.group.store))
+        with metadata_of(root, self.group.path):
+            if name not in self.group:
+                raise MissingInputError(f"{self.group.path} has no split {name!r}")
+            return SplitArrays(self.group[name])
 
     def is_complete(self) -> bool:
         return all(not self.split(s).missing_chunks() for s in self.group.attrs.get("splits", []))
@@ -242,8 +310,8 @@ class Entry:
                         f"Delete {store_path}/{self.group.path} and rerun `fastroar precompute` to recompute "
                         "it, or use another --workdir.")
                 raise StoreMismatchError(
-                    f"rank store {store_path}/{self.group.path} was made with {key}={stored[key]!r}, "
-                    f"but this run has {key}={want!r} (another model, dataset or setting). Delete "
+                    f"rank store {store_path}/{self.group.path} was made with {key}={_short(stored[key])}, "
+                    f"but this run has {key}={_short(want)} (another model, dataset or setting). Delete "
                     f"{store_path}/{self.group.path} to recompute it, or use another --workdir.")
 
 
@@ -252,6 +320,13 @@ _WHY = {  # recorded inputs of user-provided attributions, and what a change of 
     "function": "another attribution function",
     "scores_sha256": "the precomputed score files changed since they were imported",
 }
+
+
+def _short(v: Any, limit: int = 80) -> str:
+    """repr(v), cut to `limit` characters: a message names a list of 1,000 levels, it does not print it."""
+    text = repr(_jsonable(v))
+    return text if len(text) <= limit else f"{text[:limit - 5]}... ({len(v)} values)" if hasattr(v, "__len__") \
+        else text[:limit] + "..."
 
 
 def _jsonable(v: Any) -> Any:

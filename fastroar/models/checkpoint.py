@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fastroar.errors import ConfigError, UserCodeError
+from fastroar.errors import ConfigError, StoreCorruptError, UserCodeError
 
 
 def read_state(path: str | Path) -> dict[str, torch.Tensor]:
@@ -34,6 +34,21 @@ def read_state(path: str | Path) -> dict[str, torch.Tensor]:
         raise UserCodeError(f"checkpoint {p} holds a {type(obj).__name__}, not a state dict, an nn.Module or "
                             "a dict with a 'state_dict'")
     return obj
+
+
+def load_saved(path: Path) -> dict[str, Any]:
+    """The dict of a model.pt that fastroar's train wrote; StoreCorruptError naming the fix when the file
+    cannot be read back (truncated by a full disk or a copy, damaged)."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # torch raises RuntimeError, EOFError, UnpicklingError, ... by kind of damage
+        first = (str(e).splitlines() or [type(e).__name__])[0]
+        raise StoreCorruptError(f"{path} is damaged: torch.load cannot read it ({type(e).__name__}: {first}); "
+                                f"delete {path.parent} and rerun `fastroar train`") from None
+    if not isinstance(ckpt, dict) or not {"state_dict", "config", "hash"} <= set(ckpt):
+        raise StoreCorruptError(f"{path} is not a checkpoint `fastroar train` wrote; delete {path.parent} and "
+                                "rerun `fastroar train`")
+    return ckpt
 
 
 def fit_state(model: nn.Module, state: dict[str, torch.Tensor], label: str, shape: tuple[int, ...],
@@ -66,4 +81,4 @@ def fit_state(model: nn.Module, state: dict[str, torch.Tensor], label: str, shap
     return model
 
 
-__all__ = ["read_state", "fit_state"]
+__all__ = ["read_state", "fit_state", "load_saved"]

@@ -21,11 +21,11 @@ from fastroar.attribution import METHODS
 from fastroar.attribution.scores import scan
 from fastroar.attribution.user import function_identity, is_reference
 from fastroar.engine.beton import map_beton, read_beton_cached, verify_beton
-from fastroar.engine.results import read_results_checked
+from fastroar.engine.results import RETRAIN_FIELDS, Skipped, read_results_checked
 from fastroar.engine.workspace import SPLITS, Workdir
 from fastroar.errors import ConfigError, FastroarError, MissingInputError, StoreMismatchError
 from fastroar.keys import digest, file_sha256
-from fastroar.method import pixel_scale, rank_dtype
+from fastroar.method import DIRECTIONS, n_kept, pixel_scale, rank_dtype
 from fastroar.metrics.road import DEFAULT_NOISE, METHOD as ROAD_METHOD
 from fastroar.models import build_model, state_hash
 from fastroar.training.jobs import Job, sparse_input_wanted, sweep
@@ -138,14 +138,32 @@ def load_prepared(cfg: dict[str, Any], workdir: Workdir) -> Prepared:
     """The prepared data of the config's dataset; a clear error when `prepare` has not run."""
     out = workdir.data_dir(dataset_key(cfg))
     if not (out / "meta.json").exists():
-        raise MissingInputError(f"dataset {cfg['dataset']['name']!r} is not prepared in {workdir.root}; "
-                                f"run `fastroar prepare --workdir {workdir.root}` first")
+        name = cfg["dataset"]["name"]
+        saved = _saved_dataset(workdir)
+        if saved is not None and saved != name:  # a bare `prepare` would prepare the saved config's dataset
+            raise MissingInputError(f"dataset {name!r} is not prepared in {workdir.root} (its config.yaml is for "
+                                    f"{saved!r}); run `fastroar prepare --workdir {workdir.root} --dataset {name}` "
+                                    "first, with this command's other --config/--set/--data-root options")
+        raise MissingInputError(f"dataset {name!r} is not prepared in {workdir.root}; "
+                                f"run `fastroar prepare --workdir {workdir.root}` first"
+                                f"{' with the same --dataset/--config/--set options' if saved else ''}")
     prepared = Prepared(out, json.loads((out / "meta.json").read_text()))
     for split in SPLITS:
         path = prepared.beton(split)
         stat = path.stat() if path.exists() else None
         _verified(str(path), stat and stat.st_size, stat and stat.st_mtime_ns)
     return prepared
+
+
+def _saved_dataset(workdir: Workdir) -> str | None:
+    """The dataset name in the workdir's saved config.yaml (None when there is none or it cannot be read)."""
+    import yaml
+
+    try:
+        saved = yaml.safe_load((workdir.root / "config.yaml").read_text())
+        return str(saved["dataset"]["name"])
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return None
 
 
 @functools.lru_cache(maxsize=16)
@@ -168,6 +186,19 @@ def train_settings(cfg: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in cfg["train"].items() if k not in TRAIN_CHECK_KEYS}
 
 
+def chance_tolerance(chance: float, n_test: int, errors: float = 2.0) -> float:
+    """`errors` binomial standard errors, sqrt(p (1 - p) / n), of an accuracy p = `chance` on n_test images."""
+    return errors * (chance * (1.0 - chance) / max(1, n_test)) ** 0.5
+
+
+def at_chance(summary: dict[str, Any], chance: float, n_test: int) -> bool:
+    """Whether a base model's clean test accuracy is at or below chance: not above it by more than one
+    binomial standard error (chance_tolerance(errors=1)). Such a model learned nothing, and the attributions
+    of a model that learned nothing say nothing."""
+    acc = summary.get("test_acc")
+    return isinstance(acc, (int, float)) and acc <= chance + chance_tolerance(chance, n_test, errors=1.0)
+
+
 def model_warnings(cfg: dict[str, Any], ckpt: dict[str, Any], chance: float, n_test: int) -> list[str]:
     """Why a trained base model is not in the regime its config asks for: clean test accuracy below
     train.min_test_acc, or accuracy under its PGD adversary within two binomial standard errors of chance
@@ -176,13 +207,18 @@ def model_warnings(cfg: dict[str, Any], ckpt: dict[str, Any], chance: float, n_t
     out = []
     floor = float(cfg["train"].get("min_test_acc") or 0.0)
     acc = summary.get("test_acc")
-    if acc is not None and acc < floor:
+    if at_chance(summary, chance, n_test):
+        out.append(f"FAILED: base model {name!r} learned nothing: clean test accuracy {acc:.3f} is at or below "
+                   f"chance {chance:.3f} (within {chance_tolerance(chance, n_test, 1.0):.3f}); its DiffROAR rows "
+                   "(marked FAILED) mean nothing: check its train settings (lr, epochs, adversary eps) and "
+                   "train it again")
+    elif acc is not None and acc < floor:
         out.append(f"WARNING: base model {name!r} is undertrained: clean test accuracy {acc:.3f} < "
                    f"train.min_test_acc {floor:g} (chance {chance:.3f}); train it longer (train.epochs) before "
                    "reading its attributions")
     robust = summary.get("robust_test_acc")
-    if robust is not None:
-        tol = 2.0 * (chance * (1.0 - chance) / max(1, n_test)) ** 0.5
+    if robust is not None and not at_chance(summary, chance, n_test):
+        tol = chance_tolerance(chance, n_test)
         if robust <= chance + tol:
             adv = ckpt["config"].get("adversary") or {}
             out.append(f"WARNING: base model {name!r} is not robust: accuracy under its PGD adversary "
@@ -209,6 +245,33 @@ def model_families(cfg: dict[str, Any]) -> dict[str, str]:
     """Each base model's family: the entry of `models` it replicates (`replicates: B`), else itself. A
     family's DiffROAR rows pool its base models (fastroar.metrics.diffroar)."""
     return {m["name"]: m.get("replicate_of") or m["name"] for m in cfg["models"]}
+
+
+def check_trained(cfg: dict[str, Any], workdir: Workdir) -> None:
+    """StoreMismatchError when a base model of the config was trained (or registered) in `workdir` with
+    another model config than the one `cfg` gives it: the check `train` makes, for the stages that read the
+    trained models. Without it, `--set train.epochs=2` (or another adversary) on precompute, retrain or
+    report would run and label the sweep of a model trained otherwise. Read from model.json (no torch); a
+    registered model whose checkpoint file is gone is not checked (its recorded hash still keys it), nor
+    anything while the config's data are not prepared (the stage then says to run `prepare`)."""
+    if not (workdir.data_dir(dataset_key(cfg)) / "meta.json").exists():
+        return
+    for spec in cfg["models"]:
+        info = checkpoint_path(workdir, spec["name"]).with_name("model.json")
+        if not info.is_file() or (spec.get("checkpoint") and not Path(str(spec["checkpoint"])).expanduser().is_file()):
+            continue
+        try:
+            trained = json.loads(info.read_text()).get("config")
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            raise StoreMismatchError(f"{info} is damaged (not the JSON `train` writes); delete {info.parent} and "
+                                     "rerun `fastroar train`") from None
+        wanted = json.loads(json.dumps(model_config(cfg, spec)))
+        if trained is not None and trained != wanted:
+            raise StoreMismatchError(
+                f"base model {spec['name']!r} in {info.parent} was trained with another config "
+                f"({config_diff(trained, wanted)}); drop the --set/--config that changes it (the workdir's "
+                f"config.yaml has the settings it was trained with), or delete {info.parent} and rerun "
+                "`fastroar train`")
 
 
 def checkpoint_file(spec: dict[str, Any]) -> Path:
@@ -247,10 +310,10 @@ def model_hash(workdir: Workdir, name: str, prepared: Prepared) -> str:
 
 def load_model(workdir: Workdir, name: str, prepared: Prepared) -> tuple[nn.Module, dict[str, Any]]:
     """A trained base model (eval mode, CPU) and its checkpoint dict."""
-    import torch
+    from fastroar.models.checkpoint import load_saved   # imports torch
 
     path = trained_checkpoint(workdir, name)
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    ckpt = load_saved(path)
     mcfg = ckpt["config"]
     model = build_model(mcfg["arch"], prepared.shape, prepared.num_classes, **mcfg["params"])
     model.load_state_dict(ckpt["state_dict"])
@@ -260,10 +323,21 @@ def load_model(workdir: Workdir, name: str, prepared: Prepared) -> tuple[nn.Modu
     return model.eval(), ckpt
 
 
-def config_diff(old: dict[str, Any], new: dict[str, Any]) -> str:
-    keys = [k for k in sorted(set(old) | set(new)) if json.dumps(old.get(k), sort_keys=True, default=str)
-            != json.dumps(new.get(k), sort_keys=True, default=str)]
-    return ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys) or "unknown difference"
+def config_diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> str:
+    """The keys whose values differ, 'recipe.epochs: 3 -> 2, ...' (sections compared key by key)."""
+    def text(v: Any) -> str:
+        return json.dumps(v, sort_keys=True, default=str)
+
+    parts = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if text(a) == text(b):
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            parts.append(config_diff(a, b, f"{prefix}{k}."))
+        else:
+            parts.append(f"{prefix}{k}: {a!r} -> {b!r}")
+    return ", ".join(parts) or "unknown difference"
 
 
 # ---------------------------------------------------------------- rank store entries
@@ -299,12 +373,37 @@ def identity_params(cfg: dict[str, Any], prepared: Prepared, attribution: str) -
     return params
 
 
-def identity(cfg: dict[str, Any], prepared: Prepared, model_hash: str, attribution: str) -> dict[str, Any]:
+def identity(cfg: dict[str, Any], prepared: Prepared, model_hash: str, attribution: str,
+             params: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The store identity of an attribution's ranks (`params`: its attribution_params, when already known)."""
     return {
         "model_hash": model_hash, "dataset_key": prepared.meta["key"], "attribution": attribution,
-        "attribution_params": identity_params(cfg, prepared, attribution), "levels": list(cfg["levels"]),
-        "shape": list(prepared.shape),
+        "attribution_params": identity_params(cfg, prepared, attribution) if params is None else params,
+        "levels": list(cfg["levels"]), "shape": list(prepared.shape),
     }
+
+
+def reading_identity(cfg: dict[str, Any], prepared: Prepared, model_hash: str, attribution: str,
+                     stored: dict[str, Any] | None) -> tuple[dict[str, Any], str | None]:
+    """(the identity to read an entry's ranks with, a WARNING line or None). For the user's module:function
+    whose module cannot be imported here, or whose source changed since its ranks were computed, the
+    stored identity of the function is taken: saved results stay readable without the user's code, with
+    a warning that they cannot be re-verified against it. Other attributions: `identity` as is."""
+    if not is_user_function(attribution) or stored is None:
+        return identity(cfg, prepared, model_hash, attribution), None
+    try:
+        fresh = identity(cfg, prepared, model_hash, attribution)
+    except FastroarError as e:
+        reason = f"its module cannot be imported here ({' '.join(str(e).split())[:120]})"
+    else:
+        old, new = stored.get("attribution_params") or {}, fresh["attribution_params"]
+        if old.get("source_sha256") == new.get("source_sha256") or {**old, "source_sha256": None} != \
+                {**new, "source_sha256": None}:
+            return fresh, None       # unchanged, or another difference: the store says which
+        reason = "its source changed since its ranks were computed"
+    return (identity(cfg, prepared, model_hash, attribution, params=stored.get("attribution_params")),
+            f"WARNING: attribution {attribution!r}: {reason}; its saved ranks and rows are shown as computed then, "
+            "and cannot be re-verified against the function")
 
 
 # ---------------------------------------------------------------- retraining
@@ -386,7 +485,8 @@ def select(cfg: dict[str, Any], key: str, names: Sequence[str] | None) -> list[s
     """The config's base models (key "models") or attributions (key "attributions") that a command picks
     with --model / --attribution: all when none are named; ConfigError naming the valid ones otherwise."""
     valid = [m["name"] for m in cfg["models"]] if key == "models" else list(cfg["attributions"])
-    for name in names or ():
+    names = list(dict.fromkeys(names or ()))   # --model a --model a: once
+    for name in names:
         if name not in valid:
             what = "model" if key == "models" else "attribution"
             raise ConfigError(f"unknown {what} {name!r}: the config's {key} are {', '.join(valid)} "
@@ -406,8 +506,13 @@ def sweep_jobs(cfg: dict[str, Any], workdir: Workdir, prepared: Prepared, *, mod
     alone (no torch imported: the report finds their records by either key, sweep_records)."""
     models = select(cfg, "models", models)
     attributions = select(cfg, "attributions", attributions)
-    levels = list(levels or cfg["levels"])
-    directions = list(directions or cfg["retrain"]["directions"])
+    levels = list(dict.fromkeys(float(k) for k in (levels or cfg["levels"])))  # --k 0.3 --k 0.30: once
+    directions = list(dict.fromkeys(directions or cfg["retrain"]["directions"]))
+    for k in levels:  # a level that keeps no coordinate (or all) trains on blank (or unmasked) images
+        if not 0 < n_kept(k, prepared.d) < prepared.d:
+            raise ConfigError(f"k={k:g} keeps {n_kept(k, prepared.d)} of the {prepared.d} coordinates of "
+                              f"{cfg['dataset']['name']} (n = floor(k*d + 1/2)): top-k and bottom-k would not "
+                              f"differ; choose k from {0.5 / prepared.d:.3g} to below {1 - 0.5 / prepared.d:.3g}")
     seeds = range(n_seeds or seed_counts(cfg)[1 if all_seeds else 0])
     count = len(models) * len(attributions) * len(levels) * len(directions) * len(seeds)
     if count > MAX_JOBS:
@@ -435,16 +540,39 @@ def sparse_input_here(cfg: dict[str, Any], prepared: Prepared) -> bool:
     return prepared.data_path(cfg["loader"], device, ranks=True) == "resident" and sparse_available(device)
 
 
+def recorded_beyond(cfg: dict[str, Any], workdir: Workdir, prepared: Prepared, records: dict[str, dict[str, Any]],
+                    jobs: Sequence[Job]) -> list[Job]:
+    """Jobs of the config's settings at levels or seeds beyond its own (`retrain --k 0.2 --seeds 3` on a
+    config of levels [0.1] and 1 seed) that have a record: the same job keys retrain wrote them under, so
+    every other setting (base models, data, recipe, fill) is the config's. report and load_results include
+    them: what was trained is reported, without repeating --k and --seeds."""
+    have = {j.key for j in jobs}
+    models, attributions = {m["name"] for m in cfg["models"]}, set(cfg["attributions"])
+    extra = [r for key, r in records.items() if key not in have and r["model"] in models
+             and r["attribution"] in attributions and r["direction"] in DIRECTIONS]
+    if not extra:
+        return []
+    levels = sorted({float(r["k"]) for r in extra} | set(cfg["levels"]))
+    n_seeds = max(seed_counts(cfg)[1], 1 + max(int(r["seed"]) for r in extra))
+    try:
+        wider = sweep_jobs(cfg, workdir, prepared, levels=levels, directions=DIRECTIONS, n_seeds=n_seeds, here=False)
+    except ConfigError:  # a sweep beyond MAX_JOBS, or a level that keeps nothing: the config's sweep only
+        return []
+    return [j for j in wider if j.key in records and j.key not in have]
+
+
 def sweep_records(cfg: dict[str, Any], workdir: Workdir, prepared: Prepared
-                  ) -> tuple[list[Job], list[dict[str, Any]], list[dict[str, Any]], list[int]]:
-    """(the config's jobs, their records, the records of other settings, unreadable line numbers) of the
-    workdir's results log: a record belongs to the config when its job key is one of the config's jobs
-    (base-model hashes, data, recipe, fill, ... all enter the key), so settings are never mixed. A job the
-    config wants sparse (retrain.sparse_input) ran sparse or dense by where it ran, which is not resolved
-    here (no torch): its sparse record counts, else its dense one; never both. With seeds: auto, the seeds
-    added count too."""
-    jobs = sweep_jobs(cfg, workdir, prepared, all_seeds=True, here=False)
-    records, unreadable = read_results_checked(workdir.results_path)
+                  ) -> tuple[list[Job], list[dict[str, Any]], list[dict[str, Any]], Skipped]:
+    """(the config's jobs, their records, the records of other settings, the skipped lines: torn, damaged
+    or not a retraining record) of the workdir's results log: a record belongs to the config when its job
+    key is one of the config's jobs (base-model hashes, data, recipe, fill, ... all enter the key), so
+    settings are never mixed. A job the config wants sparse (retrain.sparse_input) ran sparse or dense by
+    where it ran, which is not resolved here (no torch): its sparse record counts, else its dense one; never
+    both. With seeds: auto, the seeds added count too."""
+    # DiffROAR needs both directions
+    jobs = sweep_jobs(cfg, workdir, prepared, directions=DIRECTIONS, all_seeds=True, here=False)
+    records, unreadable = read_results_checked(workdir.results_path, RETRAIN_FIELDS)
+    jobs = jobs + recorded_beyond(cfg, workdir, prepared, records, jobs)
     found = [job if job.sparse_input and job.key in records else dataclasses.replace(job, sparse_input=False)
              for job in jobs]
     wanted = {j.key for j in jobs} | {j.key for j in found}

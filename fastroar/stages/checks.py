@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import math
 from pathlib import Path
 from typing import Any, Callable
 
@@ -12,7 +13,7 @@ from fastroar.attribution import METHODS, check_attribution
 from fastroar.datasets.registry import PARAM_HINTS, REGISTRY
 from fastroar.errors import ConfigError
 from fastroar.models import BUILDERS, check_arch
-from fastroar.stages.artifacts import train_settings
+from fastroar.stages.artifacts import is_user_function, train_settings
 from fastroar.training import Adversary, Recipe
 
 
@@ -28,6 +29,7 @@ def check_config(cfg: dict[str, Any]) -> dict[str, Any]:
     if arch in BUILDERS:  # torchvision:, timm: and module:callable builders take what they take
         check_params(BUILDERS[arch], cfg["model"]["params"], f"model {arch!r}", "model.params", {},
                      positional=("shape", "num_classes"))
+        check_builtin_params(cfg["model"]["params"])
     train = train_settings(cfg)  # without train.min_test_acc: a check, not a recipe field
     Recipe(**train)
     for m in cfg["models"]:
@@ -38,7 +40,9 @@ def check_config(cfg: dict[str, Any]) -> dict[str, Any]:
         if name in METHODS:
             raise ConfigError(f"scores name {name!r} is a built-in attribution; import the scores under another name")
     for a in cfg["attributions"]:
-        if a not in scores:
+        # the user's module:function is imported by the stages that run it (precompute), not here: its saved
+        # rows stay readable (report, load_results) where the module is not importable
+        if a not in scores and not is_user_function(a):
             check_attribution(a)
     rt = cfg["retrain"]
     Recipe(**{**train, **{k: v for k, v in rt.items() if k in Recipe.__dataclass_fields__}})
@@ -62,6 +66,36 @@ def check_params(fn: Callable, params: dict[str, Any], what: str, key: str, hint
             fix = f"; did you mean {key}.{close[0]}?" if close else ""
             raise ConfigError(f"{what} takes no parameter {name!r}{fix} (its parameters: "
                               f"{', '.join(valid) or 'none'})")
+
+
+def _width(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_WIDTH
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+MAX_WIDTH = 1 << 20   # units of a layer: beyond this, a typo (a 2-layer MLP of that width needs terabytes)
+# The values of the built-in architectures' parameters (their names are checked by check_params): a width
+# of 0 builds a model with no units, that trains to chance with only torch's warnings; "32" or 32.5 fail
+# deep inside torch.
+BUILTIN_PARAMS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "width": (_width, f"an integer between 1 and {MAX_WIDTH}"),
+    "widths": (lambda v: isinstance(v, list) and len(v) == 3 and all(map(_width, v)),
+               f"a list of 3 integers between 1 and {MAX_WIDTH}"),
+    "stem": (lambda v: v in ("small", "imagenet"), "small or imagenet"),
+    "bn_momentum": (lambda v: _finite(v) and 0 <= v <= 1, "a number in [0, 1]"),
+    "scaling_factor": (lambda v: _finite(v) and v > 0, "a finite number > 0"),
+}
+
+
+def check_builtin_params(params: dict[str, Any]) -> None:
+    """ConfigError naming the first parameter of a built-in architecture whose value it cannot use."""
+    for name, value in params.items():
+        ok, expects = BUILTIN_PARAMS.get(name, (lambda v: True, ""))
+        if not ok(value):
+            raise ConfigError(f"model.params.{name} must be {expects}, got {value!r}")
 
 
 def check_store(store: str) -> None:

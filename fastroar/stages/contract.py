@@ -30,8 +30,13 @@ import yaml
 
 from fastroar.config import load_config
 from fastroar.engine.faults import fault_point
-from fastroar.engine.workspace import Workdir, atomic_write_text, stage_lock
+from fastroar.engine.workspace import Workdir, atomic_write_text, refuse_foreign, stage_lock
+from fastroar.stages.artifacts import check_trained
 from fastroar.stages.checks import check_config
+
+# Stages that use the base models `train` made: each refuses a config the models were not trained with
+# (what `train` itself refuses), before doing any work.
+READS_TRAINED_MODELS = ("precompute", "retrain", "report", "estimate")
 
 
 @dataclass
@@ -64,7 +69,9 @@ def open_context(workdir: str | Path, *, dataset: str | None = None, config_path
                  progress: bool = True, checkpoints: Mapping[str, str] | None = None,
                  verbose: bool = False) -> Context:
     """The Context of a stage call: the config resolved and validated before anything is created, so a bad
-    option creates no workdir; create=True makes the workdir (stages that start a study: prepare, run)."""
+    option creates no workdir; create=True makes the workdir (stages that start a study: prepare, run). A
+    directory that is not fastroar's is refused first: its config.yaml is not a saved config."""
+    refuse_foreign(workdir)
     cfg = resolve_config(workdir, dataset=dataset, config_path=config_path, overrides=overrides,
                          checkpoints=checkpoints)
     return Context(cfg, Workdir(workdir, create=create, store=cfg.get("store")), log, progress,
@@ -102,6 +109,8 @@ def stage(name: str, *, saves_config: bool = False, uses_torch: bool = True,
                 with contextlib.ExitStack() as held:
                     for lock in locks or (name,):
                         held.enter_context(stage_lock(ctx.wd, lock))
+                    if name in READS_TRAINED_MODELS:
+                        check_trained(ctx.cfg, ctx.wd)
                     fault_point(f"stage.{name}")  # tests: pause or kill here, lock held
                     t0 = time.perf_counter()
                     result = fn(ctx, **options)

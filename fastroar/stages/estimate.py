@@ -12,7 +12,7 @@ import time
 from typing import Any, Sequence
 
 from fastroar import __version__
-from fastroar.engine.results import append_result, read_results
+from fastroar.engine.results import ROAD_FIELDS, append_result, read_results
 from fastroar.engine.store import RankStore
 from fastroar.errors import ConfigError, MissingInputError
 from fastroar.keys import digest
@@ -85,7 +85,7 @@ def estimate(ctx: Context, *, models: Sequence[str] | None = None, attributions:
     path = workdir.road_path
     device = resolve_device(cfg["device"])
     solver = "torch" if device.type == "cuda" else "scipy"   # imputation solve on the device (same result to 1e-5)
-    done = read_results(path)
+    done = read_results(path, ROAD_FIELDS)
     records = []
     bar = tqdm(total=len(models) * len(attributions) * len(levels), desc="estimate", unit="level",
                disable=not ctx.progress)

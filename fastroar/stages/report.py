@@ -15,7 +15,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from fastroar.engine.results import read_results
+from fastroar.engine.results import ROAD_FIELDS, read_results
 from fastroar.engine.store import RankStore
 from fastroar.engine.workspace import Workdir, atomic_write
 from fastroar.errors import MissingInputError
@@ -24,8 +24,8 @@ from fastroar.metrics.diffroar import comparison_rows, diffroar_rows
 from fastroar.metrics.localization import localization
 from fastroar.metrics.mask_probe import leaks
 from fastroar.metrics.road import DEFAULT_NOISE
-from fastroar.stages.artifacts import (Prepared, checkpoint_path, identity, load_prepared, model_families,
-                                       model_warnings, seed_counts, sweep_records)
+from fastroar.stages.artifacts import (Prepared, at_chance, checkpoint_path, load_prepared, model_families,
+                                       model_warnings, reading_identity, seed_counts, sweep_records)
 from fastroar.stages.contract import Context, stage
 from fastroar.stages.mask_control import mask_controls, with_mask_columns
 from fastroar.training.jobs import Job
@@ -99,7 +99,8 @@ def plot_curves(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     ax.set_xlabel("k (fraction of coordinates kept)")
     ax.set_ylabel("DiffROAR = acc(top-k) - acc(bottom-k), 95% interval")
     ax.set_title(title)
-    ax.legend(fontsize=8)
+    if curves:  # no curve (every cell missing): no legend, and no matplotlib warning about it
+        ax.legend(fontsize=8)
     fig.tight_layout()
     atomic_write(path, lambda f: fig.savefig(f, format="png"))
 
@@ -111,7 +112,7 @@ def road_estimates(workdir: Workdir, dataset_key: str, records: Iterable[dict[st
     are shown."""
     hashes = {(r["model"], r.get("model_hash")) for r in records}
     best: dict[tuple, tuple] = {}
-    for e in read_results(workdir.road_path).values():
+    for e in read_results(workdir.road_path, ROAD_FIELDS).values():
         if e.get("dataset_key") != dataset_key or (e["model"], e.get("model_hash")) not in hashes:
             continue
         key = (e["model"], e["attribution"], float(e["k"]))
@@ -148,11 +149,12 @@ def base_model_rows(cfg: dict[str, Any], workdir: Workdir, prepared: Prepared) -
         summary = json.loads(info.read_text())
         ckpt = {"summary": summary, "config": summary["config"]}   # what model_warnings reads of a checkpoint
         sm = ckpt["summary"]
-        adv = spec.get("adversary")
+        adv = summary["config"].get("adversary")   # the trained model's, not what this call's config says
         rows.append({"model": spec["name"], "adversary": f"{adv['norm']} eps {adv['eps']}" if adv else "-",
                      "test_acc": sm.get("test_acc"), "robust_test_acc": sm.get("robust_test_acc", "-"),
                      "chance": chance, "hash": str(sm.get("hash", "?"))[:12], "cpu": sm.get("cpu_capability", "?"),
-                     "warnings": model_warnings(cfg, ckpt, chance, len(labels))})
+                     "warnings": model_warnings(cfg, ckpt, chance, len(labels)),
+                     "failed": at_chance(sm, chance, len(labels))})
     return rows
 
 
@@ -170,10 +172,12 @@ def report(ctx: Context) -> dict[str, Any]:
     jobs, mine, others, unreadable = sweep_records(cfg, workdir, prepared)
     notes = []
     if unreadable:
-        notes.append(f"[report] {len(unreadable)} unreadable line(s) of {workdir.results_path} skipped (line "
-                     f"{', '.join(map(str, unreadable[:5]))}{', ...' if len(unreadable) > 5 else ''})")
+        notes.append(f"[report] {unreadable.note(workdir.results_path)}")
     if others:
         notes.append(f"[report] {len(others)} record(s) from other settings ignored: {explain(others, jobs)}")
+    beyond = beyond_note(cfg, jobs)
+    if beyond:
+        notes.append(beyond)
     if not mine:
         raise MissingInputError(f"no retraining results of this config in {workdir.results_path}"
                                 f"{' (' + notes[-1].removeprefix('[report] ') + ')' if others else ''}; run "
@@ -193,8 +197,13 @@ def report(ctx: Context) -> dict[str, Any]:
         columns, printed = DIFFROAR_COLUMNS + ("road",), PRINTED_COLUMNS + ("road",)
     columns, printed = columns + MASK_COLUMNS, printed + MASK_COLUMNS
     loc_rows, aq_rows = signal_rows(cfg, workdir, prepared, sorted({(r["model"], r["attribution"]) for r in mine}),
-                                    {r["model"]: r["model_hash"] for r in mine})
+                                    {r["model"]: r["model_hash"] for r in mine}, notes)
     model_rows = base_model_rows(cfg, workdir, prepared)
+    failed = {r["model"] for r in model_rows if r["failed"]}
+    if failed:  # a base model at chance: its rows are marked, not mixed in unremarked
+        for r in rows:
+            r["base_model"] = "FAILED" if r["model"] in failed else ""
+        columns = columns + ("base_model",)
     out = workdir.report_dir
     write_csv(rows, out / "diffroar.csv", columns)
     if comparisons:
@@ -217,7 +226,8 @@ def report(ctx: Context) -> dict[str, Any]:
     short = [r for r in rows if r["runs"] < first * max(1, r.get("bases") or 1)]
     if short:
         log(f"({len(short)} row(s) have fewer than retrain.seeds = {cfg['retrain']['seeds']} runs in both directions: "
-            f"the sweep is not finished; `fastroar retrain --workdir {workdir.root}` completes it)")
+            f"the sweep is not finished; `fastroar retrain --workdir {workdir.root}` completes it"
+            f"{one_direction_note(cfg)})")
     if comparisons:
         log("\nPaired comparisons (same test images and seeds): DiffROAR(a) - DiffROAR(b), two-sided p")
         log(format_table([printable_comparison(c) for c in comparisons], PRINTED_COMPARISON))
@@ -297,6 +307,26 @@ def leakage_line(rows: list[dict[str, Any]], test_labels: np.ndarray, imputed: b
             f"({cells}): {why}; README: Leakage control{'' if imputed else ')'}")
 
 
+def beyond_note(cfg: dict[str, Any], jobs: Sequence[Job]) -> str:
+    """A line naming the levels and seeds reported beyond the config's (recorded by `retrain --k/--seeds`
+    with the config's other settings; fastroar.stages.artifacts.recorded_beyond), or ""."""
+    levels = sorted({j.k for j in jobs} - set(cfg["levels"]))
+    seeds = max((j.seed for j in jobs), default=0) + 1
+    parts = ([f"k = {', '.join(f'{k:g}' for k in levels)} beyond the config's levels"] if levels else []) + \
+            ([f"seeds up to {seeds} beyond retrain.seeds = {cfg['retrain']['seeds']}"]
+             if seeds > seed_counts(cfg)[1] else [])
+    return f"[report] also reported, as recorded by retrain with these settings: {'; '.join(parts)}" if parts else ""
+
+
+def one_direction_note(cfg: dict[str, Any]) -> str:
+    """What a config with one retrain direction must add: DiffROAR needs both."""
+    dirs = cfg["retrain"]["directions"]
+    if set(dirs) == {"top", "bottom"}:
+        return ""
+    return (f"; DiffROAR needs both directions and retrain.directions is [{', '.join(dirs)}]: add "
+            "--set 'retrain.directions=[top, bottom]' (or run retrain with --direction both)")
+
+
 def with_missing_cells(rows: list[dict[str, Any]], jobs: Sequence[Job],
                        families: dict[str, str] | None = None) -> list[dict[str, Any]]:
     """rows plus one row per (model, attribution, k) of the sweep that has no seed in both directions,
@@ -324,6 +354,12 @@ def explain(others: Sequence[dict[str, Any]], jobs: Sequence[Job]) -> str:
             reasons["not retraining records"] += 1
             continue
         job = by_slot.get(slot)
+        same_model = next((j for j in jobs if j.model == slot[0] and j.attribution == slot[1]), None)
+        if job is None and same_model is not None:  # a level or seed beyond the config's, other settings too
+            why = _difference(r, same_model, first)
+            if why != "another fastroar version's job key":
+                reasons[why] += 1
+                continue
         if job is None:
             m, a, k, d, seed = slot
             why = (f"model {m} not in the config" if m not in models else
@@ -359,18 +395,25 @@ def _difference(r: dict[str, Any], job: Job, first: Job | None) -> str:
 
 
 def signal_rows(cfg: dict[str, Any], workdir: Workdir, prepared: Prepared, pairs: Sequence[tuple[str, str]],
-                hashes: dict[str, str]) -> tuple[list[dict[str, Any]] | None, list[dict[str, Any]] | None]:
+                hashes: dict[str, str], notes: list[str] | None = None
+                ) -> tuple[list[dict[str, Any]] | None, list[dict[str, Any]] | None]:
     """(localization rows, AQ rows) of the test split's rank maps, read once per (model, attribution) from
     the store entry of that model's hash (checksums verified): per k the signal-block share of the top-k
-    ranks; AQ (fastroar.metrics.aq) per pair. (None, None) where the data record no signal blocks."""
+    ranks; AQ (fastroar.metrics.aq) per pair. (None, None) where the data record no signal blocks. `notes`
+    receives a WARNING per user attribution read by its stored identity (artifacts.reading_identity)."""
     signal = prepared.signal("test")
     if signal is None:
         return None, None
     store = RankStore(str(workdir.store_path), mode="r")
     chance = float(signal.sum(1).mean() / signal.shape[1])
+    warnings = notes if notes is not None else []
     loc, aq = [], []
     for model, attribution in pairs:
-        entry = store.open_entry(model, attribution, identity(cfg, prepared, hashes[model], attribution))
+        ident, warning = reading_identity(cfg, prepared, hashes[model], attribution,
+                                          store.stored_identity(model, attribution))
+        if warning and warning not in warnings:
+            warnings.append(warning)
+        entry = store.open_entry(model, attribution, ident)
         ranks = entry.split("test").read("ranks")
         for k, share in zip(cfg["levels"], localization(ranks, signal, cfg["levels"])):
             loc.append({"model": model, "attribution": attribution, "k": k, "signal_share": share,

@@ -46,7 +46,7 @@ from fastroar.engine.executors import LocalExecutor
 from fastroar.engine.faults import fault_point
 from fastroar.engine.hits import pack_hits, unpack_hits
 from fastroar.engine.loaders.plan import resident_bytes
-from fastroar.engine.results import append_result, read_results
+from fastroar.engine.results import RETRAIN_FIELDS, append_result, read_results, read_results_checked
 from fastroar.engine.store import RankStore, SplitArrays
 from fastroar.engine.workspace import SPLITS, Workdir
 from fastroar.errors import ConfigError, MissingInputError
@@ -318,7 +318,7 @@ class Recorder:
 def log_recorded(ctx: Context, jobs: Sequence[Job]) -> list[dict[str, Any]]:
     """Logs how many of `jobs` have a record, and returns those records (in job order)."""
     results_path = ctx.wd.results_path
-    done = read_results(results_path)
+    done = read_results(results_path, RETRAIN_FIELDS)
     paths = sorted({done[j.key]["loader"] for j in jobs if j.key in done})
     ctx.log(f"[retrain] {sum(j.key in done for j in jobs)}/{len(jobs)} jobs recorded in {results_path} "
             f"(data path: {', '.join(paths)})")
@@ -336,7 +336,9 @@ def retrain(ctx: Context, *, executor=None, **selection: Any) -> list[dict[str, 
     cfg, workdir = ctx.cfg, ctx.wd
     executor = executor or LocalExecutor()
     jobs = plan(cfg, workdir, **selection)
-    done = read_results(workdir.results_path)
+    done, skipped = read_results_checked(workdir.results_path, RETRAIN_FIELDS)
+    if skipped:   # torn, damaged or not a retraining record: never used, their jobs run again
+        ctx.log(f"[retrain] {skipped.note(workdir.results_path)}; their jobs run again")
     execute(ctx, jobs, [j for j in jobs if j.key not in done], executor)
     if cfg["retrain"]["seeds"] == "auto" and not selection.get("n_seeds"):
         while extra := auto_jobs(ctx, jobs, **selection):

@@ -19,9 +19,9 @@ from fastroar.engine.workspace import Workdir, atomic_save, atomic_write_text
 from fastroar.errors import StoreMismatchError
 from fastroar.metrics.aq import majority_rate
 from fastroar.models import BUILDERS, build_model, seeded_global_rng, state_hash
-from fastroar.models.checkpoint import fit_state, read_state
-from fastroar.stages.artifacts import (Prepared, checkpoint_file, checkpoint_path, config_diff, load_prepared,
-                                       model_config, resolve_device)
+from fastroar.models.checkpoint import fit_state, load_saved, read_state
+from fastroar.stages.artifacts import (Prepared, checkpoint_file, checkpoint_path, config_diff, load_model,
+                                       load_prepared, model_config, resolve_device)
 from fastroar.stages.contract import Context, save_config, stage
 from fastroar.training.loop import accuracy_of, robust_accuracy, test_hits, train_model
 from fastroar.training.settings import Adversary, Recipe
@@ -56,11 +56,12 @@ def untrained(ctx: Context, prepared: Prepared, device: torch.device
         mcfg = model_config(cfg, spec)
         path = checkpoint_path(workdir, spec["name"])
         if path.exists():
-            ckpt = torch.load(path, map_location="cpu", weights_only=False)
+            ckpt = load_saved(path)
             if ckpt["config"] != json.loads(json.dumps(mcfg)):
                 raise StoreMismatchError(
                     f"{path} was trained with another config ({config_diff(ckpt['config'], mcfg)}); delete "
                     f"{path.parent} to retrain it, or use another --workdir")
+            load_model(workdir, spec["name"], prepared)  # its weights still match their hash
             log(f"[train] {spec['name']}: checkpoint exists ({ckpt['hash'][:12]}), skipped")
             summaries[spec["name"]] = ckpt["summary"]
         elif spec.get("checkpoint"):
