@@ -105,10 +105,12 @@ at::Tensor invert_ranks(const at::Tensor& ranks) {
 
 // ---- sparse_rows ------------------------------------------------------------------------------------------
 
-// The inclusive rank bounds [a, b] of a model clamped to [0, d - 1]; empty when a > b (n = 0).
+// The inclusive rank bounds [a, b] of a model clamped to [0, d - 1]; (0, -1) when empty (n = 0: keep_bounds
+// then gives lo = the dtype's max, hi = its min, whose difference overflows).
 FR_INLINE void clamp_bounds(int64_t lo, int64_t hi, int64_t d, int64_t& a, int64_t& b) {
   a = std::max<int64_t>(lo, 0);
   b = std::min<int64_t>(hi, d - 1);
+  if (a > b) a = 0, b = -1;
 }
 
 template <typename O>
@@ -117,6 +119,10 @@ void rows_of(const float* x, const O* order, const int64_t* idx, const int64_t* 
              int64_t d, int64_t nmax) {
   at::parallel_for(0, m * b, std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(nmax, 1)),
                    [&](int64_t begin, int64_t end) {
+    thread_local std::vector<int32_t> tc;
+    thread_local std::vector<float> tv;
+    tc.resize(std::max<int64_t>(nmax, 1));
+    tv.resize(std::max<int64_t>(nmax, 1));
     for (int64_t t = begin; t < end; ++t) {
       const int64_t model = t / b, row = idx[t];
       TORCH_CHECK(row >= 0 && row < n, "sparse_rows: row index out of range");
@@ -128,16 +134,22 @@ void rows_of(const float* x, const O* order, const int64_t* idx, const int64_t* 
       int32_t* c = cols + t * nmax;
       float* v = vals + t * nmax;
       int32_t used = 0;
-      for (int64_t r = a; r <= z; ++r) {
-        const int64_t j = static_cast<int64_t>(os[r]);
-        TORCH_CHECK(j >= 0 && j < d, "sparse_rows: order holds a coordinate out of range");
-        const float value = xs[j] - f;
-        if (value != 0.0f) {
-          c[used] = static_cast<int32_t>(j);
-          v[used] = value;
-          ++used;
-        }
+      // two passes: the gather of the kept values (independent loads, which the CPU overlaps), then their
+      // compaction to the non-fill ones without branches (whether a pixel is lit is unpredictable)
+      bool in_range = true;
+      const int64_t kept = z - a + 1;
+      for (int64_t r = 0; r < kept; ++r) {
+        const int64_t j = static_cast<int64_t>(os[a + r]);
+        in_range &= j >= 0 && j < d;
+        tc[r] = static_cast<int32_t>(j);
+        tv[r] = xs[in_range ? j : 0] - f;
       }
+      for (int64_t r = 0; r < kept; ++r) {
+        c[used] = tc[r];
+        v[used] = tv[r];
+        used += tv[r] != 0.0f;
+      }
+      TORCH_CHECK(in_range, "sparse_rows: order holds a coordinate out of range");
       count[t] = used;
     }
   });
@@ -145,32 +157,41 @@ void rows_of(const float* x, const O* order, const int64_t* idx, const int64_t* 
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_rows(const at::Tensor& x, const at::Tensor& order,
-                                                           const at::Tensor& idx, const at::Tensor& lo,
-                                                           const at::Tensor& hi, const at::Tensor& fill) {
-  check(x, at::kFloat, 2, "x");
-  check(idx, at::kLong, 2, "idx");
+int64_t rows_width(const at::Tensor& lo, const at::Tensor& hi, int64_t d) {
   check(lo, at::kLong, 1, "lo");
   check(hi, at::kLong, 1, "hi");
-  check(fill, at::kFloat, 1, "fill");
-  TORCH_CHECK(order.device().is_cpu() && order.is_contiguous() && order.sizes() == x.sizes(),
-              "order must be a contiguous CPU tensor of x's shape (N, d)");
-  const int64_t m = idx.size(0), b = idx.size(1), n = x.size(0), d = x.size(1);
-  TORCH_CHECK(lo.numel() == m && hi.numel() == m && fill.numel() == m, "lo, hi and fill need one value per model");
+  TORCH_CHECK(lo.numel() == hi.numel(), "lo and hi need one value per model");
   const int64_t* lp = lo.data_ptr<int64_t>();
   const int64_t* hp = hi.data_ptr<int64_t>();
   int64_t nmax = 0;
-  for (int64_t i = 0; i < m; ++i) {
+  for (int64_t i = 0; i < lo.numel(); ++i) {
     int64_t a, z;
     clamp_bounds(lp[i], hp[i], d, a, z);
     nmax = std::max<int64_t>(nmax, z - a + 1);
   }
-  at::Tensor cols = at::empty({m, b, nmax}, x.options().dtype(at::kInt));
-  at::Tensor vals = at::empty({m, b, nmax}, x.options());
-  at::Tensor count = at::empty({m, b}, x.options().dtype(at::kInt));
-  if (m * b == 0) return {cols, vals, count};
+  return nmax;
+}
+
+void sparse_rows_out(const at::Tensor& x, const at::Tensor& order, const at::Tensor& idx, const at::Tensor& lo,
+                     const at::Tensor& hi, const at::Tensor& fill, at::Tensor cols, at::Tensor vals, at::Tensor count) {
+  check(x, at::kFloat, 2, "x");
+  check(idx, at::kLong, 2, "idx");
+  check(fill, at::kFloat, 1, "fill");
+  TORCH_CHECK(order.device().is_cpu() && order.is_contiguous() && order.sizes() == x.sizes(),
+              "order must be a contiguous CPU tensor of x's shape (N, d)");
+  const int64_t m = idx.size(0), b = idx.size(1), n = x.size(0), d = x.size(1);
+  const int64_t nmax = rows_width(lo, hi, d);
+  TORCH_CHECK(lo.numel() == m && fill.numel() == m, "lo, hi and fill need one value per model");
+  check(cols, at::kInt, 3, "cols");
+  check(vals, at::kFloat, 3, "vals");
+  check(count, at::kInt, 2, "count");
+  TORCH_CHECK(cols.size(0) == m && cols.size(1) == b && cols.size(2) == nmax && vals.sizes() == cols.sizes() &&
+                  count.size(0) == m && count.size(1) == b, "cols, vals (M, B, nmax) and count (M, B) have the wrong shape");
+  if (m * b == 0) return;
   const float* xp = x.data_ptr<float>();
   const int64_t* ip = idx.data_ptr<int64_t>();
+  const int64_t* lp = lo.data_ptr<int64_t>();
+  const int64_t* hp = hi.data_ptr<int64_t>();
   const float* fp = fill.data_ptr<float>();
   int32_t* cp = cols.data_ptr<int32_t>();
   float* vp = vals.data_ptr<float>();
@@ -181,6 +202,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_rows(const at::Tensor& x, 
     TORCH_CHECK(order.scalar_type() == at::kInt, "order must be uint16 or int32 (invert_ranks)");
     rows_of<int32_t>(xp, order.data_ptr<int32_t>(), ip, lp, hp, fp, cp, vp, kp, m, b, n, d, nmax);
   }
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_rows(const at::Tensor& x, const at::Tensor& order,
+                                                           const at::Tensor& idx, const at::Tensor& lo,
+                                                           const at::Tensor& hi, const at::Tensor& fill) {
+  TORCH_CHECK(x.dim() == 2 && idx.dim() == 2, "x must be (N, d), idx (M, B)");
+  const int64_t m = idx.size(0), b = idx.size(1), nmax = rows_width(lo, hi, x.size(1));
+  at::Tensor cols = at::empty({m, b, nmax}, x.options().dtype(at::kInt));
+  at::Tensor vals = at::empty({m, b, nmax}, x.options());
+  at::Tensor count = at::empty({m, b}, x.options().dtype(at::kInt));
+  sparse_rows_out(x, order, idx, lo, hi, fill, cols, vals, count);
   return {cols, vals, count};
 }
 
@@ -412,9 +444,10 @@ void sparse_linear_wgrad_(const at::Tensor& cols, const at::Tensor& vals, const 
   float* Gp = grad.data_ptr<float>();
   const WgradFn wgrad = kernels().second;
   at::parallel_for(0, m, 1, [&](int64_t begin, int64_t end) {  // a model's rows all go to its own gradient
-    std::vector<int64_t> start;
-    std::vector<int32_t> rows;
-    std::vector<float> vs;
+    // kept across calls: fresh buffers of this size cost page faults every step, as much as the products
+    thread_local std::vector<int64_t> start;
+    thread_local std::vector<int32_t> rows;
+    thread_local std::vector<float> vs;
     for (int64_t model = begin; model < end; ++model) {
       transpose_rows(cp + model * b * nmax, vp + model * b * nmax, kp + model * b, b, nmax, d, start, rows, vs);
       wgrad(start.data(), rows.data(), vs.data(), gp + model * b * h, ip + model * h, Gp + model * d * h, d, h);
@@ -446,6 +479,9 @@ TORCH_LIBRARY_FRAGMENT(fastroar, m) {
   m.def("invert_ranks(Tensor ranks) -> Tensor", &fastroar::invert_ranks);
   m.def("sparse_rows(Tensor x, Tensor order, Tensor idx, Tensor lo, Tensor hi, Tensor fill) -> (Tensor, Tensor, Tensor)",
         &fastroar::sparse_rows);
+  m.def("sparse_rows_out(Tensor x, Tensor order, Tensor idx, Tensor lo, Tensor hi, Tensor fill, Tensor(a!) cols, "
+        "Tensor(b!) vals, Tensor(c!) count) -> ()", &fastroar::sparse_rows_out);
+  m.def("rows_width(Tensor lo, Tensor hi, int d) -> int", &fastroar::rows_width);
   m.def("sparse_linear(Tensor cols, Tensor vals, Tensor count, Tensor w, Tensor c) -> Tensor",
         &fastroar::sparse_linear);
   m.def("sparse_linear_wgrad_(Tensor cols, Tensor vals, Tensor count, Tensor g, Tensor init, Tensor(a!) grad) -> ()",

@@ -110,6 +110,22 @@ def test_forward_and_weight_gradient_equal_the_dense_layer_exactly(fill, h):
     assert torch.equal(bgrad, g.sum(1))
 
 
+def test_a_stack_that_keeps_nothing_gives_the_bias_and_the_fills_share():
+    """n = 0 in every model (rows of width 0): h = b1 + fill * sum of W1, dW1 = fill * sum of g on every row."""
+    x, ranks, _, _, _, idx, _, w, bias, g = _case()
+    specs = [Spec(0.2 / 37, "top", 0, fill=2.0), Spec(0.1 / 37, "bottom", 1, fill=2.0)]
+    lo, hi = keep_bounds(specs, x.shape[1], 0, torch.int64)
+    idx, w, bias, g = idx[:2].contiguous(), w[:2].contiguous(), bias[:2].contiguous(), g[:2].contiguous()
+    rows = _rows(x, ranks, lo, hi, idx, torch.full((2,), 2.0))
+    assert rows.cols.shape[2] == 0
+    xb = _dense_batch(x, ranks, specs, idx)
+    assert torch.equal(xb, torch.full_like(xb, 2.0))
+    assert torch.equal(ops.sparse_first_forward(*rows, w, bias), torch.baddbmm(bias.unsqueeze(1), xb, w))
+    wgrad, bgrad = torch.empty_like(w), torch.empty_like(bias)
+    ops.sparse_first_grads(*rows, g, wgrad, bgrad)
+    assert torch.equal(wgrad, torch.bmm(xb.transpose(1, 2), g))
+
+
 def test_real_valued_operands_agree_to_float_rounding_and_threads_do_not_change_bits():
     rng = np.random.default_rng(4)
     d, n, h = 300, 40, 96

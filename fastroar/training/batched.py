@@ -338,6 +338,8 @@ class _Split:
                 raise ValueError("the sparse first layer runs on the CPU only")
             self.order = torch.ops.fastroar.invert_ranks(torch.from_numpy(np.ascontiguousarray(ranks)))
             self.lo, self.hi = keep_bounds(specs, self.d, 0, torch.int64)
+            self.width = torch.ops.fastroar.rows_width(self.lo, self.hi, self.d)
+            self.rows: dict[tuple[int, ...], tuple[torch.Tensor, ...]] = {}
         elif device.type == "cpu":
             self.gather = _cpu_kernels()[0]
             self.ranks = torch.from_numpy(np.ascontiguousarray(ranks))
@@ -347,9 +349,16 @@ class _Split:
             self.lo, self.hi = (t.to(device) for t in keep_bounds(specs, self.d, off, self.ranks.dtype))
 
     def sparse_batch(self, idx: torch.Tensor) -> SparseRows:
-        cols, vals, count = torch.ops.fastroar.sparse_rows(self.x, self.order, idx.contiguous(), self.lo, self.hi,
-                                                           self.fill)
-        return SparseRows(cols, vals, count, self.fill)
+        """The rows of idx (M, B) as kept coordinates, in buffers reused by the next call of that shape (fresh
+        ones cost page faults every step: as much time as building the rows)."""
+        bufs = self.rows.get(tuple(idx.shape))
+        if bufs is None:
+            m, b = idx.shape
+            bufs = self.rows[tuple(idx.shape)] = (torch.empty((m, b, self.width), dtype=torch.int32),
+                                                  torch.empty((m, b, self.width)),
+                                                  torch.empty((m, b), dtype=torch.int32))
+        torch.ops.fastroar.sparse_rows_out(self.x, self.order, idx.contiguous(), self.lo, self.hi, self.fill, *bufs)
+        return SparseRows(*bufs, self.fill)
 
     def batch(self, idx: torch.Tensor) -> torch.Tensor:
         if self.device.type != "cpu":
