@@ -229,11 +229,13 @@ def _train(monkeypatch, compiled: bool, specs, train, test, recipe):
     return out
 
 
-@pytest.mark.parametrize("fill", [0.0, 0.3])
-def test_compiled_sparse_step_equals_the_python_step_bitwise(monkeypatch, blocky, fill):
+@pytest.mark.parametrize("fill, momentum, wd", [(0.0, 0.9, 5e-4), (0.3, 0.9, 5e-4), (0.0, 0.0, 0.0), (0.3, 0.5, 0.0)])
+def test_compiled_sparse_step_equals_the_python_step_bitwise(monkeypatch, blocky, fill, momentum, wd):
+    """The C++ step (the first layer's SGD applied where its gradient is computed) against the op-by-op Python
+    step (gradient stored, then torch.optim.SGD's update): every weight bit for bit."""
     train, test = blocky
     specs = [Spec(0.1, "top", 0, fill), Spec(0.5, "bottom", 1, fill), Spec(0.3, "top", 2, fill)]
-    recipe = _recipe(epochs=2, label_smoothing=0.1)
+    recipe = _recipe(epochs=2, label_smoothing=0.1, momentum=momentum, weight_decay=wd)
     got = _train(monkeypatch, True, specs, train, test, recipe)
     want = _train(monkeypatch, False, specs, train, test, recipe)
     for g, w in zip(got, want):
