@@ -20,6 +20,13 @@ result is then bitwise the same whatever else is in its stack, so a resumed swee
 leftover jobs of a group reproduces the uninterrupted run exactly (on the CPU, checked by
 tests/test_batched.py; on CUDA within float tolerance). Against the single-model path (nn.Module,
 autograd, torch.optim.SGD) results agree within float rounding, not bit for bit.
+
+With ``sparse_input`` (retrain.sparse_input; CPU, compiled extension) the first layer runs on each row's kept
+coordinates only (csrc/sparse_input.cpp): the split holds the inverse rank map, each step lists every row's
+kept non-fill coordinates, the forward is a gathered GEMV per row and the weight gradient a GEMV per input
+coordinate with the SGD update applied there. Exact in real arithmetic; in float32 it sums in another order,
+so a sparse model agrees with the dense one within float rounding. It keeps the stack's other promises bit for
+bit: a model's result does not depend on its stack, and the C++ step equals the Python one.
 """
 from __future__ import annotations
 
