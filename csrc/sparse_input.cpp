@@ -23,9 +23,14 @@
 //   rows of g keeping it (the sum in batch order), each gradient row written once. Fixed summation orders,
 //   so the bits do not depend on threads; measured faster than scattering rank-1 updates row by row (the
 //   accumulators stay in registers instead of a load and a store of the gradient per product).
+// - sparse_first_grads_sgd_ (the training step's): the weight gradient's rows go straight into the SGD update
+//   of the weights, with stacked_mlp.cpp's sgd_update_ arithmetic, never stored.
+//
+// CPU only: on CUDA the stacked retrain's first layer stays the dense batched GEMM.
 //
 // Measured against the dense batched GEMM in tools/bench_sparse.py. Products use fused multiply-adds (one
-// rounding: the AVX-512, AVX2 and portable builds below give the same bits).
+// rounding: the AVX-512, AVX2 and portable builds below, picked by the CPU whatever ATEN_CPU_CAPABILITY says,
+// give the same bits).
 #include "sparse_input.h"
 
 #include <ATen/Parallel.h>
