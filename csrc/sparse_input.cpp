@@ -39,7 +39,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <limits>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -421,19 +423,31 @@ FR_KERNELS(avx2, Avx2, FR_AVX2)
 using GemvFn = decltype(&gemv_rows_scalar);
 using WgradFn = decltype(&wgrad_model_scalar);
 
-// The widest build this CPU runs (chosen once).
-std::pair<GemvFn, WgradFn> kernels() {
-  static const std::pair<GemvFn, WgradFn> chosen = [] {
+struct Build {
+  GemvFn gemv;
+  WgradFn wgrad;
+  const char* name;
+};
+
+// The widest build this CPU runs (chosen once); FASTROAR_SPARSE_KERNELS=avx2|portable picks a narrower one
+// (the tests check that every build gives the same bits).
+const Build& build() {
+  static const Build chosen = [] {
+    const char* env = std::getenv("FASTROAR_SPARSE_KERNELS");
+    const std::string want = env != nullptr ? env : "";
 #ifdef FR_X86_KERNELS
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f")) return std::make_pair(&gemv_rows_avx512, &wgrad_model_avx512);
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-      return std::make_pair(&gemv_rows_avx2, &wgrad_model_avx2);
+    if ((want.empty() || want == "avx512") && __builtin_cpu_supports("avx512f"))
+      return Build{&gemv_rows_avx512, &wgrad_model_avx512, "avx512"};
+    if (want != "portable" && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+      return Build{&gemv_rows_avx2, &wgrad_model_avx2, "avx2"};
 #endif
-    return std::make_pair(&gemv_rows_scalar, &wgrad_model_scalar);
+    return Build{&gemv_rows_scalar, &wgrad_model_scalar, "portable"};
   }();
   return chosen;
 }
+
+std::string sparse_kernels() { return build().name; }
 
 void check_rows(const at::Tensor& cols, const at::Tensor& vals, const at::Tensor& count, int64_t d) {
   check(cols, at::kInt, 3, "cols");
@@ -468,7 +482,7 @@ at::Tensor sparse_linear(const at::Tensor& cols, const at::Tensor& vals, const a
   const float* wp = w.data_ptr<float>();
   const float* bp = c.data_ptr<float>();
   float* op = out.data_ptr<float>();
-  const GemvFn gemv = kernels().first;
+  const GemvFn gemv = build().gemv;
   at::parallel_for(0, m * b, 1, [&](int64_t begin, int64_t end) {
     gemv(cp, vp, kp, wp, bp, op, b, nmax, d, h, begin, end);
   });
@@ -504,7 +518,7 @@ void wgrad_impl(const at::Tensor& cols, const at::Tensor& vals, const at::Tensor
   float* bp = sgd_buf != nullptr ? sgd_buf->data_ptr<float>() : nullptr;
   // the hyperparameters as float32, as sgd_update_ takes them
   const float lr_f = static_cast<float>(lr), wd = static_cast<float>(weight_decay), mom = static_cast<float>(momentum);
-  const WgradFn wgrad = kernels().second;
+  const WgradFn wgrad = build().wgrad;
   at::parallel_for(0, m, 1, [&](int64_t begin, int64_t end) {  // a model's rows all go to its own gradient
     // kept across calls: fresh buffers of this size cost page faults every step, as much as the products
     thread_local std::vector<int64_t> start;
@@ -564,6 +578,7 @@ TORCH_LIBRARY_FRAGMENT(fastroar, m) {
         &fastroar::sparse_rows);
   m.def("sparse_rows_out(Tensor x, Tensor order, Tensor idx, Tensor lo, Tensor hi, Tensor fill, Tensor(a!) cols, "
         "Tensor(b!) vals, Tensor(c!) count) -> ()", &fastroar::sparse_rows_out);
+  m.def("sparse_kernels() -> str", &fastroar::sparse_kernels);
   m.def("rows_width(Tensor lo, Tensor hi, int d) -> int", &fastroar::rows_width);
   m.def("sparse_linear(Tensor cols, Tensor vals, Tensor count, Tensor w, Tensor c) -> Tensor",
         &fastroar::sparse_linear);

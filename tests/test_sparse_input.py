@@ -355,3 +355,39 @@ def test_a_bad_sparse_input_value_names_the_key_and_the_choices():
         check(cfg)
     for value in ("auto", True, False):
         check({**cfg, "retrain": {"sparse_input": value}})
+
+
+def _weights_digest() -> str:
+    """SHA-256 of the weights of a short sparse retrain (width 150: whole vector tiles and a scalar tail)."""
+    import hashlib
+
+    rng = np.random.default_rng(2)
+    train, test = _blocky(200, rng), _blocky(50, rng)
+    specs = [Spec(0.1, "top", 0, 0.2), Spec(0.5, "bottom", 1, 0.2)]
+    out = train_stacked("mlp2", {"width": 150}, SHAPE, CLASSES, train, test, specs, _recipe(epochs=1),
+                        return_models=True, sparse_input=True)
+    h = hashlib.sha256()
+    for r in out:
+        for _, v in sorted(r["state_dict"].items()):
+            h.update(v.numpy().tobytes())
+    return h.hexdigest()
+
+
+def test_every_kernel_build_gives_the_same_bits():
+    """The AVX-512, AVX2 and portable builds of the products (FASTROAR_SPARSE_KERNELS, read once per process;
+    this process runs the widest the CPU has) sum in the same order with single-rounding multiply-adds: a short
+    sparse retrain's weights are identical under each, tile boundaries differing."""
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = ("import torch\nfrom tests.test_sparse_input import _weights_digest\n"
+            "print(_weights_digest(), torch.ops.fastroar.sparse_kernels())")
+    want = _weights_digest()
+    for build in ("avx2", "portable"):
+        env = {**os.environ, "FASTROAR_SPARSE_KERNELS": build,
+               "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=root)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.split() == [want, build]
