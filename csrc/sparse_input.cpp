@@ -23,9 +23,14 @@
 //   rows of g keeping it (the sum in batch order), each gradient row written once. Fixed summation orders,
 //   so the bits do not depend on threads; measured faster than scattering rank-1 updates row by row (the
 //   accumulators stay in registers instead of a load and a store of the gradient per product).
+// - sparse_first_grads_sgd_ (the training step's): the weight gradient's rows go straight into the SGD update
+//   of the weights, with stacked_mlp.cpp's sgd_update_ arithmetic, never stored.
+//
+// CPU only: on CUDA the stacked retrain's first layer stays the dense batched GEMM.
 //
 // Measured against the dense batched GEMM in tools/bench_sparse.py. Products use fused multiply-adds (one
-// rounding: the AVX-512, AVX2 and portable builds below give the same bits).
+// rounding: the AVX-512, AVX2 and portable builds below, picked by the CPU whatever ATEN_CPU_CAPABILITY says,
+// give the same bits).
 #include "sparse_input.h"
 
 #include <ATen/Parallel.h>
@@ -34,7 +39,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <limits>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -105,10 +112,12 @@ at::Tensor invert_ranks(const at::Tensor& ranks) {
 
 // ---- sparse_rows ------------------------------------------------------------------------------------------
 
-// The inclusive rank bounds [a, b] of a model clamped to [0, d - 1]; empty when a > b (n = 0).
+// The inclusive rank bounds [a, b] of a model clamped to [0, d - 1]; (0, -1) when empty (n = 0: keep_bounds
+// then gives lo = the dtype's max, hi = its min, whose difference overflows).
 FR_INLINE void clamp_bounds(int64_t lo, int64_t hi, int64_t d, int64_t& a, int64_t& b) {
   a = std::max<int64_t>(lo, 0);
   b = std::min<int64_t>(hi, d - 1);
+  if (a > b) a = 0, b = -1;
 }
 
 template <typename O>
@@ -117,6 +126,10 @@ void rows_of(const float* x, const O* order, const int64_t* idx, const int64_t* 
              int64_t d, int64_t nmax) {
   at::parallel_for(0, m * b, std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(nmax, 1)),
                    [&](int64_t begin, int64_t end) {
+    thread_local std::vector<int32_t> tc;
+    thread_local std::vector<float> tv;
+    tc.resize(std::max<int64_t>(nmax, 1));
+    tv.resize(std::max<int64_t>(nmax, 1));
     for (int64_t t = begin; t < end; ++t) {
       const int64_t model = t / b, row = idx[t];
       TORCH_CHECK(row >= 0 && row < n, "sparse_rows: row index out of range");
@@ -128,16 +141,22 @@ void rows_of(const float* x, const O* order, const int64_t* idx, const int64_t* 
       int32_t* c = cols + t * nmax;
       float* v = vals + t * nmax;
       int32_t used = 0;
-      for (int64_t r = a; r <= z; ++r) {
-        const int64_t j = static_cast<int64_t>(os[r]);
-        TORCH_CHECK(j >= 0 && j < d, "sparse_rows: order holds a coordinate out of range");
-        const float value = xs[j] - f;
-        if (value != 0.0f) {
-          c[used] = static_cast<int32_t>(j);
-          v[used] = value;
-          ++used;
-        }
+      // two passes: the gather of the kept values (independent loads, which the CPU overlaps), then their
+      // compaction to the non-fill ones without branches (whether a pixel is lit is unpredictable)
+      bool in_range = true;
+      const int64_t kept = z - a + 1;
+      for (int64_t r = 0; r < kept; ++r) {
+        const int64_t j = static_cast<int64_t>(os[a + r]);
+        in_range &= j >= 0 && j < d;
+        tc[r] = static_cast<int32_t>(j);
+        tv[r] = xs[in_range ? j : 0] - f;
       }
+      for (int64_t r = 0; r < kept; ++r) {
+        c[used] = tc[r];
+        v[used] = tv[r];
+        used += tv[r] != 0.0f;
+      }
+      TORCH_CHECK(in_range, "sparse_rows: order holds a coordinate out of range");
       count[t] = used;
     }
   });
@@ -145,32 +164,41 @@ void rows_of(const float* x, const O* order, const int64_t* idx, const int64_t* 
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_rows(const at::Tensor& x, const at::Tensor& order,
-                                                           const at::Tensor& idx, const at::Tensor& lo,
-                                                           const at::Tensor& hi, const at::Tensor& fill) {
-  check(x, at::kFloat, 2, "x");
-  check(idx, at::kLong, 2, "idx");
+int64_t rows_width(const at::Tensor& lo, const at::Tensor& hi, int64_t d) {
   check(lo, at::kLong, 1, "lo");
   check(hi, at::kLong, 1, "hi");
-  check(fill, at::kFloat, 1, "fill");
-  TORCH_CHECK(order.device().is_cpu() && order.is_contiguous() && order.sizes() == x.sizes(),
-              "order must be a contiguous CPU tensor of x's shape (N, d)");
-  const int64_t m = idx.size(0), b = idx.size(1), n = x.size(0), d = x.size(1);
-  TORCH_CHECK(lo.numel() == m && hi.numel() == m && fill.numel() == m, "lo, hi and fill need one value per model");
+  TORCH_CHECK(lo.numel() == hi.numel(), "lo and hi need one value per model");
   const int64_t* lp = lo.data_ptr<int64_t>();
   const int64_t* hp = hi.data_ptr<int64_t>();
   int64_t nmax = 0;
-  for (int64_t i = 0; i < m; ++i) {
+  for (int64_t i = 0; i < lo.numel(); ++i) {
     int64_t a, z;
     clamp_bounds(lp[i], hp[i], d, a, z);
     nmax = std::max<int64_t>(nmax, z - a + 1);
   }
-  at::Tensor cols = at::empty({m, b, nmax}, x.options().dtype(at::kInt));
-  at::Tensor vals = at::empty({m, b, nmax}, x.options());
-  at::Tensor count = at::empty({m, b}, x.options().dtype(at::kInt));
-  if (m * b == 0) return {cols, vals, count};
+  return nmax;
+}
+
+void sparse_rows_out(const at::Tensor& x, const at::Tensor& order, const at::Tensor& idx, const at::Tensor& lo,
+                     const at::Tensor& hi, const at::Tensor& fill, at::Tensor cols, at::Tensor vals, at::Tensor count) {
+  check(x, at::kFloat, 2, "x");
+  check(idx, at::kLong, 2, "idx");
+  check(fill, at::kFloat, 1, "fill");
+  TORCH_CHECK(order.device().is_cpu() && order.is_contiguous() && order.sizes() == x.sizes(),
+              "order must be a contiguous CPU tensor of x's shape (N, d)");
+  const int64_t m = idx.size(0), b = idx.size(1), n = x.size(0), d = x.size(1);
+  const int64_t nmax = rows_width(lo, hi, d);
+  TORCH_CHECK(lo.numel() == m && fill.numel() == m, "lo, hi and fill need one value per model");
+  check(cols, at::kInt, 3, "cols");
+  check(vals, at::kFloat, 3, "vals");
+  check(count, at::kInt, 2, "count");
+  TORCH_CHECK(cols.size(0) == m && cols.size(1) == b && cols.size(2) == nmax && vals.sizes() == cols.sizes() &&
+                  count.size(0) == m && count.size(1) == b, "cols, vals (M, B, nmax) and count (M, B) have the wrong shape");
+  if (m * b == 0) return;
   const float* xp = x.data_ptr<float>();
   const int64_t* ip = idx.data_ptr<int64_t>();
+  const int64_t* lp = lo.data_ptr<int64_t>();
+  const int64_t* hp = hi.data_ptr<int64_t>();
   const float* fp = fill.data_ptr<float>();
   int32_t* cp = cols.data_ptr<int32_t>();
   float* vp = vals.data_ptr<float>();
@@ -181,6 +209,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_rows(const at::Tensor& x, 
     TORCH_CHECK(order.scalar_type() == at::kInt, "order must be uint16 or int32 (invert_ranks)");
     rows_of<int32_t>(xp, order.data_ptr<int32_t>(), ip, lp, hp, fp, cp, vp, kp, m, b, n, d, nmax);
   }
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_rows(const at::Tensor& x, const at::Tensor& order,
+                                                           const at::Tensor& idx, const at::Tensor& lo,
+                                                           const at::Tensor& hi, const at::Tensor& fill) {
+  TORCH_CHECK(x.dim() == 2 && idx.dim() == 2, "x must be (N, d), idx (M, B)");
+  const int64_t m = idx.size(0), b = idx.size(1), nmax = rows_width(lo, hi, x.size(1));
+  at::Tensor cols = at::empty({m, b, nmax}, x.options().dtype(at::kInt));
+  at::Tensor vals = at::empty({m, b, nmax}, x.options());
+  at::Tensor count = at::empty({m, b}, x.options().dtype(at::kInt));
+  sparse_rows_out(x, order, idx, lo, hi, fill, cols, vals, count);
   return {cols, vals, count};
 }
 
@@ -221,12 +260,48 @@ FR_INLINE void gemv_row(const int32_t* cj, const float* cv, int64_t cnt, const f
   }
 }
 
+struct Scalar {  // one lane: the portable build
+  using T = float;
+  static constexpr int64_t kLanes = 1;
+  static T zero() { return 0.0f; }
+  static T set1(float v) { return v; }
+  static T load(const float* p) { return *p; }
+  static void store(float* p, T v) { *p = v; }
+  static T add(T a, T b) { return a + b; }
+  static T sub(T a, T b) { return a - b; }
+  static T mul(T a, T b) { return a * b; }
+  static T fma(T a, T b, T c) { return std::fma(a, b, c); }
+};
+
+// torch.optim.SGD's update of one parameter row from its gradient (csrc/stacked_mlp.cpp's sgd_update_, the same
+// operations in the same order, one rounding each: the same bits), applied where the gradient is computed.
+struct Sgd {
+  float* p;    // the weights, (d, H) of one model, and their momentum buffer
+  float* buf;
+  float lr, wd, mom;
+  bool first;
+};
+
+template <typename Vec>
+FR_INLINE typename Vec::T sgd_lanes(typename Vec::T gi, float* p, float* buf, const Sgd& s) {
+  if (s.wd != 0.0f) gi = Vec::add(gi, Vec::mul(Vec::set1(s.wd), Vec::load(p)));
+  if (s.mom != 0.0f) {
+    const typename Vec::T bi = s.first ? gi : Vec::add(Vec::mul(Vec::set1(s.mom), Vec::load(buf)), gi);
+    Vec::store(buf, bi);
+    gi = Vec::add(gi, Vec::mul(Vec::set1(s.mom), bi));  // Nesterov
+  }
+  Vec::store(p, Vec::sub(Vec::load(p), Vec::mul(Vec::set1(s.lr), gi)));
+  return gi;
+}
+
 // Weight gradient, one input row j: G[j, :] = init + sum over the batch rows keeping j (in batch order) of
 // v * g[row, :], from the model's rows transposed to per-coordinate lists (rows[], vals[] of `n` entries); a
-// tile of the sum in registers, each gradient row written once (rows no sample keeps get `init`).
+// tile of the sum in registers, each gradient row written once (rows no sample keeps get `init`). With `sgd`
+// the row is not written: the SGD update of weight row j is applied from the registers instead (the gradient
+// is never stored and read back: a third less memory traffic over the layer's d x H weights).
 template <typename Vec>
 FR_INLINE void gemv_col(const int32_t* rows, const float* vals, int64_t n, const float* g, const float* init,
-                        float* G, int64_t h) {
+                        float* G, int64_t h, const Sgd* sgd, int64_t j) {
   constexpr int64_t L = Vec::kLanes, K = 8, kTile = K * L;
   int64_t h0 = 0;
   for (; h0 + kTile <= h; h0 += kTile) {
@@ -237,7 +312,14 @@ FR_INLINE void gemv_col(const int32_t* rows, const float* vals, int64_t n, const
       const float* gr = g + int64_t(rows[i]) * h + h0;
       for (int64_t u = 0; u < K; ++u) acc[u] = Vec::fma(v, Vec::load(gr + u * L), acc[u]);
     }
-    for (int64_t u = 0; u < K; ++u) Vec::store(G + h0 + u * L, acc[u]);
+    if (sgd == nullptr) {
+      for (int64_t u = 0; u < K; ++u) Vec::store(G + h0 + u * L, acc[u]);
+    } else {
+      for (int64_t u = 0; u < K; ++u) {
+        const int64_t at = j * h + h0 + u * L;
+        sgd_lanes<Vec>(acc[u], sgd->p + at, sgd->buf + at, *sgd);
+      }
+    }
   }
   if (h0 < h) {
     const int64_t width = h - h0;
@@ -248,7 +330,14 @@ FR_INLINE void gemv_col(const int32_t* rows, const float* vals, int64_t n, const
       const float* gr = g + int64_t(rows[i]) * h + h0;
       for (int64_t u = 0; u < width; ++u) acc[u] = std::fma(v, gr[u], acc[u]);
     }
-    for (int64_t u = 0; u < width; ++u) G[h0 + u] = acc[u];
+    if (sgd == nullptr) {
+      for (int64_t u = 0; u < width; ++u) G[h0 + u] = acc[u];
+    } else {
+      for (int64_t u = 0; u < width; ++u) {
+        const int64_t at = j * h + h0 + u;
+        sgd_lanes<Scalar>(acc[u], sgd->p + at, sgd->buf + at, *sgd);
+      }
+    }
   }
 }
 
@@ -281,16 +370,6 @@ FR_INLINE void transpose_rows(const int32_t* cols, const float* vals, const int3
   start[0] = 0;
 }
 
-struct Scalar {  // one lane: the portable build
-  using T = float;
-  static constexpr int64_t kLanes = 1;
-  static T zero() { return 0.0f; }
-  static T set1(float v) { return v; }
-  static T load(const float* p) { return *p; }
-  static void store(float* p, T v) { *p = v; }
-  static T add(T a, T b) { return a + b; }
-  static T fma(T a, T b, T c) { return std::fma(a, b, c); }
-};
 
 #define FR_KERNELS(SUFFIX, VEC, TARGET)                                                                          \
   TARGET void gemv_rows_##SUFFIX(const int32_t* cols, const float* vals, const int32_t* count, const float* w,    \
@@ -302,9 +381,9 @@ struct Scalar {  // one lane: the portable build
     }                                                                                                            \
   }                                                                                                              \
   TARGET void wgrad_model_##SUFFIX(const int64_t* start, const int32_t* rows, const float* vals, const float* g,  \
-                                   const float* init, float* G, int64_t d, int64_t h) {                          \
+                                   const float* init, float* G, int64_t d, int64_t h, const Sgd* sgd) {          \
     for (int64_t j = 0; j < d; ++j)                                                                              \
-      gemv_col<VEC>(rows + start[j], vals + start[j], start[j + 1] - start[j], g, init, G + j * h, h);          \
+      gemv_col<VEC>(rows + start[j], vals + start[j], start[j + 1] - start[j], g, init, G + j * h, h, sgd, j);  \
   }
 FR_KERNELS(scalar, Scalar, )
 
@@ -320,6 +399,8 @@ struct Avx512 {
   FR_AVX512 static T load(const float* p) { return _mm512_loadu_ps(p); }
   FR_AVX512 static void store(float* p, T v) { _mm512_storeu_ps(p, v); }
   FR_AVX512 static T add(T a, T b) { return _mm512_add_ps(a, b); }
+  FR_AVX512 static T sub(T a, T b) { return _mm512_sub_ps(a, b); }
+  FR_AVX512 static T mul(T a, T b) { return _mm512_mul_ps(a, b); }
   FR_AVX512 static T fma(T a, T b, T c) { return _mm512_fmadd_ps(a, b, c); }
 };
 struct Avx2 {
@@ -330,6 +411,8 @@ struct Avx2 {
   FR_AVX2 static T load(const float* p) { return _mm256_loadu_ps(p); }
   FR_AVX2 static void store(float* p, T v) { _mm256_storeu_ps(p, v); }
   FR_AVX2 static T add(T a, T b) { return _mm256_add_ps(a, b); }
+  FR_AVX2 static T sub(T a, T b) { return _mm256_sub_ps(a, b); }
+  FR_AVX2 static T mul(T a, T b) { return _mm256_mul_ps(a, b); }
   FR_AVX2 static T fma(T a, T b, T c) { return _mm256_fmadd_ps(a, b, c); }
 };
 FR_KERNELS(avx512, Avx512, FR_AVX512)
@@ -340,19 +423,31 @@ FR_KERNELS(avx2, Avx2, FR_AVX2)
 using GemvFn = decltype(&gemv_rows_scalar);
 using WgradFn = decltype(&wgrad_model_scalar);
 
-// The widest build this CPU runs (chosen once).
-std::pair<GemvFn, WgradFn> kernels() {
-  static const std::pair<GemvFn, WgradFn> chosen = [] {
+struct Build {
+  GemvFn gemv;
+  WgradFn wgrad;
+  const char* name;
+};
+
+// The widest build this CPU runs (chosen once); FASTROAR_SPARSE_KERNELS=avx2|portable picks a narrower one
+// (the tests check that every build gives the same bits).
+const Build& build() {
+  static const Build chosen = [] {
+    const char* env = std::getenv("FASTROAR_SPARSE_KERNELS");
+    const std::string want = env != nullptr ? env : "";
 #ifdef FR_X86_KERNELS
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f")) return std::make_pair(&gemv_rows_avx512, &wgrad_model_avx512);
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-      return std::make_pair(&gemv_rows_avx2, &wgrad_model_avx2);
+    if ((want.empty() || want == "avx512") && __builtin_cpu_supports("avx512f"))
+      return Build{&gemv_rows_avx512, &wgrad_model_avx512, "avx512"};
+    if (want != "portable" && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+      return Build{&gemv_rows_avx2, &wgrad_model_avx2, "avx2"};
 #endif
-    return std::make_pair(&gemv_rows_scalar, &wgrad_model_scalar);
+    return Build{&gemv_rows_scalar, &wgrad_model_scalar, "portable"};
   }();
   return chosen;
 }
+
+std::string sparse_kernels() { return build().name; }
 
 void check_rows(const at::Tensor& cols, const at::Tensor& vals, const at::Tensor& count, int64_t d) {
   check(cols, at::kInt, 3, "cols");
@@ -387,39 +482,76 @@ at::Tensor sparse_linear(const at::Tensor& cols, const at::Tensor& vals, const a
   const float* wp = w.data_ptr<float>();
   const float* bp = c.data_ptr<float>();
   float* op = out.data_ptr<float>();
-  const GemvFn gemv = kernels().first;
+  const GemvFn gemv = build().gemv;
   at::parallel_for(0, m * b, 1, [&](int64_t begin, int64_t end) {
     gemv(cp, vp, kp, wp, bp, op, b, nmax, d, h, begin, end);
   });
   return out;
 }
 
-void sparse_linear_wgrad_(const at::Tensor& cols, const at::Tensor& vals, const at::Tensor& count,
-                          const at::Tensor& g, const at::Tensor& init, at::Tensor grad) {
-  check(grad, at::kFloat, 3, "grad");
+namespace {
+
+// The weight gradient of every model of the stack into grad (M, d, H), or with `sgd_p` the SGD update of the
+// weights sgd_p (and momentum sgd_buf) from it, the gradient never stored.
+void wgrad_impl(const at::Tensor& cols, const at::Tensor& vals, const at::Tensor& count, const at::Tensor& g,
+                const at::Tensor& init, at::Tensor* grad, at::Tensor* sgd_p, at::Tensor* sgd_buf, double lr,
+                double weight_decay, double momentum, bool first) {
+  at::Tensor& out = grad != nullptr ? *grad : *sgd_p;
+  check(out, at::kFloat, 3, grad != nullptr ? "grad" : "p");
   check(g, at::kFloat, 3, "g");
   check(init, at::kFloat, 2, "init");
-  const int64_t m = grad.size(0), d = grad.size(1), h = grad.size(2);
+  const int64_t m = out.size(0), d = out.size(1), h = out.size(2);
   check_rows(cols, vals, count, d);
   const int64_t b = cols.size(1), nmax = cols.size(2);
   TORCH_CHECK(cols.size(0) == m && g.size(0) == m && g.size(1) == b && g.size(2) == h && init.size(0) == m &&
                   init.size(1) == h, "grad (M, d, H), g (M, B, H), init (M, H) and the rows do not match");
+  if (sgd_buf != nullptr) {
+    check(*sgd_buf, at::kFloat, 3, "buf");
+    TORCH_CHECK(sgd_buf->sizes() == out.sizes(), "p and buf must have one size");
+  }
   const int32_t* cp = cols.data_ptr<int32_t>();
   const float* vp = vals.data_ptr<float>();
   const int32_t* kp = count.data_ptr<int32_t>();
   const float* gp = g.data_ptr<float>();
   const float* ip = init.data_ptr<float>();
-  float* Gp = grad.data_ptr<float>();
-  const WgradFn wgrad = kernels().second;
+  float* op = out.data_ptr<float>();
+  float* bp = sgd_buf != nullptr ? sgd_buf->data_ptr<float>() : nullptr;
+  // the hyperparameters as float32, as sgd_update_ takes them
+  const float lr_f = static_cast<float>(lr), wd = static_cast<float>(weight_decay), mom = static_cast<float>(momentum);
+  const WgradFn wgrad = build().wgrad;
   at::parallel_for(0, m, 1, [&](int64_t begin, int64_t end) {  // a model's rows all go to its own gradient
-    std::vector<int64_t> start;
-    std::vector<int32_t> rows;
-    std::vector<float> vs;
+    // kept across calls: fresh buffers of this size cost page faults every step, as much as the products
+    thread_local std::vector<int64_t> start;
+    thread_local std::vector<int32_t> rows;
+    thread_local std::vector<float> vs;
     for (int64_t model = begin; model < end; ++model) {
       transpose_rows(cp + model * b * nmax, vp + model * b * nmax, kp + model * b, b, nmax, d, start, rows, vs);
-      wgrad(start.data(), rows.data(), vs.data(), gp + model * b * h, ip + model * h, Gp + model * d * h, d, h);
+      float* o = op + model * d * h;
+      const Sgd sgd{o, bp != nullptr ? bp + model * d * h : nullptr, lr_f, wd, mom, first};
+      wgrad(start.data(), rows.data(), vs.data(), gp + model * b * h, ip + model * h, o, d, h,
+            grad != nullptr ? nullptr : &sgd);
     }
   });
+}
+
+// every row of the weight gradient starts from fill * (sum of g): the removed coordinates' share
+at::Tensor fill_share(const at::Tensor& fill, const at::Tensor& bgrad) {
+  check(fill, at::kFloat, 1, "fill");
+  return fill.ne(0).any().item<bool>() ? bgrad.mul(fill.unsqueeze(1)).contiguous() : at::zeros_like(bgrad);
+}
+
+}  // namespace
+
+void sparse_linear_wgrad_(const at::Tensor& cols, const at::Tensor& vals, const at::Tensor& count,
+                          const at::Tensor& g, const at::Tensor& init, at::Tensor grad) {
+  wgrad_impl(cols, vals, count, g, init, &grad, nullptr, nullptr, 0.0, 0.0, 0.0, false);
+}
+
+void sparse_first_grads_sgd_(const at::Tensor& cols, const at::Tensor& vals, const at::Tensor& count,
+                             const at::Tensor& fill, const at::Tensor& g, at::Tensor w, at::Tensor buf,
+                             at::Tensor bgrad, double lr, double weight_decay, double momentum, bool first) {
+  at::sum_out(bgrad, g, {1});
+  wgrad_impl(cols, vals, count, g, fill_share(fill, bgrad), nullptr, &w, &buf, lr, weight_decay, momentum, first);
 }
 
 at::Tensor sparse_first_forward(const at::Tensor& cols, const at::Tensor& vals, const at::Tensor& count,
@@ -435,9 +567,7 @@ at::Tensor sparse_first_forward(const at::Tensor& cols, const at::Tensor& vals, 
 void sparse_first_grads(const at::Tensor& cols, const at::Tensor& vals, const at::Tensor& count,
                         const at::Tensor& fill, const at::Tensor& g, at::Tensor wgrad, at::Tensor bgrad) {
   at::sum_out(bgrad, g, {1});
-  // every row of the weight gradient starts from fill * (sum of g): the removed coordinates' share
-  const at::Tensor init = fill.ne(0).any().item<bool>() ? bgrad.mul(fill.unsqueeze(1)) : at::zeros_like(bgrad);
-  sparse_linear_wgrad_(cols, vals, count, g, init.contiguous(), wgrad);
+  sparse_linear_wgrad_(cols, vals, count, g, fill_share(fill, bgrad), wgrad);
 }
 
 }  // namespace fastroar
@@ -446,6 +576,10 @@ TORCH_LIBRARY_FRAGMENT(fastroar, m) {
   m.def("invert_ranks(Tensor ranks) -> Tensor", &fastroar::invert_ranks);
   m.def("sparse_rows(Tensor x, Tensor order, Tensor idx, Tensor lo, Tensor hi, Tensor fill) -> (Tensor, Tensor, Tensor)",
         &fastroar::sparse_rows);
+  m.def("sparse_rows_out(Tensor x, Tensor order, Tensor idx, Tensor lo, Tensor hi, Tensor fill, Tensor(a!) cols, "
+        "Tensor(b!) vals, Tensor(c!) count) -> ()", &fastroar::sparse_rows_out);
+  m.def("sparse_kernels() -> str", &fastroar::sparse_kernels);
+  m.def("rows_width(Tensor lo, Tensor hi, int d) -> int", &fastroar::rows_width);
   m.def("sparse_linear(Tensor cols, Tensor vals, Tensor count, Tensor w, Tensor c) -> Tensor",
         &fastroar::sparse_linear);
   m.def("sparse_linear_wgrad_(Tensor cols, Tensor vals, Tensor count, Tensor g, Tensor init, Tensor(a!) grad) -> ()",

@@ -31,4 +31,10 @@ at::Tensor sparse_first_forward(const at::Tensor& cols, const at::Tensor& vals, 
 void sparse_first_grads(const at::Tensor& cols, const at::Tensor& vals, const at::Tensor& count,
                         const at::Tensor& fill, const at::Tensor& g, at::Tensor wgrad, at::Tensor bgrad);
 
+// sparse_first_grads with the weights' SGD step (stacked_mlp.cpp's sgd_update_, the same bits) applied as each
+// weight row's gradient is computed, the gradient never stored: the bias gradient into bgrad, w and buf updated.
+void sparse_first_grads_sgd_(const at::Tensor& cols, const at::Tensor& vals, const at::Tensor& count,
+                             const at::Tensor& fill, const at::Tensor& g, at::Tensor w, at::Tensor buf,
+                             at::Tensor bgrad, double lr, double weight_decay, double momentum, bool first);
+
 }  // namespace fastroar

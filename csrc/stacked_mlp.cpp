@@ -226,12 +226,14 @@ std::tuple<at::Tensor, at::Tensor> step_impl(std::vector<at::Tensor>& params, st
   at::Tensor losses = rows.mean(1);
   g.div_(b);
   for (int64_t i = layers - 1; i >= 0; --i) {
-    if (i == 0 && sparse != nullptr) {
-      sparse_first_grads(sparse->cols, sparse->vals, sparse->count, sparse->fill, g, grads[0], grads[1]);
-    } else {
-      at::bmm_out(grads[2 * i], acts[i].transpose(1, 2), g);
-      at::sum_out(grads[2 * i + 1], g, {1});
+    if (i == 0 && sparse != nullptr) {  // the weights' update is applied where their gradient is computed
+      sparse_first_grads_sgd_(sparse->cols, sparse->vals, sparse->count, sparse->fill, g, params[0], bufs[0],
+                              grads[1], lr, weight_decay, momentum, first);
+      sgd_update_(params[1], grads[1], bufs[1], lr, weight_decay, momentum, first);
+      continue;  // the first layer: no input gradient
     }
+    at::bmm_out(grads[2 * i], acts[i].transpose(1, 2), g);
+    at::sum_out(grads[2 * i + 1], g, {1});
     if (i) {
       g = at::bmm(g, params[2 * i].transpose(1, 2));
       g = at::threshold_backward(g, acts[i], 0.0);  // ReLU: acts[i] is the previous layer's output

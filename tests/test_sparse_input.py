@@ -110,6 +110,22 @@ def test_forward_and_weight_gradient_equal_the_dense_layer_exactly(fill, h):
     assert torch.equal(bgrad, g.sum(1))
 
 
+def test_a_stack_that_keeps_nothing_gives_the_bias_and_the_fills_share():
+    """n = 0 in every model (rows of width 0): h = b1 + fill * sum of W1, dW1 = fill * sum of g on every row."""
+    x, ranks, _, _, _, idx, _, w, bias, g = _case()
+    specs = [Spec(0.2 / 37, "top", 0, fill=2.0), Spec(0.1 / 37, "bottom", 1, fill=2.0)]
+    lo, hi = keep_bounds(specs, x.shape[1], 0, torch.int64)
+    idx, w, bias, g = idx[:2].contiguous(), w[:2].contiguous(), bias[:2].contiguous(), g[:2].contiguous()
+    rows = _rows(x, ranks, lo, hi, idx, torch.full((2,), 2.0))
+    assert rows.cols.shape[2] == 0
+    xb = _dense_batch(x, ranks, specs, idx)
+    assert torch.equal(xb, torch.full_like(xb, 2.0))
+    assert torch.equal(ops.sparse_first_forward(*rows, w, bias), torch.baddbmm(bias.unsqueeze(1), xb, w))
+    wgrad, bgrad = torch.empty_like(w), torch.empty_like(bias)
+    ops.sparse_first_grads(*rows, g, wgrad, bgrad)
+    assert torch.equal(wgrad, torch.bmm(xb.transpose(1, 2), g))
+
+
 def test_real_valued_operands_agree_to_float_rounding_and_threads_do_not_change_bits():
     rng = np.random.default_rng(4)
     d, n, h = 300, 40, 96
@@ -213,11 +229,13 @@ def _train(monkeypatch, compiled: bool, specs, train, test, recipe):
     return out
 
 
-@pytest.mark.parametrize("fill", [0.0, 0.3])
-def test_compiled_sparse_step_equals_the_python_step_bitwise(monkeypatch, blocky, fill):
+@pytest.mark.parametrize("fill, momentum, wd", [(0.0, 0.9, 5e-4), (0.3, 0.9, 5e-4), (0.0, 0.0, 0.0), (0.3, 0.5, 0.0)])
+def test_compiled_sparse_step_equals_the_python_step_bitwise(monkeypatch, blocky, fill, momentum, wd):
+    """The C++ step (the first layer's SGD applied where its gradient is computed) against the op-by-op Python
+    step (gradient stored, then torch.optim.SGD's update): every weight bit for bit."""
     train, test = blocky
     specs = [Spec(0.1, "top", 0, fill), Spec(0.5, "bottom", 1, fill), Spec(0.3, "top", 2, fill)]
-    recipe = _recipe(epochs=2, label_smoothing=0.1)
+    recipe = _recipe(epochs=2, label_smoothing=0.1, momentum=momentum, weight_decay=wd)
     got = _train(monkeypatch, True, specs, train, test, recipe)
     want = _train(monkeypatch, False, specs, train, test, recipe)
     for g, w in zip(got, want):
@@ -337,3 +355,39 @@ def test_a_bad_sparse_input_value_names_the_key_and_the_choices():
         check(cfg)
     for value in ("auto", True, False):
         check({**cfg, "retrain": {"sparse_input": value}})
+
+
+def _weights_digest() -> str:
+    """SHA-256 of the weights of a short sparse retrain (width 150: whole vector tiles and a scalar tail)."""
+    import hashlib
+
+    rng = np.random.default_rng(2)
+    train, test = _blocky(200, rng), _blocky(50, rng)
+    specs = [Spec(0.1, "top", 0, 0.2), Spec(0.5, "bottom", 1, 0.2)]
+    out = train_stacked("mlp2", {"width": 150}, SHAPE, CLASSES, train, test, specs, _recipe(epochs=1),
+                        return_models=True, sparse_input=True)
+    h = hashlib.sha256()
+    for r in out:
+        for _, v in sorted(r["state_dict"].items()):
+            h.update(v.numpy().tobytes())
+    return h.hexdigest()
+
+
+def test_every_kernel_build_gives_the_same_bits():
+    """The AVX-512, AVX2 and portable builds of the products (FASTROAR_SPARSE_KERNELS, read once per process;
+    this process runs the widest the CPU has) sum in the same order with single-rounding multiply-adds: a short
+    sparse retrain's weights are identical under each, tile boundaries differing."""
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = ("import torch\nfrom tests.test_sparse_input import _weights_digest\n"
+            "print(_weights_digest(), torch.ops.fastroar.sparse_kernels())")
+    want = _weights_digest()
+    for build in ("avx2", "portable"):
+        env = {**os.environ, "FASTROAR_SPARSE_KERNELS": build,
+               "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=root)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.split() == [want, build]

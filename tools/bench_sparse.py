@@ -5,7 +5,8 @@ one torch thread (as the retrain stage runs each task), interleaved, best of eac
 Shapes: blockdigits' (1 x 16 x 8, mlp2 width 256: the default study) and BlockMNIST's (1 x 56 x 28 = 1568
 inputs, mlp2 width 256: the real-data study of issue 27), on generated data of those shapes (real data are
 not read): MNIST-like images, about a quarter of the pixels lit, ranks from the lit pixels plus noise, so
-top-k keeps mostly lit pixels and bottom-k mostly black ones, as gradient ranks do.
+top-k keeps mostly lit pixels and bottom-k mostly black ones, as gradient ranks do; at the BlockMNIST shape
+also random ranks (the random attribution's), whose kept pixels are lit as often as any.
 
 GFLOP/s of the training steps (evaluation excluded) are counted two ways: dense-equivalent (the dense
 model's multiply-adds x 2, what the dense retrain performs) and performed (the sparse first layer's products
@@ -29,9 +30,10 @@ LEVELS = [0.05, 0.1, 0.2, 0.3, 0.5]
 CLASSES = 10
 
 
-def _data(n: int, shape: tuple[int, ...], seed: int):
+def _data(n: int, shape: tuple[int, ...], seed: int, random_ranks: bool = False):
     """(images uint8, labels, ranks): lit pixels carry the label (class c lights columns c, c + 10, ...
-    more often), ranks by brightness plus noise (ties among black pixels broken by the noise)."""
+    more often), ranks by brightness plus noise (ties among black pixels broken by the noise), or at random
+    (the random attribution's: kept pixels lit as often as any)."""
     from fastroar.engine.kernels.reference import rank_reference
 
     rng = np.random.default_rng(seed)
@@ -42,7 +44,7 @@ def _data(n: int, shape: tuple[int, ...], seed: int):
         p[y == c, c::CLASSES] = 0.45
     lit = rng.random((n, d), dtype=np.float32) < p
     x = np.where(lit, rng.integers(64, 256, (n, d)), 0).astype(np.uint8)
-    scores = x.astype(np.float32) + rng.random((n, d), dtype=np.float32) * 96
+    scores = x.astype(np.float32) * (0 if random_ranks else 1) + rng.random((n, d), dtype=np.float32) * 96
     return x.reshape(n, *shape), y.astype(np.int64), rank_reference(scores)
 
 
@@ -66,12 +68,13 @@ def _flops(train, specs, width: int, epochs: int) -> tuple[float, float]:
     return dense, performed
 
 
-def _case(name: str, shape: tuple[int, ...], n: int, epochs: int, repeats: int) -> list[Row]:
+def _case(name: str, shape: tuple[int, ...], n: int, epochs: int, repeats: int, random_ranks: bool = False
+          ) -> list[Row]:
     from fastroar.training.batched import Spec, train_stacked
     from fastroar.training.settings import Recipe
 
     width = 256
-    train, test = _data(n, shape, 0), _data(max(500, n // 6), shape, 1)
+    train, test = _data(n, shape, 0, random_ranks), _data(max(500, n // 6), shape, 1, random_ranks)
     specs = [Spec(k, dr, i) for i, (k, dr) in enumerate((k, dr) for k in LEVELS for dr in ("top", "bottom"))]
     recipe = Recipe(epochs=epochs, batch_size=128, lr=0.05, momentum=0.9, weight_decay=5e-4)
     args = ("mlp2", {"width": width}, shape, CLASSES, train, test, specs, recipe)
@@ -86,7 +89,8 @@ def _case(name: str, shape: tuple[int, ...], n: int, epochs: int, repeats: int) 
     dense_flops, performed = _flops(train, specs, width, epochs)
     images = len(specs) * epochs * n
     diff = max(abs(a - b) for a, b in zip(acc[False], acc[True]))
-    section = f"sparse input {len(specs)}x mlp2-{width} {name} d={int(np.prod(shape))}"
+    ranks = "random ranks" if random_ranks else "ranks by brightness"
+    section = f"sparse input {len(specs)}x mlp2-{width} {name} d={int(np.prod(shape))}, {ranks}"
     t_d, t_s = best[False], best[True]
     ctx = f"{epochs} epochs x {n} img, batch 128, 1 thread"
     return [Row(section, "dense first layer", images / t_d, "img/s", "dense", 1.0,
@@ -108,7 +112,9 @@ def rows(quick: bool) -> list[Row]:
     try:
         return (_case("blockdigits-shaped", (1, 16, 8), 1500 if quick else 6000, 2 if quick else 3, 1 if quick else 2)
                 + _case("blockmnist-shaped", (1, 56, 28), 1000 if quick else 6000, 1 if quick else 2,
-                        1 if quick else 2))
+                        1 if quick else 2)
+                + _case("blockmnist-shaped", (1, 56, 28), 1000 if quick else 6000, 1 if quick else 2,
+                        1 if quick else 2, random_ranks=True))
     finally:
         torch.set_num_threads(before)
 

@@ -20,6 +20,13 @@ result is then bitwise the same whatever else is in its stack, so a resumed swee
 leftover jobs of a group reproduces the uninterrupted run exactly (on the CPU, checked by
 tests/test_batched.py; on CUDA within float tolerance). Against the single-model path (nn.Module,
 autograd, torch.optim.SGD) results agree within float rounding, not bit for bit.
+
+With ``sparse_input`` (retrain.sparse_input; CPU, compiled extension) the first layer runs on each row's kept
+coordinates only (csrc/sparse_input.cpp): the split holds the inverse rank map, each step lists every row's
+kept non-fill coordinates, the forward is a gathered GEMV per row and the weight gradient a GEMV per input
+coordinate with the SGD update applied there. Exact in real arithmetic; in float32 it sums in another order,
+so a sparse model agrees with the dense one within float rounding. It keeps the stack's other promises bit for
+bit: a model's result does not depend on its stack, and the C++ step equals the Python one.
 """
 from __future__ import annotations
 
@@ -355,6 +362,8 @@ class _Split:
                 raise ValueError("the sparse first layer runs on the CPU only")
             self.order = torch.ops.fastroar.invert_ranks(torch.from_numpy(np.ascontiguousarray(ranks)))
             self.lo, self.hi = keep_bounds(specs, self.d, 0, torch.int64)
+            self.width = torch.ops.fastroar.rows_width(self.lo, self.hi, self.d)
+            self.rows: dict[tuple[int, ...], tuple[torch.Tensor, ...]] = {}
         elif device.type == "cpu":
             self.gather = _cpu_kernels()[0]
             self.ranks = torch.from_numpy(np.ascontiguousarray(ranks))
@@ -364,9 +373,16 @@ class _Split:
             self.lo, self.hi = (t.to(device) for t in keep_bounds(specs, self.d, off, self.ranks.dtype))
 
     def sparse_batch(self, idx: torch.Tensor) -> SparseRows:
-        cols, vals, count = torch.ops.fastroar.sparse_rows(self.x, self.order, idx.contiguous(), self.lo, self.hi,
-                                                           self.fill)
-        return SparseRows(cols, vals, count, self.fill)
+        """The rows of idx (M, B) as kept coordinates, in buffers reused by the next call of that shape (fresh
+        ones cost page faults every step: as much time as building the rows)."""
+        bufs = self.rows.get(tuple(idx.shape))
+        if bufs is None:
+            m, b = idx.shape
+            bufs = self.rows[tuple(idx.shape)] = (torch.empty((m, b, self.width), dtype=torch.int32),
+                                                  torch.empty((m, b, self.width)),
+                                                  torch.empty((m, b), dtype=torch.int32))
+        torch.ops.fastroar.sparse_rows_out(self.x, self.order, idx.contiguous(), self.lo, self.hi, self.fill, *bufs)
+        return SparseRows(*bufs, self.fill)
 
     def batch(self, idx: torch.Tensor) -> torch.Tensor:
         if self.premasked:

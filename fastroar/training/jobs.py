@@ -11,11 +11,13 @@ from fastroar.method import n_kept
 BATCHABLE_ARCHS = ("linear", "mlp1", "mlp2")   # the MLPs fastroar.training.batched trains in stacks
 
 # retrain.sparse_input = auto: the sparse first layer (csrc/sparse_input.cpp) where the first layer is large
-# (d >= SPARSE_MIN_D) and the mask keeps at most SPARSE_MAX_SHARE of it. Measured (tools/bench_sparse.py,
-# 10 jobs of a sweep, k = 0.05 ... 0.5 top and bottom, one thread, dense in the same run, on a shared 2-core
-# machine): 2.1x the dense stack's training speed at the BlockMNIST shape (d = 1568, mlp2 width 256), 1.2x
-# at blockdigits' d = 128, where the first layer holds a third of mlp2's work. 512 lies between the two:
-# auto leaves the default study dense, so its records and keys stay those an older workdir holds.
+# (d >= SPARSE_MIN_D) and the mask keeps at most SPARSE_MAX_SHARE of it. Measured (tools/bench_sparse.py and
+# stacks of 4 at one level; one thread, dense in the same run, on a shared 2-core machine): at d = 1568, mlp2
+# width 256, 2.1-2.3x the dense stack's training speed over k = 0.05 ... 0.5 on MNIST-like images (a quarter
+# of the pixels lit: black kept pixels are skipped too, so even k = 0.9 ran 1.5x); with every pixel nonzero
+# 1.55x at k = 0.3, break-even at k = 0.5, 0.75-0.8x at k = 0.7-0.9: hence the share. At blockdigits'
+# d = 128, whose first layer holds a third of mlp2's work, 0.95-1.3x: auto leaves the default study dense
+# (its records and keys stay those an older workdir holds); 512 lies between the two shapes measured.
 SPARSE_MIN_D = 512
 SPARSE_MAX_SHARE = 0.5
 
