@@ -47,6 +47,16 @@ def pin_cpu_kernels() -> str:
     return choice
 
 
+def pinned_environment() -> dict[str, str]:
+    """The variables that carry this process's pin to another process (a Ray worker): the choice itself and,
+    when pinned, torch's and oneDNN's settings."""
+    env = {PIN_VARIABLE: requested()}
+    for name in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA"):
+        if requested() != "native" and name in os.environ:
+            env[name] = os.environ[name]
+    return env
+
+
 def capability() -> str:
     """The CPU capability torch's kernels run with ("AVX2", "AVX512", "DEFAULT", ...), with "+native"
     appended when fastroar did not pin it. Imports torch."""

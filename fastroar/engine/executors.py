@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from tqdm.auto import tqdm
 
+from fastroar.cpu import pinned_environment
 from fastroar.engine import cancel
 from fastroar.errors import ConfigError, FastroarError
 
@@ -262,8 +263,11 @@ class RayExecutor:
             if probe_cluster(self.address):
                 keep_loopback()
         try:
+            # workers import fastroar (which pins the kernels) before torch when they unpickle a task; the
+            # runtime environment pins them from the start as well, whatever a worker imports first
             ray.init(address=self.address, include_dashboard=False, log_to_driver=False,
-                     ignore_reinit_error=True, configure_logging=False, **local)
+                     ignore_reinit_error=True, configure_logging=False,
+                     runtime_env={"env_vars": pinned_environment()}, **local)
         except Exception as e:  # ray raises ConnectionError, RuntimeError or TimeoutError by version
             known = classify_ray_error(e, self.address or "", self.auth_token_file)
             if known is not None:
