@@ -291,7 +291,7 @@ def retrain(ctx: Context, *, executor=None, **selection: Any) -> list[dict[str, 
     jobs = plan(cfg, workdir, **selection)
     done, skipped = read_results_checked(workdir.results_path, RETRAIN_FIELDS)
     if skipped:   # torn, damaged or not a retraining record: never used, their jobs run again
-        log(f"[retrain] {skipped.note(workdir.results_path)}; their jobs run again")
+        log(f"[retrain] {skipped.note(workdir.results_path)}; a job without a usable record runs again")
     todo = [j for j in jobs if j.key not in done]
     prepared = load_prepared(cfg, workdir)
     device = resolve_device(cfg["device"])
