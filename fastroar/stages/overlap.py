@@ -77,7 +77,7 @@ def train_to_retrain(ctx: Context) -> list[dict[str, Any]]:
 
         def ranked(name: str) -> None:    # its retrain groups, largest first
             jobs = retrain_stage.plan(cfg, wd, models=[name])
-            done = retrain_stage.read_results(wd.results_path)
+            done = retrain_stage.read_results(wd.results_path, retrain_stage.RETRAIN_FIELDS)  # usable records
             todo = [j for j in jobs if j.key not in done]
             groups = retrain_stage.tasks_of(todo, cfg, prepared, device)
             log(f"[retrain] {name}: {len(jobs)} jobs: {len(jobs) - len(todo)} already done, {len(todo)} to run in "

@@ -338,7 +338,7 @@ def retrain(ctx: Context, *, executor=None, **selection: Any) -> list[dict[str, 
     jobs = plan(cfg, workdir, **selection)
     done, skipped = read_results_checked(workdir.results_path, RETRAIN_FIELDS)
     if skipped:   # torn, damaged or not a retraining record: never used, their jobs run again
-        ctx.log(f"[retrain] {skipped.note(workdir.results_path)}; their jobs run again")
+        ctx.log(f"[retrain] {skipped.note(workdir.results_path)}; a job without a usable record runs again")
     execute(ctx, jobs, [j for j in jobs if j.key not in done], executor)
     if cfg["retrain"]["seeds"] == "auto" and not selection.get("n_seeds"):
         while extra := auto_jobs(ctx, jobs, **selection):
