@@ -4,7 +4,6 @@ jobs are keyed apart from zero fill (whose keys and records stay as they were); 
 exactly those inputs; a rerun reuses them, a damaged file is recomputed; the streamed path refuses."""
 from __future__ import annotations
 
-import json
 import shutil
 
 import numpy as np
