@@ -133,6 +133,8 @@ def test_a_large_train_split_is_subsampled_as_documented(monkeypatch):
     from fastroar.metrics import mask_probe
 
     monkeypatch.setitem(mask_probe.PROBE, "max_train", 300)
+    monkeypatch.setitem(mask_probe.PROBE, "min_train", 100)
+    assert mask_probe.train_cap(D) == 300 and mask_probe.train_cap(10 ** 6) == 100   # max_elements / d = 50
     rng = np.random.default_rng(5)
     ytr, yte = rng.integers(0, CLASSES, 1000), rng.integers(0, CLASSES, 300)
     rtr, rte = rank_reference(rng.random((1000, D)).astype(np.float32)), rank_reference(rng.random((300, D)).astype(np.float32))
