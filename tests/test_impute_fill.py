@@ -4,7 +4,6 @@ jobs are keyed apart from zero fill (whose keys and records stay as they were); 
 exactly those inputs; a rerun reuses them, a damaged file is recomputed; the streamed path refuses."""
 from __future__ import annotations
 
-import json
 import shutil
 
 import numpy as np
@@ -230,3 +229,25 @@ def test_replicate_leakage_control_numbers(run_workdir, tmp_path):
     assert claim["agrees"] == ("yes" if lc["robust_higher_at_every_k"]["road"] else "no")
     table = leakage_claim.markdown({"leakage_control": lc})
     assert sum(line.startswith("| 0.") for line in table) == 2
+
+
+@pytest.mark.parametrize("kill_at", ["imputed.before_write:2", "imputed.after_write:3"])
+def test_killed_while_imputing_then_rerun_equals_uninterrupted(road_run, run_workdir, tmp_path, kill_at):
+    import signal
+
+    from tests.test_resume import fastroar
+
+    ref, _ = road_run
+    wd = tmp_path / "w"
+    shutil.copytree(run_workdir[0], wd)
+    killed = fastroar(wd, "retrain", "--fill", "road", *SUBSET, kill_at=kill_at)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    resumed = fastroar(wd, "retrain", "--fill", "road", *SUBSET)
+    assert resumed.returncode == 0, resumed.stderr
+    got = {k: r for k, r in read_results(wd / "results" / "results.jsonl").items() if r.get("impute")}
+    want = {k: r for k, r in read_results(ref / "results" / "results.jsonl").items() if r.get("impute")}
+    assert sorted(got) == sorted(want)
+    for key in want:
+        assert (got[key]["accuracy"], got[key]["loss"]) == (want[key]["accuracy"], want[key]["loss"])
+    files = {f.name: f.read_bytes() for f in (wd / "imputed").iterdir()}
+    assert files == {f.name: f.read_bytes() for f in (ref / "imputed").iterdir()}   # no partial or stray file

@@ -127,3 +127,17 @@ def test_report_csv_and_api_carry_the_control_and_flag_a_leaking_attribution(cop
     s = summary.set_index(["model", "attribution", "k"])
     assert s.loc[("standard", "leak", 0.25), "mask_top"] == pytest.approx(float(leak["mask_top"]))
     assert invoke(["report", *sets], copy) == out and mask_probe_path(ctx.wd).read_text() == cached
+
+
+def test_a_large_train_split_is_subsampled_as_documented(monkeypatch):
+    from fastroar.metrics import mask_probe
+
+    monkeypatch.setitem(mask_probe.PROBE, "max_train", 300)
+    monkeypatch.setitem(mask_probe.PROBE, "min_train", 100)
+    assert mask_probe.train_cap(D) == 300 and mask_probe.train_cap(10 ** 6) == 100   # max_elements / d = 50
+    rng = np.random.default_rng(5)
+    ytr, yte = rng.integers(0, CLASSES, 1000), rng.integers(0, CLASSES, 300)
+    rtr, rte = rank_reference(rng.random((1000, D)).astype(np.float32)), rank_reference(rng.random((300, D)).astype(np.float32))
+    rows = np.sort(np.random.default_rng(0).choice(1000, 300, replace=False))
+    want = mask_probe.probe_accuracy(keep_mask(rtr[rows], 0.2, "top"), ytr[rows], keep_mask(rte, 0.2, "top"), yte)
+    assert mask_only_accuracy(rtr, ytr, rte, yte, 0.2, "top") == want

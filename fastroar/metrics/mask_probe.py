@@ -22,7 +22,10 @@ import numpy as np
 
 from fastroar.method import check_direction, keep_range
 
-PROBE = {"probe": "logreg-multinomial", "C": 1.0, "max_iter": 1000, "version": 1}  # enters the cache key
+# enters the cache key. A larger train split is subsampled (seeded) to max_train images, fewer where
+# d is large (max_elements / d, at least min_train), which bounds the probe's memory (float64 features) and time.
+PROBE = {"probe": "logreg-multinomial", "C": 1.0, "max_iter": 1000, "max_train": 10_000, "max_elements": 50_000_000,
+         "min_train": 1000, "seed": 0, "version": 1}
 
 
 def keep_mask(ranks: np.ndarray, k: float, direction: str) -> np.ndarray:
@@ -59,9 +62,20 @@ def probe_accuracy(train_mask: np.ndarray, train_labels: np.ndarray, test_mask: 
 
 def mask_only_accuracy(train_ranks: np.ndarray, train_labels: np.ndarray, test_ranks: np.ndarray,
                        test_labels: np.ndarray, k: float, direction: str) -> float:
-    """The mask-only control of one (k, direction): probe_accuracy on the keep-masks of both splits."""
+    """The mask-only control of one (k, direction): probe_accuracy on the keep-masks of both splits (the train
+    split subsampled to train_cap(d) images, seeded, when it is larger)."""
+    train_labels = np.asarray(train_labels)
+    cap = train_cap(int(np.shape(train_ranks)[-1]))
+    if len(train_labels) > cap:
+        rows = np.sort(np.random.default_rng(PROBE["seed"]).choice(len(train_labels), cap, replace=False))
+        train_ranks, train_labels = np.asarray(train_ranks)[rows], train_labels[rows]
     return probe_accuracy(keep_mask(train_ranks, k, direction), train_labels,
                           keep_mask(test_ranks, k, direction), test_labels)
+
+
+def train_cap(d: int) -> int:
+    """How many train images the probe fits on at dimension d (PROBE's max_train, max_elements, min_train)."""
+    return int(max(PROBE["min_train"], min(PROBE["max_train"], PROBE["max_elements"] // max(1, d))))
 
 
 def leaks(mask_acc: float | None, retrained_acc: float | None, chance: float, n_test: int) -> bool:

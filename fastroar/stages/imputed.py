@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from fastroar.engine.faults import fault_point
 from fastroar.engine.workspace import Workdir, atomic_write
 from fastroar.keys import digest
 from fastroar.method import check_direction, model_input_array
@@ -80,7 +81,9 @@ def imputed_inputs(workdir: Workdir, prepared: Prepared, split: str, ranks: np.n
     out = np.ascontiguousarray(out.reshape(len(x), -1), dtype=np.float32)
     buf = io.BytesIO()
     np.savez(buf, x=out, crc=np.uint32(zlib.crc32(out.data)))
+    fault_point("imputed.before_write")
     atomic_write(path, lambda f: f.write(buf.getvalue()))
+    fault_point("imputed.after_write")
     return out
 
 

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from fastroar import __version__
 from fastroar.engine.results import append_result, read_results
 from fastroar.engine.store import RankStore
 from fastroar.engine.workspace import Workdir
+from fastroar.errors import MissingInputError
 from fastroar.keys import digest
 from fastroar.metrics.aq import majority_rate
 from fastroar.metrics.mask_probe import mask_only_accuracy, probe_settings
@@ -30,9 +31,11 @@ def mask_probe_path(workdir: Workdir) -> Path:
 
 
 def mask_controls(cfg: dict[str, Any], workdir: Workdir, prepared: Prepared, cells: Iterable[Cell],
-                  hashes: dict[str, str]) -> dict[Cell, float]:
+                  hashes: dict[str, str], log: Callable[[str], None] | None = None) -> dict[Cell, float]:
     """Mask-only test accuracy of each cell (model, attribution, k, direction), the base models given by
-    hash; cached cells are read, the rest computed from the rank store (checksums verified) and appended."""
+    hash; cached cells are read, the rest computed from the rank store (checksums verified) and appended.
+    A cell whose ranks are no longer in the store is left out (named through `log`); a damaged store
+    raises, as everywhere."""
     path = mask_probe_path(workdir)
     done = read_results(path)
     probe = probe_settings()
@@ -49,12 +52,17 @@ def mask_controls(cfg: dict[str, Any], workdir: Workdir, prepared: Prepared, cel
             by_entry.setdefault((model, attribution), []).append((cell, key, ident))
     if not by_entry:
         return out
-    store = RankStore(str(workdir.store_path), mode="r")
     labels = {s: prepared.arrays(s)[1] for s in ("train", "test")}
     chance = majority_rate(labels["test"])
     for (model, attribution), todo in by_entry.items():
-        entry = store.open_entry(model, attribution, todo[0][2])   # identity checked: ranks of this model
-        ranks = {s: entry.split(s).read("ranks") for s in ("train", "test")}
+        try:
+            store = RankStore(str(workdir.store_path), mode="r")
+            entry = store.open_entry(model, attribution, todo[0][2])   # identity checked: ranks of this model
+            ranks = {s: entry.split(s).read("ranks") for s in ("train", "test")}
+        except MissingInputError as e:   # e.g. a store deleted after retraining: the rest of the report stands
+            if log is not None:
+                log(f"[report] no mask-only control for {model}/{attribution}: {e}")
+            continue
         for cell, key, ident in todo:
             t0 = time.perf_counter()
             acc = mask_only_accuracy(ranks["train"], labels["train"], ranks["test"], labels["test"], cell[2], cell[3])

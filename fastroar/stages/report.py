@@ -188,7 +188,7 @@ def report(ctx: Context) -> dict[str, Any]:
     columns = DIFFROAR_COLUMNS
     cells = {(r["model"], r["attribution"], float(r["k"]), r["direction"]) for r in mine}  # retrained: ranks exist
     hashes = {r["model"]: r["model_hash"] for r in mine}
-    rows = with_mask_columns(rows, mask_controls(cfg, workdir, prepared, cells, hashes))
+    rows = with_mask_columns(rows, mask_controls(cfg, workdir, prepared, cells, hashes, notes.append))
     road = road_estimates(workdir, prepared.meta["key"], mine)
     printed = PRINTED_COLUMNS
     if road:  # `fastroar estimate` has run: its ROAD(k) beside DiffROAR(k)

@@ -1,7 +1,8 @@
 """The retrain stage: for each job, a fresh model trained and tested on data unmasked by the job's scheme.
 
 Train and test splits are both unmasked by the same scheme (top-k or bottom-k of the base model's
-attribution ranks); coordinates outside the kept set are zero. Finished jobs are found by key in the
+attribution ranks); coordinates outside the kept set are zero (retrain.fill: or a constant, or imputed from
+their neighbours once per (k, direction), fastroar.stages.imputed). Finished jobs are found by key in the
 results log and not run again, so an interrupted sweep resumes where it stopped.
 
 Jobs on device-resident data are trained together: the todo jobs of one (base model, attribution,
