@@ -8,6 +8,7 @@ signal cases run real `python -m fastroar.cli` processes.
 from __future__ import annotations
 
 import hashlib
+import csv
 import json
 import os
 import shutil
@@ -292,9 +293,10 @@ def test_a_damaged_record_is_counted_and_excluded(run_workdir, tmp_path, damage,
     assert result.exit_code == 0 and "Traceback" not in result.output, result.output
     assert "1 unreadable line(s)" in result.output and "(line 3)" in result.output
     assert ("fail their checksum" in result.output) == (damage == "digit")
-    row = next(line.split() for line in _table(result.output).splitlines()
-               if line.split()[:3] == [rec["model"], rec["attribution"], f"{rec['k']:.3f}"])
-    assert row[-1] == "1"                                 # one of 2 seeds left: the damaged one is not used
+    with open(wd / "report" / "diffroar.csv", newline="") as f:
+        row = next(r for r in csv.DictReader(f)
+                   if (r["model"], r["attribution"], float(r["k"])) == (rec["model"], rec["attribution"], rec["k"]))
+    assert row["runs"] == "1"                             # one of 2 seeds left: the damaged one is not used
     capsys.readouterr()
     runs = load_results(wd).runs
     assert "1 unreadable line(s)" in capsys.readouterr().out and len(runs) == len(lines) - 1
@@ -583,9 +585,10 @@ def test_levels_and_seeds_retrain_adds_are_reported(run_workdir, tmp_path, capsy
     assert result.exit_code == 0, result.output
     assert "also reported, as recorded by retrain with these settings: k = 0.2 beyond the config's levels; " \
            "seeds up to 3 beyond retrain.seeds = 2" in result.output
-    rows = {tuple(line.split()[:3]): line.split() for line in _table(result.output).splitlines()[2:] if line.strip()}
-    assert rows[("standard", "gradient", "0.200")][-1] == "3"
-    assert ("standard", "random", "0.200") not in rows   # not trained: not shown as missing either
+    with open(wd / "report" / "diffroar.csv", newline="") as f:
+        rows = {(r["model"], r["attribution"], r["k"]): r for r in csv.DictReader(f)}
+    assert rows[("standard", "gradient", "0.2")]["runs"] == "3"
+    assert ("standard", "random", "0.2") not in rows   # not trained: not shown as missing either
     assert "other settings" not in result.output and "missing" not in result.output
     summary = load_results(wd).summary
     row = summary[(summary.model == "standard") & (summary.attribution == "gradient") & (summary.k == 0.2)]

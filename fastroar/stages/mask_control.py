@@ -21,13 +21,25 @@ from fastroar.errors import MissingInputError
 from fastroar.keys import digest
 from fastroar.metrics.aq import majority_rate
 from fastroar.metrics.mask_probe import mask_only_accuracy, probe_settings
-from fastroar.stages.artifacts import Prepared, identity
+from fastroar.stages.artifacts import Prepared, reading_identity
 
 Cell = tuple[str, str, float, str]   # (model, attribution, k, direction)
 
 
 def mask_probe_path(workdir: Workdir) -> Path:
     return workdir.root / "controls" / "mask_probe.jsonl"
+
+
+def entry_identity(cfg: dict[str, Any], workdir: Workdir, prepared: Prepared, model: str, model_hash: str,
+                   attribution: str) -> dict[str, Any]:
+    """The identity a cell's store entry is read with: the config's, or for the user's function that cannot be
+    imported here (or whose source changed) the stored one, as the report reads its ranks
+    (fastroar.stages.artifacts.reading_identity; the report prints its warning)."""
+    try:
+        stored = RankStore(str(workdir.store_path), mode="r").stored_identity(model, attribution)
+    except MissingInputError:
+        stored = None
+    return reading_identity(cfg, prepared, model_hash, attribution, stored)[0]
 
 
 def mask_controls(cfg: dict[str, Any], workdir: Workdir, prepared: Prepared, cells: Iterable[Cell],
@@ -41,9 +53,12 @@ def mask_controls(cfg: dict[str, Any], workdir: Workdir, prepared: Prepared, cel
     probe = probe_settings()
     by_entry: dict[tuple[str, str], list[tuple[Cell, str, dict[str, Any]]]] = {}
     out: dict[Cell, float] = {}
+    identities: dict[tuple[str, str], dict[str, Any]] = {}
     for cell in sorted(set(cells)):
         model, attribution, k, direction = cell
-        ident = identity(cfg, prepared, hashes[model], attribution)
+        if (model, attribution) not in identities:
+            identities[(model, attribution)] = entry_identity(cfg, workdir, prepared, model, hashes[model], attribution)
+        ident = identities[(model, attribution)]
         keyed = {"entry": ident, "k": float(k), "direction": direction, "probe": probe}
         key = digest(keyed, 16)
         if key in done:
