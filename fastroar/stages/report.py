@@ -304,7 +304,7 @@ def leakage_line(rows: list[dict[str, Any]], test_labels: np.ndarray, imputed: b
            "as zeros" if imputed else "there DiffROAR measures the mask's shape as much as the kept pixels "
            "(retrain.fill road removes without showing the mask")
     return (f"LEAKAGE: the keep-mask alone reaches the retrained accuracy in {sum(map(len, hits.values()))} cell(s) "
-            f"({cells}): {why}; README: Leakage control{'' if imputed else ')'}")
+            f"({cells}): {why}; see docs/leakage.md{'' if imputed else ')'}")
 
 
 def beyond_note(cfg: dict[str, Any], jobs: Sequence[Job]) -> str:
