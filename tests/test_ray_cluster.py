@@ -313,7 +313,7 @@ def test_ray_errors_are_classified_from_rays_own_text():
     from ray._private.utils import check_version_info
     from ray.exceptions import AuthenticationError
 
-    from fastroar.engine.executors import classify_ray_error
+    from fastroar.engine.ray_connect import classify_ray_error
 
     try:
         check_version_info({"ray_version": "2.0.0", "python_version": "3.9.1"}, "here")
@@ -335,7 +335,7 @@ def test_unusable_token_file_is_a_usage_error(run_workdir, tmp_path):
 
     from fastroar.cli import cli
     from fastroar.errors import ConfigError
-    from fastroar.engine.executors import use_auth_token
+    from fastroar.engine.ray_connect import use_auth_token
 
     ref, _ = run_workdir
     result = CliRunner().invoke(cli, ["retrain", "--workdir", str(ref), "--executor", "ray", "--address",
