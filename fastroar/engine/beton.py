@@ -5,8 +5,8 @@ float32) and ``label`` (an ``IntField``). Beside it, ``<path>.json`` records the
 dtype, file size and SHA-256, so that a truncated or corrupted file is caught before training on it.
 Writes are atomic: the file is built as ``<path>.<pid>.tmp`` and renamed into place only once complete.
 
-Importing ffcv costs 10-15 s on a 2-core machine (it compiles Numba code at import), and its writer
-starts worker processes; both are built for ImageNet, not for a split of a few thousand small images.
+Importing ffcv is slow (it compiles Numba code at import; docs/benchmarks.md has the figure), and its
+writer starts worker processes; both are built for ImageNet, not for a split of a few thousand small images.
 So a split given as an in-memory array is written here with NumPy alone (``_write_plain``): the same
 bytes FFCV's writer produces with one worker (header, field descriptors, per-sample metadata, pages
 filled in sample order and zero-padded, allocation table), which FFCV's Reader and Loader read as their

@@ -363,7 +363,7 @@ def is_user_function(attribution: str) -> bool:
 def identity_params(cfg: dict[str, Any], prepared: Prepared, attribution: str) -> dict[str, Any]:
     """What the store records of an attribution's inputs: its parameters; for a user function also its
     import path and source hash, for precomputed scores the content hash of the scores (built-in and
-    captum attributions: the parameters alone, as before these existed)."""
+    captum attributions: the parameters alone, which keeps their store identities unchanged)."""
     path = scores_path(cfg, attribution)
     if path is not None:
         return {"scores_sha256": scan(attribution, path, {s: prepared.size(s) for s in SPLITS}, prepared.shape)}

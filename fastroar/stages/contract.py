@@ -86,8 +86,8 @@ def save_config(ctx: Context) -> None:
 def _one_cpu_thread() -> None:
     """One intra-op torch thread on the CPU, in every stage process. A float sum split over N threads is
     rounded differently for each N, and PGD training amplifies that into different models: with a fixed
-    count, a config gives the same records on any machine (and the records of fastroar 0.1.0, whose FFCV
-    import set this as a side effect). Numba's kernels and CUDA keep their own parallelism."""
+    count, a config gives the same records on any machine. Numba's kernels and CUDA keep their own
+    parallelism."""
     import torch
 
     if torch.get_num_threads() != 1:

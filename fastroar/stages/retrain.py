@@ -17,10 +17,9 @@ many shared the stack; the job's key does not: stacking is an execution detail).
 - Any other architecture (resnet18, airbench, a module:callable net, ...) stacks when
   ``retrain.stack_conv`` is on (fastroar.training.stacked_conv, a torch.func vmap stack): ``true``,
   ``false``, or ``auto`` (default) = on CUDA only. On the CPU the stack is about as fast as the models in
-  turn (tools/bench_training.py), so the CPU default runs them one per task, as before. Stacked, a
-  model's result depends on its group only within float rounding (grouped convolutions sum in another
-  order); a killed group still reruns only its missing jobs. On a GPU its speed is not measured: no GPU
-  lent.
+  turn (tools/bench_training.py), so the CPU default runs them one per task. Stacked, a model's result
+  depends on its group only within float rounding (grouped convolutions sum in another order); a killed
+  group still reruns only its missing jobs.
 
 Everything else (data streamed through FFCV, or conv models with stack_conv off) runs one model per task.
 

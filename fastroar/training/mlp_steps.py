@@ -2,13 +2,13 @@
 
 csrc/mlp_train.cpp calls the ATen ops autograd runs for ``train_model`` and ``pgd_attack`` on such a model,
 in the same order, so the results are the same bits (tests/test_mlp_train.py; tests/test_format_compat.py
-holds the model hashes of fastroar 0.1.0). At batch 64 a PGD-trained MLP's time went mostly to the
-interpreter and the autograd engine between small ops; without them its training takes about half the
-time, and leaves the interpreter lock to the work beside it on other threads.
+holds frozen model hashes). Why: at small batches a PGD-trained MLP's time goes mostly to the interpreter
+and the autograd engine between small ops; the compiled step skips both, and leaves the interpreter lock
+to the work beside it on other threads.
 
 ``mlp_params`` says when they apply: an ``nn.Sequential`` of Flatten, [Linear, ReLU]*, Linear (with
 biases: what ``fastroar.models`` builds for linear, mlp1 and mlp2) in float32 on the CPU, with the
-extension built. Everything else runs through autograd as before.
+extension built. Everything else runs through autograd.
 """
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """SGD with momentum, Nesterov and weight decay: torch.optim.SGD's update without torch.optim.
 
 Why not torch.optim.SGD itself: constructing any torch.optim optimizer imports torch._dynamo (its
-param-group methods are wrapped to keep the compiler out), about 1.8 s on this project's 2-core machines:
-the largest single import of a small run, paid by every process that trains. The update below is the op
+param-group methods are wrapped to keep the compiler out): the largest single import of a small run,
+paid by every process that trains (docs/benchmarks.md has the figures). The update below is the op
 sequence of torch.optim.SGD's multi-tensor path (torch.optim.sgd._multi_tensor_sgd, dampening 0, no
 maximize), built from the same ``torch._foreach_*`` ops; on CPU tensors those run the per-tensor kernels
 torch.optim.SGD's single-tensor path runs, so parameters come out bitwise equal to torch.optim.SGD's
