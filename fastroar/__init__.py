@@ -1,7 +1,8 @@
 """fastroar: do the pixels an attribution ranks highest really carry the label? (DiffROAR at scale).
 
 Public API: ``fastroar.rank``, ``fastroar.rank_and_mask``, ``fastroar.unmask``,
-``fastroar.attribute``; for notebooks ``fastroar.evaluate`` and ``fastroar.load_results`` (fastroar.api). They are imported lazily so that ``import fastroar`` stays cheap for the CLI.
+``fastroar.attribute``; for notebooks ``fastroar.evaluate`` and ``fastroar.load_results`` (fastroar.api).
+They are imported lazily so that ``import fastroar`` stays cheap for the CLI.
 """
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Errors a user can cause. The CLI prints their message (which names the fix) and exits non-zero, without a traceback."""
+"""Errors a user can cause. The CLI prints their message (which names the fix) and exits non-zero, without a
+traceback."""
 from __future__ import annotations
 
 

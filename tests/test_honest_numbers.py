@@ -115,7 +115,8 @@ def test_paired_comparisons_are_reported_for_models_and_attributions(run_workdir
 
 
 def test_replicates_expand_into_seeded_base_models_of_one_family():
-    models = [{"name": "standard"}, {"name": "robust", "seed": 4, "replicates": 3, "adversary": {"norm": "l2", "eps": 1.0}}]
+    models = [{"name": "standard"},
+              {"name": "robust", "seed": 4, "replicates": 3, "adversary": {"norm": "l2", "eps": 1.0}}]
     out = expand_replicates(models)
     assert out[0] == {"name": "standard"}                      # untouched: the same keys as before
     assert [(m["name"], m["seed"], m["replicate_of"]) for m in out[1:]] == [
@@ -171,7 +172,8 @@ def _tiny_run(workdir: Path, env: dict[str, str]) -> None:
 
 
 def _outcomes(workdir: Path) -> dict:
-    hashes = {m: json.loads((workdir / "models" / m / "model.json").read_text())["hash"] for m in ("standard", "robust")}
+    hashes = {m: json.loads((workdir / "models" / m / "model.json").read_text())["hash"]
+              for m in ("standard", "robust")}
     return {"models": hashes, "records": {k: (r["accuracy"], r["loss"], r["hits"]["bits"], r["cpu_capability"])
                                           for k, r in read_results(workdir / "results" / "results.jsonl").items()}}
 

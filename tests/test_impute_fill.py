@@ -214,7 +214,8 @@ def test_replicate_leakage_control_numbers(run_workdir, tmp_path):
 
     def diffroar(model, k, imputed):
         acc = {d: np.mean([r["accuracy"] for r in records if (r["model"], r["attribution"], r["k"], r["direction"])
-                           == (model, "gradient", k, d) and bool(r.get("impute")) == imputed]) for d in ("top", "bottom")}
+                           == (model, "gradient", k, d) and bool(r.get("impute")) == imputed])
+              for d in ("top", "bottom")}
         return acc["top"] - acc["bottom"]
 
     assert [r["k"] for r in lc["rows"]] == [0.25, 0.5]

@@ -10,7 +10,12 @@ import pytest
 from scipy import stats
 
 from fastroar.metrics.intervals import (
-    batch_intervals, compare_rows, diffroar_interval, more_seeds_useful, seeds_only_interval, simulate_outcomes,
+    batch_intervals,
+    compare_rows,
+    diffroar_interval,
+    more_seeds_useful,
+    seeds_only_interval,
+    simulate_outcomes,
 )
 
 N = 359  # test images of the default study (blockdigits)

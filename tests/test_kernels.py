@@ -13,12 +13,17 @@ import pytest
 import torch
 
 import fastroar.engine.kernels.dispatch as K
+from fastroar.engine.kernels import numba_rank
+from fastroar.engine.kernels.reference import (
+    keep_mask_reference,
+    n_kept,
+    packed_masks_reference,
+    rank_dtype,
+    rank_reference,
+)
 
 # signalling-NaN payloads in the inputs make NumPy's float32 -> float64 casts warn; that is expected here
 pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered in cast:RuntimeWarning")
-from fastroar.engine.kernels import numba_rank
-from fastroar.engine.kernels.reference import (keep_mask_reference, n_kept, packed_masks_reference, rank_dtype,
-                                        rank_reference)
 
 LEVELS = [0.1, 0.2, 0.25, 0.5, 0.75, 0.9]
 # includes levels keeping nothing / everything at small d (n = 0, n = d)

@@ -124,7 +124,8 @@ def test_no_import_circles_between_modules_or_packages():
     assert cycles(g) == []
     packages: dict[str, set[str]] = {}
     for m, targets in g.items():
-        packages.setdefault(package_of(m), set()).update(package_of(t) for t in targets if package_of(t) != package_of(m))
+        packages.setdefault(package_of(m), set()).update(package_of(t) for t in targets
+                                                         if package_of(t) != package_of(m))
     assert cycles(packages) == []
 
 

@@ -137,7 +137,8 @@ def test_a_large_train_split_is_subsampled_as_documented(monkeypatch):
     assert mask_probe.train_cap(D) == 300 and mask_probe.train_cap(10 ** 6) == 100   # max_elements / d = 50
     rng = np.random.default_rng(5)
     ytr, yte = rng.integers(0, CLASSES, 1000), rng.integers(0, CLASSES, 300)
-    rtr, rte = rank_reference(rng.random((1000, D)).astype(np.float32)), rank_reference(rng.random((300, D)).astype(np.float32))
+    rtr = rank_reference(rng.random((1000, D)).astype(np.float32))
+    rte = rank_reference(rng.random((300, D)).astype(np.float32))
     rows = np.sort(np.random.default_rng(0).choice(1000, 300, replace=False))
     want = mask_probe.probe_accuracy(keep_mask(rtr[rows], 0.2, "top"), ytr[rows], keep_mask(rte, 0.2, "top"), yte)
     assert mask_only_accuracy(rtr, ytr, rte, yte, 0.2, "top") == want

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from fastroar.engine.kernels.reference import keep_mask_reference, n_kept, rank_reference
 from fastroar.engine.beton import BetonError, read_beton, verify_beton, write_beton
+from fastroar.engine.kernels.reference import keep_mask_reference, n_kept, rank_reference
 
 U8_SHAPE = (3, 7, 5)     # d = 105: not a multiple of 8 (exercises the packed-mask tail)
 F32_SHAPE = (1, 16, 8)
@@ -422,7 +422,8 @@ def test_resident_validation(data):
 
 def test_choose_loader_follows_budget(data):
     from fastroar.engine.loaders.masked import MaskedLoader
-    from fastroar.engine.loaders.plan import ResidentLoader, open_loader as choose_loader, resident_bytes
+    from fastroar.engine.loaders.plan import ResidentLoader, resident_bytes
+    from fastroar.engine.loaders.plan import open_loader as choose_loader
 
     path, ranks = data["u8_path"], data["u8_ranks"]
     need = resident_bytes(N_U8, U8_SHAPE, 2)

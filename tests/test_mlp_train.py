@@ -32,8 +32,9 @@ def _data(n=100, seed=0):
 # l2 radii that are not powers of two: eps / norm (Python's Tensor.__rtruediv__: reciprocal, then product)
 # and a plain division round differently only then
 @pytest.mark.parametrize("arch", ["mlp2", "mlp1", "linear"])
-@pytest.mark.parametrize("norm, eps, random_start, bounds", [("l2", 1.7, True, (0.0, 1.0)), ("linf", 0.1, True, None),
-                                                             ("l2", 0.3, False, None), ("linf", 0.2, False, (0.0, 1.0))])
+@pytest.mark.parametrize("norm, eps, random_start, bounds", [
+    ("l2", 1.7, True, (0.0, 1.0)), ("linf", 0.1, True, None),
+    ("l2", 0.3, False, None), ("linf", 0.2, False, (0.0, 1.0))])
 def test_compiled_pgd_equals_autograd(monkeypatch, arch, norm, eps, random_start, bounds):
     x, y = _data()
     model = build_seeded(0, arch, (1, 6, 4), 4, **({"width": 16} if arch != "linear" else {}))

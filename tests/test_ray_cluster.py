@@ -334,8 +334,8 @@ def test_unusable_token_file_is_a_usage_error(run_workdir, tmp_path):
     from click.testing import CliRunner
 
     from fastroar.cli import cli
-    from fastroar.errors import ConfigError
     from fastroar.engine.ray_connect import use_auth_token
+    from fastroar.errors import ConfigError
 
     ref, _ = run_workdir
     result = CliRunner().invoke(cli, ["retrain", "--workdir", str(ref), "--executor", "ray", "--address",

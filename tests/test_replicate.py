@@ -57,8 +57,8 @@ def _prepared(data_root: Path):
 
 
 def test_leakage_shares_equal_an_independent_computation(replicated):
-    from fastroar.stages.artifacts import load_model
     from fastroar.engine.workspace import Workdir
+    from fastroar.stages.artifacts import load_model
 
     wd, summary = replicated
     lwd = Workdir(summary["leakage"]["workdir"])
@@ -92,8 +92,8 @@ def test_leakage_shares_equal_an_independent_computation(replicated):
     assert lin["zero_gradient_instances"] == 0 and lin["instance_spread"] < 1e-5  # Fig. 5: the same for all
 
     # the leakage DiffROAR rows are those of the sub-workdir's retraining records
-    from fastroar.stages.report import diffroar_rows
     from fastroar.engine.results import read_results
+    from fastroar.stages.report import diffroar_rows
 
     rows = diffroar_rows(read_results(lwd.results_path).values())
     assert {r["model"] for r in rows} == {"standard", "robust"}
@@ -137,8 +137,8 @@ def test_aq_experiment_equals_an_independent_computation(replicated):
 
 
 def test_blockdigits_shares_and_localization_equal_an_independent_computation(replicated):
-    from fastroar.stages.artifacts import load_model
     from fastroar.engine.workspace import Workdir
+    from fastroar.stages.artifacts import load_model
 
     wd, summary = replicated
     prepared = _prepared(wd)
@@ -160,8 +160,8 @@ def test_blockdigits_shares_and_localization_equal_an_independent_computation(re
 
 
 def test_diffroar_comparison_and_files(replicated):
-    from fastroar.stages.report import diffroar_rows
     from fastroar.engine.results import read_results
+    from fastroar.stages.report import diffroar_rows
 
     wd, summary = replicated
     df = summary["diffroar"]
@@ -186,7 +186,9 @@ def test_diffroar_comparison_and_files(replicated):
     assert f"{summary['leakage']['models']['standard']['by']['gradient:margin']['signal_share']:.3f}" in md
     assert "DiffROAR" in md and "![leakage](leakage_gradients.png)" in md
     # the claims table: every row has its five cells, and the md prints it
-    assert "| claim | setting | reference | fastroar [95% interval] | agrees? (the interval or test it follows from) |" in md
+    header = ("| claim | setting | reference | fastroar [95% interval] | "
+              "agrees? (the interval or test it follows from) |")
+    assert header in md
     for c in summary["claims"]:
         assert set(c) == {"claim", "setting", "reference", "fastroar", "agrees"}
         assert f"| {c['claim']} | {c['setting']} | {c['reference']} | {c['fastroar']} | {c['agrees']} |" in md
@@ -202,8 +204,8 @@ def test_diffroar_comparison_and_files(replicated):
 def test_replicate_on_a_fresh_workdir_trains_and_says_diffroar_is_missing(tmp_path):
     from click.testing import CliRunner
 
-    from tests.conftest import tiny_args
     from fastroar.cli import cli
+    from tests.conftest import tiny_args
 
     wd = tmp_path / "fresh"
     res = CliRunner().invoke(cli, ["replicate", "--workdir", str(wd), "--quick", "--no-progress", *tiny_args()])

@@ -20,11 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastroar.models import builders
-
 from fastroar.engine.kernels.reference import rank_reference
 from fastroar.engine.loaders.resident import ResidentLoader
-from fastroar.models import build_model
+from fastroar.models import build_model, builders
 from fastroar.training.batched import Spec
 from fastroar.training.loop import evaluate, train_model
 from fastroar.training.settings import Recipe

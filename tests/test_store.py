@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fastroar.errors import MissingInputError, StoreMismatchError
 from fastroar.engine.kernels.reference import packed_masks_reference, rank_reference
 from fastroar.engine.store import RankStore
+from fastroar.errors import MissingInputError, StoreMismatchError
 
 IDENTITY = {"model_hash": "abc", "dataset_key": "ds-1", "attribution": "gradient", "attribution_params": {},
             "levels": [0.25, 0.5], "shape": [1, 3, 5]}

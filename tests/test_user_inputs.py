@@ -207,7 +207,8 @@ def test_every_layout_is_read_as_the_same_scores(tmp_path, grad_scores):
 
 
 @pytest.mark.parametrize("damage, message", [
-    (lambda s: s.update(train=s["train"][:-1]), "the train split has 1437 score maps, the prepared train split has 1438"),
+    (lambda s: s.update(train=s["train"][:-1]),
+     "the train split has 1437 score maps, the prepared train split has 1438"),
     (lambda s: s.update(test=s["test"][:, :, :8]), "test score maps have shape (1, 8, 8), the images (1, 16, 8)"),
     (lambda s: s["test"].__setitem__((5, 0, 0, 0), np.nan), "test score map of image 5 holds NaN or inf"),
     (lambda s: s.pop("test"), "has no test split"),
@@ -288,7 +289,8 @@ def test_timm_without_timm_names_the_install(copy):
 
 
 def test_unknown_architectures_are_one_line(copy):
-    fails_cleanly(["train", *tiny_args("model.arch=torchvision:resnet_nope")], copy, "torchvision has no classification model")
+    fails_cleanly(["train", *tiny_args("model.arch=torchvision:resnet_nope")], copy,
+                  "torchvision has no classification model")
     fails_cleanly(["train", *tiny_args("model.arch=nomodule_xyz:make")], copy, "cannot import module 'nomodule_xyz'")
 
 

@@ -24,7 +24,6 @@ import tempfile
 import time
 
 import torch
-
 from bench import Row, best_time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

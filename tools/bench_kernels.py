@@ -65,8 +65,8 @@ def _check(got, want, what: str) -> None:
 
 
 def _section_rows(section: str, x: np.ndarray, primary: str, repeat: int) -> list[Row]:
-    from fastroar.engine.kernels.dispatch import _load_ext
     from fastroar.engine.kernels import numba_rank
+    from fastroar.engine.kernels.dispatch import _load_ext
 
     B, d = x.shape
     gb = x.nbytes / 1e9

@@ -84,8 +84,8 @@ def _data(n: int, shape: tuple[int, ...], seed: int = 0) -> tuple[np.ndarray, np
 
 def _section(section: str, n: int, shape: tuple[int, ...], tmp: str, repeat: int) -> list[Row]:
     from fastroar.engine.beton import write_beton
-    from fastroar.engine.loaders import ResidentLoader, make_loader
     from fastroar.engine.kernels.reference import n_kept
+    from fastroar.engine.loaders import ResidentLoader, make_loader
 
     images, ranks = _data(n, shape)
     d = int(np.prod(shape))

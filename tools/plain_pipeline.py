@@ -148,7 +148,8 @@ def main() -> int:
     for name in models:
         for attribution in ("gradient", "random"):
             for k in LEVELS:
-                acc = {dr: np.mean([r[5] for r in rows if r[:4] == (name, attribution, k, dr)]) for dr in ("top", "bottom")}
+                acc = {dr: np.mean([r[5] for r in rows if r[:4] == (name, attribution, k, dr)])
+                       for dr in ("top", "bottom")}
                 print(f"{name:>8} {attribution:>8} {k:.2f} top {acc['top']:.3f} bottom {acc['bottom']:.3f} "
                       f"diffroar {acc['top'] - acc['bottom']:+.3f}")
     wall = time.perf_counter() - T_START

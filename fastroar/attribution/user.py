@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-import sys
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
-from fastroar.errors import ConfigError, UserCodeError
+from fastroar.errors import UserCodeError
 from fastroar.references import USER_REF, import_reference, is_reference  # noqa: F401  (re-exported)
 
 if TYPE_CHECKING:  # imported by user_scores, which runs the function: identities and checks need no torch

@@ -14,8 +14,17 @@ import difflib
 import math
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import (AfterValidator, AllowInfNan, BaseModel, ConfigDict, Field, StrictBool, StrictInt,
-                      StrictStr, ValidationError)
+from pydantic import (
+    AfterValidator,
+    AllowInfNan,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+)
 
 from fastroar.errors import ConfigError
 

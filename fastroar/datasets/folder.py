@@ -192,7 +192,8 @@ def build_folder(root: str | None = None, image_size: int = 112, resize: int | N
 
 
 def imagenet10_mapping() -> list[dict[str, Any]]:
-    """The shipped ImageNet-10 superclasses in label order: {label, name, wnid, members: [{wnid, imagenet_index, name}]}."""
+    """The shipped ImageNet-10 superclasses in label order:
+    {label, name, wnid, members: [{wnid, imagenet_index, name}]}."""
     text = resources.files("fastroar.datasets").joinpath("data/imagenet10.json").read_text()
     superclasses = json.loads(text)["superclasses"]
     assert [s["label"] for s in superclasses] == list(range(len(superclasses)))

@@ -17,12 +17,12 @@ samples are read back with NumPy too (``_layout``), so the resident path never i
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, replace
 import functools
 import glob
 import json
 import os
 import pickle
+from dataclasses import dataclass, replace
 from typing import Any, Iterator
 
 import numpy as np

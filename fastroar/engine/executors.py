@@ -22,7 +22,14 @@ from tqdm.auto import tqdm
 
 from fastroar.cpu import pinned_environment
 from fastroar.engine import cancel
-from fastroar.engine.ray_connect import (check_implicit_address, check_reachable, classify_ray_error, keep_loopback, probe_cluster, use_auth_token)
+from fastroar.engine.ray_connect import (
+    check_implicit_address,
+    check_reachable,
+    classify_ray_error,
+    keep_loopback,
+    probe_cluster,
+    use_auth_token,
+)
 from fastroar.errors import ConfigError, FastroarError
 
 

@@ -26,9 +26,9 @@ from typing import Any, Iterator
 import numpy as np
 import zarr
 
-from fastroar.errors import BusyError, MissingInputError, StoreCorruptError, StoreMismatchError
 from fastroar.engine.faults import fault_point
 from fastroar.engine.kernels.reference import rank_dtype
+from fastroar.errors import BusyError, MissingInputError, StoreCorruptError, StoreMismatchError
 
 DONE_FLAG = np.uint64(1 << 32)
 CHUNK_BYTES = 32 << 20  # rank rows per chunk: about 32 MiB of ranks (>= 1 row)

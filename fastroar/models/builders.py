@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import sys
 import threading
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 

@@ -109,7 +109,8 @@ def check_store(store: str) -> None:
             fsspec.get_filesystem_class(protocol)
         except ImportError as e:
             raise ConfigError(f"store {store!r} needs a filesystem package that is not installed ({e}); install "
-                              "it (e.g. `pip install s3fs` for s3://, gcsfs for gs://) or use a local --store") from None
+                              "it (e.g. `pip install s3fs` for s3://, gcsfs for gs://) or use a local --store"
+                              ) from None
         except ValueError:
             raise ConfigError(f"store {store!r}: unknown protocol {protocol!r}; use a local path or an fsspec URL "
                               "(s3://, gs://, file://, ...)") from None

@@ -78,7 +78,8 @@ def claim_row(s: dict[str, Any]) -> dict[str, str] | None:
             "setting": f"gradient; retrain.fill road; k in {[r['k'] for r in lc['rows']]}",
             "reference": "robust > standard",
             "fastroar": f"k = {first['k']:g}: {_pm(first['robust_road'], first['robust_road_std'])} vs "
-                        f"{_pm(first['standard_road'], first['standard_road_std'])}; higher at {higher}/{len(lc['rows'])} k",
+                        f"{_pm(first['standard_road'], first['standard_road_std'])}; "
+                        f"higher at {higher}/{len(lc['rows'])} k",
             "agrees": "yes" if lc["robust_higher_at_every_k"]["road"] else "no"}
 
 

@@ -30,8 +30,16 @@ from fastroar.engine.store import RankStore
 from fastroar.engine.workspace import SPLITS, Workdir
 from fastroar.errors import UserCodeError
 from fastroar.method import to_model_input
-from fastroar.stages.artifacts import (attribution_params, identity, is_user_function, load_model, load_prepared,
-                                       resolve_device, scores_path, select)
+from fastroar.stages.artifacts import (
+    attribution_params,
+    identity,
+    is_user_function,
+    load_model,
+    load_prepared,
+    resolve_device,
+    scores_path,
+    select,
+)
 from fastroar.stages.contract import Context, save_config, stage
 
 

@@ -20,8 +20,16 @@ from fastroar.errors import StoreMismatchError
 from fastroar.metrics.aq import majority_rate
 from fastroar.models import BUILDERS, build_model, seeded_global_rng, state_hash
 from fastroar.models.checkpoint import fit_state, load_saved, read_state
-from fastroar.stages.artifacts import (Prepared, checkpoint_file, checkpoint_path, config_diff, load_model,
-                                       load_prepared, model_config, resolve_device)
+from fastroar.stages.artifacts import (
+    Prepared,
+    checkpoint_file,
+    checkpoint_path,
+    config_diff,
+    load_model,
+    load_prepared,
+    model_config,
+    resolve_device,
+)
 from fastroar.stages.contract import Context, save_config, stage
 from fastroar.training.loop import accuracy_of, robust_accuracy, test_hits, train_model
 from fastroar.training.settings import Adversary, Recipe

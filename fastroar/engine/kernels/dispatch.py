@@ -124,7 +124,7 @@ def _torch_low_bits(dtype: Any) -> int:
     return {torch.float16: 13, torch.bfloat16: 16}.get(dtype, 0)
 
 
-def _rank_and_mask_torch(scores: "torch.Tensor", levels: list[float]):
+def _rank_and_mask_torch(scores: "torch.Tensor", levels: list[float]):  # noqa: F821 (torch imported lazily)
     import torch
 
     B, d = _flat_rows(tuple(scores.shape), "scores")

@@ -106,8 +106,8 @@ def _rank_row(u, rank, a, b, hist, low, bits, npass):
 def _masks_row(rank, n, top, bottom):
     d = rank.shape[0]
     nb = (d + 7) // 8
-    for l in range(n.shape[0]):
-        nt = n[l]
+    for lv in range(n.shape[0]):
+        nt = n[lv]
         tb = d - nt
         for j in range(nb):
             bt = 0
@@ -117,8 +117,8 @@ def _masks_row(rank, n, top, bottom):
                 r = np.int64(rank[8 * j + i])
                 bt |= np.int64(r < nt) << i
                 bb |= np.int64(r >= tb) << i
-            top[l, j] = bt
-            bottom[l, j] = bb
+            top[lv, j] = bt
+            bottom[lv, j] = bb
 
 
 @njit(parallel=True, cache=True)

@@ -17,13 +17,14 @@ memory of a CUDA device, 2 GiB on the CPU) and FFCV's streaming path (fastroar.e
 from __future__ import annotations
 
 import math
-from typing import Any, Iterator
+from typing import Iterator
 
 import numpy as np
 import torch
 
-from fastroar.method import keep_range, model_input_array
 from fastroar.engine.loaders.masked import check_mask, check_ranks, gather_bits, pack_keep_bits, validate_mask_args
+from fastroar.method import keep_range, model_input_array
+
 
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     """The shuffle of epoch `epoch` for a job seeded `seed` (also what the stacked trainer draws per model)."""
