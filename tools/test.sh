@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# Installs everything into .venv (tools/install.sh) and runs the test suite. `.ci/run` calls exactly this.
+# Installs everything into .venv (tools/install.sh), runs the linter (ruff.toml) and the test suite (which also
+# builds the docs site with warnings as errors, tests/test_docs.py). `.ci/run` calls exactly this.
 # pytest's exit code 5 (no tests collected) counts as a failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/install.sh
+echo "[test] ruff check"
+.venv/bin/ruff check fastroar tools tests
 set +e
 .venv/bin/python -m pytest -q tests "$@"
 rc=$?
