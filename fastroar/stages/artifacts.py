@@ -26,7 +26,7 @@ from fastroar.errors import ConfigError, FastroarError, MissingInputError, Store
 from fastroar.keys import digest, file_sha256
 from fastroar.method import pixel_scale, rank_dtype
 from fastroar.models import build_model, state_hash
-from fastroar.training.jobs import Job, sweep
+from fastroar.training.jobs import Job, records_for, sweep
 from fastroar.training.settings import Recipe, airbench_recipe, fast_recipe
 
 if TYPE_CHECKING:
@@ -393,7 +393,7 @@ def sweep_records(cfg: dict[str, Any], workdir: Workdir, prepared: Prepared
     (base-model hashes, data, recipe, fill, ... all enter the key), so settings are never mixed."""
     jobs = sweep_jobs(cfg, workdir, prepared)
     records, unreadable = read_results_checked(workdir.results_path)
-    wanted = {j.key for j in jobs}
-    mine = [records[j.key] for j in jobs if j.key in records]
+    wanted = {j.key for j in jobs} | {j.legacy_key for j in jobs if j.legacy_key is not None}
+    mine = records_for(records, jobs)   # a model-independent job's one record serves every model's job
     others = [r for key, r in records.items() if key not in wanted]
     return jobs, mine, others, unreadable
