@@ -321,3 +321,26 @@ def test_estimate_reference_rule_is_keyed_apart(copy):
 
     shown = road_estimates(workdir, prepared.meta["key"], [{"model": "standard", "model_hash": rec["model_hash"]}])
     assert shown[("standard", "gradient", 0.3)] == pytest.approx(default[0]["road"])
+
+
+def test_reference_rule_pixel_ranks_of_a_three_channel_split():
+    """On 3 channels the estimate recomputes the scores: for a linear model the input gradient of the
+    predicted logit is that class's weight row, so pixel order = |W[yhat]| summed over channels, most
+    important first, ties by lower index (numpy's stable argsort, written here)."""
+    from fastroar.stages.estimate import split_pixel_ranks
+
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (7, 3, 4, 5), dtype=np.uint8)
+    labels = rng.integers(0, 3, 7)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(60, 3))
+    cfg = {"precompute": {"batch_size": 3}, "attribution_params": {}, "scores": {}}
+    got = split_pixel_ranks(cfg, model, "gradient", images, labels, torch.device("cpu"), stored_ranks=None)
+    W = model[1].weight.detach().numpy().astype(np.float64)
+    with torch.no_grad():
+        pred = model(torch.from_numpy(images.astype(np.float32) / 255)).argmax(1).numpy()
+    for n in range(7):
+        pixel = np.abs(W[pred[n]]).reshape(3, 20).sum(0)
+        order = np.argsort(-pixel, kind="stable")
+        want = np.empty(20, np.int64)
+        want[order] = np.arange(20)
+        assert got[n].tolist() == want.tolist()

@@ -314,10 +314,11 @@ def test_results_of_other_settings_are_named_never_mixed(run_workdir, tmp_path):
     assert runner.invoke(cli, ["retrain", "--workdir", str(wd), "--no-progress", "--k", "0.25",
                                "--set", "retrain.epochs=1"]).exit_code == 0
     old = runner.invoke(cli, ["report", "--workdir", str(wd)]).output
-    assert "16 record(s) from other settings ignored: retrain.epochs 1 vs 2 (16)" in old
+    # one level: 8 gradient records (2 models) + 4 random ones serving both models
+    assert "12 record(s) from other settings ignored: retrain.epochs 1 vs 2 (12)" in old
     assert "missing" not in old
     new = runner.invoke(cli, ["report", "--workdir", str(wd), "--set", "retrain.epochs=1"]).output
-    assert "record(s) from other settings ignored: retrain.epochs 2 vs 1 (32)" in new
+    assert "record(s) from other settings ignored: retrain.epochs 2 vs 1 (24)" in new
     diffroar_table = new.split("Signal-block")[0].split("Paired comparisons")[0]
     rows = [line.split() for line in diffroar_table.splitlines() if " 0.500 " in line]
     assert rows and all("missing" in r for r in rows)

@@ -128,7 +128,8 @@ def estimate(workdir, dataset, config_path, overrides, device, loader, progress,
     records = estimate_stage(ctx, models=models or None, attributions=attributions or None, levels=levels,
                              noise=noise, seed=seed, rule=rule)
 
-    click.echo("ROAD (acc(top-k kept, rest imputed) - acc(bottom-k kept, rest imputed); original model)")
+    click.echo("ROAD (acc(top-k kept, rest imputed) - acc(bottom-k kept, rest imputed); original model"
+               + ("; the ROAD reference's rule: pixels by channel sum, counts truncated)" if rule == "reference" else ")"))
     click.echo(format_table(records, ("model", "attribution", "k", "acc_top", "acc_bottom", "road")))
     click.echo(f"[estimate] done in {time.perf_counter() - t0:.1f}s")
 

@@ -28,7 +28,7 @@ from fastroar.keys import digest, file_sha256
 from fastroar.method import DIRECTIONS, n_kept, pixel_scale, rank_dtype
 from fastroar.metrics.road import DEFAULT_NOISE, METHOD as ROAD_METHOD
 from fastroar.models import build_model, state_hash
-from fastroar.training.jobs import Job, sparse_input_wanted, sweep
+from fastroar.training.jobs import Job, records_for, sparse_input_wanted, sweep
 from fastroar.training.settings import Recipe, airbench_recipe, fast_recipe
 
 if TYPE_CHECKING:
@@ -568,14 +568,16 @@ def sweep_records(cfg: dict[str, Any], workdir: Workdir, prepared: Prepared
     key is one of the config's jobs (base-model hashes, data, recipe, fill, ... all enter the key), so
     settings are never mixed. A job the config wants sparse (retrain.sparse_input) ran sparse or dense by
     where it ran, which is not resolved here (no torch): its sparse record counts, else its dense one; never
-    both. With seeds: auto, the seeds added count too."""
+    both. With seeds: auto, the seeds added count too. A model-independent job's one record serves every
+    model's job (fastroar.training.jobs.records_for)."""
     # DiffROAR needs both directions
     jobs = sweep_jobs(cfg, workdir, prepared, directions=DIRECTIONS, all_seeds=True, here=False)
     records, unreadable = read_results_checked(workdir.results_path, RETRAIN_FIELDS)
     jobs = jobs + recorded_beyond(cfg, workdir, prepared, records, jobs)
     found = [job if job.sparse_input and job.key in records else dataclasses.replace(job, sparse_input=False)
              for job in jobs]
-    wanted = {j.key for j in jobs} | {j.key for j in found}
-    mine = [records[j.key] for j in found if j.key in records]
+    wanted = ({j.key for j in jobs} | {j.key for j in found}
+              | {j.legacy_key for j in found if j.legacy_key is not None})
+    mine = records_for(records, found)
     others = [r for key, r in records.items() if key not in wanted]
     return found, mine, others, unreadable

@@ -24,6 +24,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from fastroar.attribution.methods import METHODS
+from fastroar.engine import ticks
 from fastroar.engine.executors import TaskQueue, usable_cores
 from fastroar.stages import retrain as retrain_stage
 from fastroar.stages.artifacts import checkpoint_path, load_prepared, model_config, resolve_device
@@ -32,6 +33,7 @@ from fastroar.stages.precompute import compute_chunks, plan_precompute
 from fastroar.stages.report import import_plotting
 from fastroar.stages.train import side_by_side, train_one, untrained
 from fastroar.training.batched import batchable
+from fastroar.training.jobs import recorded, unique
 
 TRAIN, PRECOMPUTE, RETRAIN, IDLE = 0, 1, 2, 3   # task priorities: lower starts first
 
@@ -63,8 +65,10 @@ def train_to_retrain(ctx: Context) -> list[dict[str, Any]]:
         f"retraining start as soon as it is trained")
     recorder = retrain_stage.Recorder(ctx)
     pending_tasks: dict[str, int] = {}
-    bar = tqdm(total=0, desc="retrain", unit="task", disable=not ctx.progress)
-    with TaskQueue(threads) as queue, bar:
+    queued: set[str] = set()   # retrain job keys handed to the queue
+    # one bar over the sweep's jobs with its total known from the start (done jobs count once planned)
+    bar = tqdm(total=retrain_stage.sweep_size(cfg), desc="retrain", unit="job", disable=not ctx.progress)
+    with TaskQueue(threads) as queue, bar, ticks.sink(bar.update):   # retrain tasks move the bar per epoch
 
         def trained(name: str) -> None:   # its precompute tasks, or straight on to its retraining
             tasks = plan_precompute(cfg, wd, [name])
@@ -77,14 +81,18 @@ def train_to_retrain(ctx: Context) -> list[dict[str, Any]]:
 
         def ranked(name: str) -> None:    # its retrain groups, largest first
             jobs = retrain_stage.plan(cfg, wd, models=[name])
-            done = retrain_stage.read_results(wd.results_path, retrain_stage.RETRAIN_FIELDS)  # usable records
-            todo = [j for j in jobs if j.key not in done]
+            done = recorded(retrain_stage.read_results(wd.results_path, retrain_stage.RETRAIN_FIELDS), jobs)
+            # a model-independent job runs once: for the first model ranked, not again for the next
+            new = [j for j in unique(jobs) if j.key not in queued]
+            queued.update(j.key for j in new)
+            todo = [j for j in new if j.key not in done]
+            bar.update(len(new) - len(todo))
             groups = retrain_stage.tasks_of(todo, cfg, prepared, device)
-            log(f"[retrain] {name}: {len(jobs)} jobs: {len(jobs) - len(todo)} already done, {len(todo)} to run in "
-                f"{len(groups)} tasks{retrain_stage.memory_note(cfg, prepared, groups)}")
+            served = sum(j.key not in done for j in jobs) - len(todo)   # queued for an earlier model
+            log(f"[retrain] {name}: {len(jobs)} jobs: {sum(j.key in done for j in jobs)} already done, {len(todo)} "
+                f"to run in {len(groups)} tasks{retrain_stage.memory_note(cfg, prepared, groups)}"
+                + (f"; {served} served by an earlier model's runs (model-independent attributions)" if served else ""))
             recorder.planned += len(groups)
-            bar.total += len(groups)
-            bar.refresh()
             for group in groups:
                 queue.add((RETRAIN, -len(group)), (RETRAIN, name), retrain_stage.run_group_task, group, cfg, wd)
 
@@ -105,13 +113,14 @@ def train_to_retrain(ctx: Context) -> list[dict[str, Any]]:
                     if not pending_tasks[name]:
                         ranked(name)
                 elif kind == RETRAIN:
+                    bar.update(retrain_stage.finished_jobs(result))
                     recorder.record(result)
-                    bar.update(1)
         except KeyboardInterrupt:
             # Ctrl-C: the running tasks stop at their next step; the records of any that finished meanwhile
             # are kept (models and ranks their tasks write themselves), the locks still held
             for (kind, _), result in queue.drain():
                 if kind == RETRAIN:
+                    retrain_stage.finished_jobs(result)
                     recorder.record(result)
             raise
     recorder.summary(threads, overlapped=True)

@@ -295,10 +295,12 @@ def aq_experiment(out_dir: Path, *, quick: bool, device: str | None, progress: b
 
 # --------------------------------------------------------------------------- 3. BlockMNIST-style
 
-def block_experiment(ctx: Context, out_dir: Path, png_name: str = "blockdigits_gradients.png") -> dict[str, Any]:
+def block_experiment(ctx: Context, out_dir: Path, png_name: str | None = None) -> dict[str, Any]:
     """|input gradient| of each base model of ctx's workdir (trained when absent): grid, mass share,
-    localization per level and AQ (top-m vs bottom-m, m = the signal block's size)."""
+    localization per level and AQ (top-m vs bottom-m, m = the signal block's size). The grid is
+    `png_name`, by default <dataset>_gradients.png (blockdigits_gradients.png, blockmnist_gradients.png)."""
     cfg, wd = ctx.cfg, ctx.wd
+    png_name = png_name or f"{cfg['dataset']['name']}_gradients.png"
     prepared, _ = prepare(ctx)
     train(ctx)  # skips models that exist
     images, labels = prepared.arrays("test")

@@ -28,7 +28,7 @@ from fastroar.stages.artifacts import (Prepared, at_chance, checkpoint_path, loa
                                        model_warnings, reading_identity, seed_counts, sweep_records)
 from fastroar.stages.contract import Context, stage
 from fastroar.stages.mask_control import mask_controls, with_mask_columns
-from fastroar.training.jobs import Job
+from fastroar.training.jobs import MODEL_INDEPENDENT, Job
 
 
 def format_table(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
@@ -70,15 +70,29 @@ def import_plotting() -> None:
         pass
 
 
+def curves_of(rows: list[dict[str, Any]]) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """The plot's curves: rows by (model, attribution); a model-independent attribution's rows by
+    ("any model", attribution), the first model's row of each k."""
+    curves: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        if r["attribution"] in MODEL_INDEPENDENT:
+            pts = curves[("any model", r["attribution"])]
+            if all(p["k"] != r["k"] for p in pts):
+                pts.append(r)
+            continue
+        curves[(r["model"], r["attribution"])].append(r)
+    return curves
+
+
 def plot_curves(rows: list[dict[str, Any]], path: Path, title: str) -> None:
-    """DiffROAR against k, one curve (with its 95% interval as a band) per (model, attribution). Drawn on a Figure of its
-    own with the Agg canvas: no pyplot (its import costs more than the plot), no global figure state."""
+    """DiffROAR against k, one curve (with its 95% interval as a band) per (model, attribution); a
+    model-independent attribution (random, edge: one retraining serves every model, the same numbers) is one
+    curve labelled "any model", not one per model drawn on top of each other. Drawn on a Figure of its own
+    with the Agg canvas: no pyplot (its import costs more than the plot), no global figure state."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    curves: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
-    for r in rows:
-        curves[(r["model"], r["attribution"])].append(r)
+    curves = curves_of(rows)
     fig = Figure(figsize=(6, 4), dpi=120)
     FigureCanvasAgg(fig)
     ax = fig.subplots()
@@ -216,6 +230,10 @@ def report(ctx: Context) -> dict[str, Any]:
     for note in notes:
         log(note)
     log("DiffROAR (acc(top-k) - acc(bottom-k); > 0: the attribution ranks discriminative pixels first)")
+    shared = sorted({r["attribution"] for r in rows if r["attribution"] in MODEL_INDEPENDENT})
+    if shared and len({r["model"] for r in rows}) > 1:
+        log(f"({', '.join(shared)}: the ranks do not depend on the base model, so one retraining serves every "
+            "model; their rows repeat the same numbers under each model)")
     if road:
         log("ROAD: the retraining-free estimate (`fastroar estimate`): acc of the base model on top-k vs "
             "bottom-k kept, the rest imputed")

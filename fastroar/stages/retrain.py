@@ -39,9 +39,11 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from fastroar import __version__
 from fastroar.cpu import capability
+from fastroar.engine import ticks
 from fastroar.engine.executors import LocalExecutor
 from fastroar.engine.faults import fault_point
 from fastroar.engine.hits import pack_hits, unpack_hits
@@ -57,7 +59,7 @@ from fastroar.stages.artifacts import (Prepared, identity, load_prepared, resolv
 from fastroar.stages.contract import Context, stage
 from fastroar.stages.imputed import imputed_inputs
 from fastroar.training.batched import Spec, batchable, train_stacked
-from fastroar.training.jobs import Job
+from fastroar.training.jobs import MODEL_INDEPENDENT, Job, recorded, records_for, unique
 from fastroar.training.loop import accuracy_of, test_hits, train_model
 from fastroar.training.settings import Recipe
 from fastroar.training.stacked_conv import train_stacked_conv
@@ -65,6 +67,7 @@ from fastroar.training.stacked_conv import train_stacked_conv
 
 DEFAULT_BATCH_MODELS = 16
 TIMING_KEY = "_timing"   # a task's time breakdown (seconds) on its first record; never written to the log
+TICKED_KEY = "_ticked"   # how far a task moved the caller's bar itself; never written to the log
 
 
 def plan(cfg: dict[str, Any], workdir: Workdir, **selection: Any) -> list[Job]:
@@ -234,10 +237,18 @@ def run_group(jobs: Sequence[Job], cfg: dict[str, Any], workdir: Workdir,
 
 
 def run_group_task(jobs: list[Job], cfg: dict[str, Any], workdir: Workdir) -> list[dict[str, Any]]:
-    """An executor task: a group of jobs (one stack, or one job alone); their records."""
-    if len(jobs) == 1:
-        return [run_job(jobs[0], cfg, workdir)]
-    return run_group(jobs, cfg, workdir)
+    """An executor task: a group of jobs (one stack, or one job alone); their records. It is worth its job
+    count on the caller's bar (fastroar.engine.ticks), which its training moves per epoch; the first
+    record carries what it ticked (TICKED_KEY), for the caller to add the rest (finished_jobs)."""
+    with ticks.task(len(jobs)) as share:
+        records = [run_job(jobs[0], cfg, workdir)] if len(jobs) == 1 else run_group(jobs, cfg, workdir)
+    records[0][TICKED_KEY] = share.done if share is not None else 0.0
+    return records
+
+
+def finished_jobs(records: list[dict[str, Any]]) -> float:
+    """How far a finished task moves the bar beyond its ticks (taken off its first record)."""
+    return len(records) - records[0].pop(TICKED_KEY, 0.0)
 
 
 def task_memory(cfg: dict[str, Any], prepared: Prepared, models: int) -> int:
@@ -315,14 +326,23 @@ class Recorder:
                      "in compute")
 
 
+def sweep_size(cfg: dict[str, Any]) -> int:
+    """How many distinct jobs the config's whole sweep has (a model-independent attribution's jobs count
+    once): the retrain bar's total, known before any base model is trained."""
+    per = len(cfg["levels"]) * len(cfg["retrain"]["directions"]) * int(cfg["retrain"]["seeds"])
+    shared = sum(a in MODEL_INDEPENDENT for a in cfg["attributions"])
+    return per * (len(cfg["models"]) * (len(cfg["attributions"]) - shared) + shared)
+
+
 def log_recorded(ctx: Context, jobs: Sequence[Job]) -> list[dict[str, Any]]:
     """Logs how many of `jobs` have a record, and returns those records (in job order)."""
     results_path = ctx.wd.results_path
-    done = read_results(results_path, RETRAIN_FIELDS)
-    paths = sorted({done[j.key]["loader"] for j in jobs if j.key in done})
-    ctx.log(f"[retrain] {sum(j.key in done for j in jobs)}/{len(jobs)} jobs recorded in {results_path} "
+    # a shared job's record serves every model's job
+    records = records_for(read_results(results_path, RETRAIN_FIELDS), jobs)
+    paths = sorted({r["loader"] for r in records})
+    ctx.log(f"[retrain] {len(records)}/{len(jobs)} jobs recorded in {results_path} "
             f"(data path: {', '.join(paths)})")
-    return [done[j.key] for j in jobs if j.key in done]
+    return records
 
 
 def memory_note(cfg: dict[str, Any], prepared: Prepared, tasks: Sequence[Sequence[Job]]) -> str:
@@ -339,31 +359,41 @@ def retrain(ctx: Context, *, executor=None, **selection: Any) -> list[dict[str, 
     done, skipped = read_results_checked(workdir.results_path, RETRAIN_FIELDS)
     if skipped:   # torn, damaged or not a retraining record: never used, their jobs run again
         ctx.log(f"[retrain] {skipped.note(workdir.results_path)}; a job without a usable record runs again")
-    execute(ctx, jobs, [j for j in jobs if j.key not in done], executor)
+    execute(ctx, jobs, recorded(done, jobs), executor)
     if cfg["retrain"]["seeds"] == "auto" and not selection.get("n_seeds"):
         while extra := auto_jobs(ctx, jobs, **selection):
             jobs = jobs + extra
-            execute(ctx, jobs, extra, executor, what="seeds: auto, more seeds for the rows they still narrow")
+            execute(ctx, jobs, recorded(read_results(workdir.results_path, RETRAIN_FIELDS), jobs), executor,
+                    what="seeds: auto, more seeds for the rows they still narrow")
     return log_recorded(ctx, jobs)
 
 
-def execute(ctx: Context, jobs: Sequence[Job], todo: Sequence[Job], executor, what: str = "") -> None:
-    """Runs `todo` (of the sweep's `jobs`) on the executor, recording each task's records as it finishes."""
+def execute(ctx: Context, jobs: Sequence[Job], done: dict[str, dict[str, Any]], executor, what: str = "") -> None:
+    """Runs the jobs of `jobs` that have no record in `done` (a model-independent job once for all models) on
+    the executor, recording each task's records as it finishes."""
     cfg, workdir, progress, log = ctx.cfg, ctx.wd, ctx.progress, ctx.log
+    todo = [j for j in unique(jobs) if j.key not in done]   # a model-independent job runs once for all models
     prepared = load_prepared(cfg, workdir)
     device = resolve_device(cfg["device"])
     tasks = tasks_of(todo, cfg, prepared, device)
     threadsafe = shares_process(tasks, cfg, prepared, device)
     threads = executor.threads_for(len(tasks), threadsafe)
     on = f" on {threads} threads" if threads > 1 else ""
-    log(f"[retrain] {len(jobs)} jobs: {len(jobs) - len(todo)} already done, {len(todo)} to run "
+    recorded_jobs = sum(j.key in done for j in jobs)
+    served = len(jobs) - recorded_jobs - len(todo)   # jobs of other models that the same runs serve
+    log(f"[retrain] {len(jobs)} jobs: {recorded_jobs} already done, {len(todo)} to run "
         f"in {len(tasks)} tasks ({executor.name} executor{on}, recipe {retrain_recipe(cfg).name}"
-        f"{memory_note(cfg, prepared, tasks)}){f' ({what})' if what else ''}")
+        f"{memory_note(cfg, prepared, tasks)}){f' ({what})' if what else ''}"
+        + (f"; their records also serve {served} jobs of other models (model-independent attributions run "
+           "once for every model)" if served else ""))
     recorder = Recorder(ctx)
     recorder.planned = len(tasks)
-    for records in executor.map(run_group_task, [(group, cfg, workdir) for group in tasks], progress,
-                                "retrain", threadsafe=threadsafe):
-        recorder.record(records)
+    # the bar counts jobs (a task of 16 stacked jobs moves it by 16), its total fixed before the first task
+    with tqdm(total=len(todo), desc="retrain", unit="job", disable=not progress) as bar, ticks.sink(bar.update):
+        for records in executor.map(run_group_task, [(group, cfg, workdir) for group in tasks], False,
+                                    "retrain", threadsafe=threadsafe):
+            bar.update(finished_jobs(records))
+            recorder.record(records)
     recorder.summary(threads)
 
 

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fastroar.engine import cancel
+from fastroar.engine import cancel, ticks
 from fastroar.engine.loaders.resident import epoch_order, resident_ranks
 from fastroar.method import keep_range, model_input_array
 from fastroar.models import build_seeded
@@ -461,6 +461,7 @@ def train_stacked(arch: str, arch_params: dict[str, Any], shape: Sequence[int], 
             correct += hits
             loss_sum += losses * idx.shape[1]
             step += 1
+        ticks.tick(real / recipe.epochs)   # the caller's bar moves per epoch (fastroar.engine.ticks)
     train_loss = [v / n for v in loss_sum.tolist()]
     train_acc = [c / n for c in correct.tolist()]
     t2 = time.perf_counter()

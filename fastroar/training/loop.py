@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from fastroar.engine import cancel
+from fastroar.engine import cancel, ticks
 from fastroar.training import mlp_steps
 from fastroar.training.mlp_steps import mlp_params
 from fastroar.training.pgd import pgd_attack
@@ -65,6 +65,7 @@ def train_model(model: nn.Module, loader: Iterable, recipe: Recipe, *, adversary
             correct += hits
             seen += len(y)
         stats = {"loss": float(loss_sum) / max(1, seen), "train_acc": int(correct) / max(1, seen)}
+        ticks.tick(1 / recipe.epochs)   # inside a retrain task: its caller's bar moves per epoch
         bar.set_postfix(loss=f"{stats['loss']:.3f}", acc=f"{stats['train_acc']:.3f}")
     return stats
 

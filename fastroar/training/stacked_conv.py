@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from fastroar.engine import cancel
+from fastroar.engine import cancel, ticks
 from fastroar.engine.loaders.resident import epoch_order, resident_ranks
 from fastroar.method import keep_range, model_input_array
 from fastroar.models import build_seeded
@@ -170,6 +170,7 @@ def train_stacked_conv(arch: str, arch_params: dict[str, Any], shape: Sequence[i
             step += 1
             loss_sum += losses.detach() * b
             correct += (logits.detach().argmax(2) == yb).sum(1)
+        ticks.tick(len(specs) / recipe.epochs)   # the caller's bar moves per epoch (fastroar.engine.ticks)
     train_loss = [v / max(1, n) for v in loss_sum.tolist()]
     train_acc = [c / max(1, n) for c in correct.tolist()]   # .tolist() waits for the device: t2 is honest
     t2 = time.perf_counter()
