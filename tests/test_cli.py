@@ -62,12 +62,11 @@ def test_store_ranks_match_reference_of_recomputed_gradients(run_workdir):
     """The stored rank maps are the reference ranking of |d logit_yhat / dx| of the saved model."""
     from fastroar.attribution import input_gradient
     from fastroar.config import load_config
-    from fastroar.method import to_model_input
-    from fastroar.stages.artifacts import load_prepared
-    from fastroar.engine.kernels.reference import rank_reference, packed_masks_reference
+    from fastroar.engine.kernels.reference import packed_masks_reference, rank_reference
     from fastroar.engine.store import RankStore
-    from fastroar.stages.artifacts import load_model
     from fastroar.engine.workspace import Workdir
+    from fastroar.method import to_model_input
+    from fastroar.stages.artifacts import load_model, load_prepared
 
     wd, _ = run_workdir
     cfg = load_config(path=wd / "config.yaml")

@@ -88,7 +88,8 @@ def test_shipped_imagenet10_mapping_is_the_balanced_mixed_10():
     from fastroar.datasets.folder import imagenet10_mapping
 
     mapping = imagenet10_mapping()
-    assert [(s["label"], s["name"], s["wnid"]) for s in mapping] == [(i, n, w) for i, (n, w, _) in enumerate(IMAGENET10)]
+    assert [(s["label"], s["name"], s["wnid"]) for s in mapping] == \
+        [(i, n, w) for i, (n, w, _) in enumerate(IMAGENET10)]
     for s, (_, _, indices) in zip(mapping, IMAGENET10):
         assert [m["imagenet_index"] for m in s["members"]] == list(indices)
     members = {m["imagenet_index"]: m["wnid"] for s in mapping for m in s["members"]}
@@ -146,11 +147,10 @@ def test_memory_mapped_split_equals_the_full_read(imagenet_tree, tmp_path, monke
 
     import fastroar.stages.artifacts
     from fastroar.config import load_config
+    from fastroar.engine.beton import MappedImages, read_beton
+    from fastroar.engine.workspace import Workdir
     from fastroar.stages.contract import Context
     from fastroar.stages.prepare import prepare
-    from fastroar.engine.beton import read_beton
-    from fastroar.engine.beton import MappedImages
-    from fastroar.engine.workspace import Workdir
 
     root, _ = imagenet_tree
     cfg = load_config("imagenet10", overrides=[f"dataset.params.root={root}", "dataset.params.image_size=16"])
@@ -188,10 +188,10 @@ def test_user_folder_through_every_stage(tmp_path):
 
 def test_folder_prepares_at_224(tmp_path):
     """--image-size 224: resize 256 + center crop 224 (images smaller than that are upscaled)."""
-    from fastroar.stages.contract import Context
-    from fastroar.stages.prepare import prepare
     from fastroar.config import load_config
     from fastroar.engine.workspace import Workdir
+    from fastroar.stages.contract import Context
+    from fastroar.stages.prepare import prepare
 
     root = tmp_path / "photos"
     files = write_class_tree(root, ["a", "b"], {"train": 1, "val": 1}, seed=3, sizes=[(300, 260), (90, 120)])
@@ -361,7 +361,9 @@ def test_built_package_ships_configs_and_imagenet10_mapping(tmp_path):
     assert (build / "fastroar" / "datasets" / "data" / "imagenet10.json").read_bytes() == \
         (repo / "fastroar" / "datasets" / "data" / "imagenet10.json").read_bytes()
     probe = ("import fastroar.config as c, fastroar.datasets.folder as f; "
-             "print(c.config_dir()); print(len(f.imagenet10_mapping())); print(c.load_config('imagenet10')['model']['arch'])")
-    out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env={"PYTHONPATH": str(build), "PATH": "/usr/bin"},
+             "print(c.config_dir()); print(len(f.imagenet10_mapping())); "
+             "print(c.load_config('imagenet10')['model']['arch'])")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path,
+                         env={"PYTHONPATH": str(build), "PATH": "/usr/bin"},
                          check=True, capture_output=True, text=True).stdout.split()
     assert out == [str(build / "fastroar" / "configs"), "10", "resnet18"]

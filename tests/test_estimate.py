@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from fastroar.metrics.road import impute, impute_ranked, road_levels
 from fastroar.engine.kernels.reference import keep_mask_reference, rank_reference
+from fastroar.metrics.road import impute, impute_ranked, road_levels
 
 
 def dense_reference(plane: np.ndarray, keep: np.ndarray) -> np.ndarray:
@@ -137,12 +137,11 @@ def test_estimate_cli_on_a_run(run_workdir, tmp_path):
     from click.testing import CliRunner
 
     from fastroar.cli import cli
-    from fastroar.method import to_model_input
-    from fastroar.stages.artifacts import load_prepared
     from fastroar.config import load_config
     from fastroar.engine.store import RankStore, SplitArrays
-    from fastroar.stages.artifacts import load_model
     from fastroar.engine.workspace import Workdir
+    from fastroar.method import to_model_input
+    from fastroar.stages.artifacts import load_model, load_prepared
 
     src, result = run_workdir
     assert result.exit_code == 0, result.output

@@ -7,8 +7,8 @@ signal cases run real `python -m fastroar.cli` processes.
 """
 from __future__ import annotations
 
-import hashlib
 import csv
+import hashlib
 import json
 import os
 import shutil
@@ -171,7 +171,8 @@ CASES = [
     ("attribution-not-in-config", ["retrain", "--attribution", "edge"], "unknown attribution 'edge'"),
     ("noise-negative", ["estimate", "--noise", "-1"], "must be a finite number > 0"),
     ("workers-with-ray", ["retrain", "--executor", "ray", "--workers", "2"], "--workers applies to --executor local"),
-    ("address-without-ray", ["retrain", "--address", "127.0.0.1:1"], "--address and --ray-auth-token-file only apply to --executor ray"),
+    ("address-without-ray", ["retrain", "--address", "127.0.0.1:1"],
+     "--address and --ray-auth-token-file only apply to --executor ray"),
     ("cpus-zero", ["precompute", "--cpus-per-task", "0"], "x>0"),
     ("recipe-option", ["report", "--recipe", "turbo"], "'turbo' is not one of"),
     ("unknown-option", ["run", "--executor", "ray"], "No such option"),

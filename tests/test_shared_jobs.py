@@ -19,8 +19,9 @@ def job(model: str, model_hash: str, attribution: str, **kw) -> Job:
 
 
 def old_key(j: Job) -> str:
-    """The key every job had before sharing: all fields, fill only when not 0."""
-    fields = asdict(j)
+    """The key every job had before sharing: all fields, fill only when not 0 (sparse_input and impute only
+    when set: a dense job without imputation has the fields it always had)."""
+    fields = {k: v for k, v in asdict(j).items() if not (k == "sparse_input" and not v or k == "impute" and v is None)}
     if fields["fill"] == 0.0:
         del fields["fill"]
     return digest(fields, 16)
@@ -29,8 +30,8 @@ def old_key(j: Job) -> str:
 def test_model_independent_jobs_have_one_key_and_keep_their_old_keys():
     for a in ("random", "edge"):
         s, r = job("standard", "h1", a), job("robust", "h2", a)
-        shared = {k: v for k, v in asdict(s).items() if k != "fill"} | {"model": SHARED_MODEL,
-                                                                        "model_hash": SHARED_MODEL}
+        shared = {k: v for k, v in asdict(s).items() if k not in ("fill", "sparse_input", "impute")} | {
+            "model": SHARED_MODEL, "model_hash": SHARED_MODEL}
         assert s.key == r.key == digest(shared, 16)
         assert (s.legacy_key, r.legacy_key) == (old_key(s), old_key(r)) and s.legacy_key != r.legacy_key
         assert job("standard", "h1", a, fill=0.5).key != s.key   # everything else still enters the key
@@ -87,8 +88,10 @@ def test_records_keyed_the_old_way_still_count(copy):
     lines = []
     for j in jobs:  # as the old code wrote them: one record per model, keyed per model
         rec = records[j.key]
-        lines.append(json.dumps(rec | ({"model": j.model, "model_hash": j.model_hash, "key": j.legacy_key}
-                                       if j.shared else {})))
+        if j.shared:   # rewritten as the old code wrote it: keyed per model, and without a checksum
+            rec = {k: v for k, v in rec.items() if k != "crc"} | {"model": j.model, "model_hash": j.model_hash,
+                                                                  "key": j.legacy_key}
+        lines.append(json.dumps(rec))
     path.write_text("\n".join(lines) + "\n")
     res = CliRunner().invoke(cli, ["retrain", "--workdir", str(copy), "--no-progress"])
     assert res.exit_code == 0, res.output

@@ -6,9 +6,19 @@ import time
 
 import click
 
-from fastroar.cli.options import (CHECKPOINT_OPTION, FILL_OPTION, RECIPE_OPTION, VERBOSE_OPTION, common_options,
-                                  context, executor_options, fail_cleanly, finite_positive, parse_levels,
-                                  scores_option)
+from fastroar.cli.options import (
+    CHECKPOINT_OPTION,
+    FILL_OPTION,
+    RECIPE_OPTION,
+    VERBOSE_OPTION,
+    common_options,
+    context,
+    executor_options,
+    fail_cleanly,
+    finite_positive,
+    parse_levels,
+    scores_option,
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -129,7 +139,8 @@ def estimate(workdir, dataset, config_path, overrides, device, loader, progress,
                              noise=noise, seed=seed, rule=rule)
 
     click.echo("ROAD (acc(top-k kept, rest imputed) - acc(bottom-k kept, rest imputed); original model"
-               + ("; the ROAD reference's rule: pixels by channel sum, counts truncated)" if rule == "reference" else ")"))
+               + ("; the ROAD reference's rule: pixels by channel sum, counts truncated)" if rule == "reference"
+                  else ")"))
     click.echo(format_table(records, ("model", "attribution", "k", "acc_top", "acc_bottom", "road")))
     click.echo(f"[estimate] done in {time.perf_counter() - t0:.1f}s")
 

@@ -80,7 +80,8 @@ class Layout:
         self.md5: dict[str, str] = {}
         if name == "cifar10":
             self.dir = root / tvd.CIFAR10.base_folder
-            self.files = {"train": [f for f, _ in tvd.CIFAR10.train_list], "test": [f for f, _ in tvd.CIFAR10.test_list]}
+            self.files = {"train": [f for f, _ in tvd.CIFAR10.train_list],
+                          "test": [f for f, _ in tvd.CIFAR10.test_list]}
             self.md5 = dict(tvd.CIFAR10.train_list + tvd.CIFAR10.test_list)
         elif name == "svhn":
             self.dir = root

@@ -26,7 +26,8 @@ from fastroar.engine.workspace import SPLITS, Workdir
 from fastroar.errors import ConfigError, FastroarError, MissingInputError, StoreMismatchError
 from fastroar.keys import digest, file_sha256
 from fastroar.method import DIRECTIONS, n_kept, pixel_scale, rank_dtype
-from fastroar.metrics.road import DEFAULT_NOISE, METHOD as ROAD_METHOD
+from fastroar.metrics.road import DEFAULT_NOISE
+from fastroar.metrics.road import METHOD as ROAD_METHOD
 from fastroar.models import build_model, state_hash
 from fastroar.training.jobs import Job, records_for, sparse_input_wanted, sweep
 from fastroar.training.settings import Recipe, airbench_recipe, fast_recipe
@@ -103,7 +104,7 @@ class Prepared:
     def data_path(self, mode: str, device: Any, ranks: bool) -> str:
         """"resident" or "ffcv": where both splits (with their rank maps when `ranks`) go under the engine's
         one rule (fastroar.engine.loaders.choose_path) for the config's loader `mode`."""
-        from fastroar.engine.loaders.plan import choose_path   # imports torch: not for stages that need none
+        from fastroar.engine.loaders.plan import choose_path  # imports torch: not for stages that need none
 
         itemsize = rank_dtype(self.d).itemsize if ranks else None
         return choose_path(mode, sum(self.size(s) for s in SPLITS), self.shape, itemsize, device)
@@ -310,7 +311,7 @@ def model_hash(workdir: Workdir, name: str, prepared: Prepared) -> str:
 
 def load_model(workdir: Workdir, name: str, prepared: Prepared) -> tuple[nn.Module, dict[str, Any]]:
     """A trained base model (eval mode, CPU) and its checkpoint dict."""
-    from fastroar.models.checkpoint import load_saved   # imports torch
+    from fastroar.models.checkpoint import load_saved  # imports torch
 
     path = trained_checkpoint(workdir, name)
     ckpt = load_saved(path)
@@ -534,7 +535,7 @@ def sweep_jobs(cfg: dict[str, Any], workdir: Workdir, prepared: Prepared, *, mod
 def sparse_input_here(cfg: dict[str, Any], prepared: Prepared) -> bool:
     """Whether the sparse first layer can run here for the config's stacked MLP jobs: the CPU, both splits
     resident (the engine's one rule), the compiled extension (fastroar.training.batched.uses_sparse_input)."""
-    from fastroar.training.batched import sparse_available   # imports torch: only when the config wants sparse
+    from fastroar.training.batched import sparse_available  # imports torch: only when the config wants sparse
 
     device = resolve_device(cfg["device"])
     return prepared.data_path(cfg["loader"], device, ranks=True) == "resident" and sparse_available(device)

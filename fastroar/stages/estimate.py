@@ -18,8 +18,15 @@ from fastroar.errors import ConfigError, MissingInputError
 from fastroar.keys import digest
 from fastroar.method import check_level, to_model_input
 from fastroar.metrics.road import DEFAULT_NOISE, METHOD, RULES, pixel_ranks, road_levels, value_range
-from fastroar.stages.artifacts import (attribution_params, identity, load_model, load_prepared, resolve_device,
-                                       scores_path, select)
+from fastroar.stages.artifacts import (
+    attribution_params,
+    identity,
+    load_model,
+    load_prepared,
+    resolve_device,
+    scores_path,
+    select,
+)
 from fastroar.stages.contract import Context, stage
 
 

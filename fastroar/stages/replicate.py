@@ -47,13 +47,13 @@ from fastroar.metrics.aq import aq_hits, attribution_quality, leakage_diffroar_e
 from fastroar.metrics.diffroar import comparison_rows, diffroar_rows
 from fastroar.metrics.intervals import differences_interval
 from fastroar.metrics.localization import localization, localization_shares
+from fastroar.stages import leakage_claim
 from fastroar.stages.artifacts import load_model, load_prepared, model_warnings
 from fastroar.stages.contract import Context, resolve_config, save_config, stage
 from fastroar.stages.estimate import estimate
-from fastroar.stages import leakage_claim
 from fastroar.stages.precompute import precompute
 from fastroar.stages.prepare import prepare
-from fastroar.stages.report import plot_curves, road_estimates
+from fastroar.stages.report import p_text, plot_curves, road_estimates
 from fastroar.stages.retrain import retrain
 from fastroar.stages.train import train
 
@@ -287,7 +287,8 @@ def aq_experiment(out_dir: Path, *, quick: bool, device: str | None, progress: b
             # over the kind's models (seeds) and the test points
             iv = differences_interval(np.stack(per_image[kind][a]))
             res["kinds"][kind]["aq"][a] = {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
-                                           "se": se, "top_hit": float(np.mean([m["aq"][a]["top_hit"] for m in members])),
+                                           "se": se,
+                                           "top_hit": float(np.mean([m["aq"][a]["top_hit"] for m in members])),
                                            "bottom_hit": float(np.mean([m["aq"][a]["bottom_hit"] for m in members])),
                                            "ci": [iv.lo, iv.hi], "interval": iv.method}
     return res
@@ -636,7 +637,8 @@ def claims(s: dict[str, Any]) -> list[dict[str, str]]:
                 rows.append({"claim": f"Sec. 5: {'robust' if m['adversary'] else 'standard'} gradients "
                                       f"{'localize' if expect else 'do not localize'} on {name}",
                              "setting": f"{name}; gradient; acc {m['test_acc']:.2f} (chance {m['chance']:.2f})",
-                             "reference": f"top-{k0} share {'≈ 1' if expect else '≈ chance ' + format(res['chance'], '.2f')}",
+                             "reference": f"top-{k0} share "
+                                          f"{'≈ 1' if expect else '≈ chance ' + format(res['chance'], '.2f')}",
                              "fastroar": f"{loc:.2f} {_ci(*m['localization_ci'])} (AQ {m['aq']['aq']:+.2f})",
                              "agrees": _agree_localization(m["localization_ci"], res["chance"], expect)})
     df = s.get("diffroar") or {}
@@ -661,6 +663,10 @@ def _agree_higher(df: dict[str, Any]) -> str:
     if sig == n:
         return f"yes (paired 95% interval of robust - standard above 0 at {sig}/{n} k)"
     return f"no (paired 95% interval of robust - standard above 0 at {sig}/{n} k)"
+
+
+def _blank_or(v: float | None) -> str:
+    return "" if v is None else f"{v:.3f}"
 
 
 def _f(v: float | None) -> str:
@@ -689,12 +695,13 @@ def summary_markdown(s: dict[str, Any]) -> str:
               f"among the task-relevant blocks = {lk['chance_share']:.2f}. top-1 on signal: fraction of instances "
               "whose largest |gradient| coordinate is the signal one. gradient:margin is the theory's gradient, "
               "gradient the predicted logit's.", "",
-              "| model | test acc (chance) | acc under attack | attribution | signal block | other task-relevant blocks "
-              "| noise blocks | top-1 on signal | AQ |",
+              "| model | test acc (chance) | acc under attack | attribution | signal block "
+              "| other task-relevant blocks | noise blocks | top-1 on signal | AQ |",
               "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for m in lk["models"].values():
         for a, b in m["by"].items():
-            lines.append(f"| {m['label']} | {m['test_acc']:.3f} ({m['chance']:.3f}) | {_f(m['robust_test_acc'])} | {a} | "
+            lines.append(f"| {m['label']} | {m['test_acc']:.3f} ({m['chance']:.3f}) | "
+                         f"{_f(m['robust_test_acc'])} | {a} | "
                          f"{b['signal_share']:.3f} | {b['other_relevant_share']:.3f} | {b['noise_share']:.3f} | "
                          f"{b['top1_on_signal']:.3f} | {b['aq_aq']:+.3f} |")
     lines += ["", f"![leakage]({Path(lk['png']).name})", ""]
@@ -707,7 +714,8 @@ def summary_markdown(s: dict[str, Any]) -> str:
                   "", "| model | attribution | k | acc top-k | acc bottom-k | DiffROAR | runs |",
                   "| --- | --- | --- | --- | --- | --- | --- |"]
         for r in ldf:
-            lines.append(f"| {r['model']} | {r['attribution']} | {r['k']:g} | {r['acc_top']:.3f} | {r['acc_bottom']:.3f} | "
+            lines.append(f"| {r['model']} | {r['attribution']} | {r['k']:g} | {r['acc_top']:.3f} | "
+                         f"{r['acc_bottom']:.3f} | "
                          f"{r['diffroar']:.3f} {_ci(r['ci_low'], r['ci_high'])} | {r['runs']} |")
         lines.append("")
     aq = s["aq"]
@@ -717,7 +725,8 @@ def summary_markdown(s: dict[str, Any]) -> str:
               "| --- | --- | --- | " + " | ".join("---" for _ in aq["attributions"]) + " |"]
     for kind, k in aq["kinds"].items():
         lines.append(f"| {kind} | {k['runs']} | {k['test_acc']:.3f} ({k['chance']:.3f}) | "
-                     + " | ".join(f"{k['aq'][a]['mean']:+.2f} {_ci(*k['aq'][a]['ci'])}" for a in aq["attributions"]) + " |")
+                     + " | ".join(f"{k['aq'][a]['mean']:+.2f} {_ci(*k['aq'][a]['ci'])}" for a in aq["attributions"])
+                     + " |")
     lines.append("")
     lines += ["## 3. BlockMNIST-style data", ""]
     bd = s["blockdigits"]
@@ -742,18 +751,17 @@ def summary_markdown(s: dict[str, Any]) -> str:
         lines += [df["note"], ""]
     else:
         road = any(c.get("standard_road") is not None for c in df["comparison"])
-        head = ("| k | standard [95% interval] | robust [95% interval] | robust - standard, paired [95% interval] | p | "
-                "runs |" + (" ROAD standard | ROAD robust |" if road else ""))
+        head = ("| k | standard [95% interval] | robust [95% interval] | robust - standard, paired [95% interval] "
+                "| p | runs |" + (" ROAD standard | ROAD robust |" if road else ""))
         lines += [head, "|" + " --- |" * (head.count("|") - 1)]
         for c in df["comparison"]:
             diff = (f"{c['robust'] - c['standard']:+.3f} {_ci(*c['difference_ci'])}" if c["difference_ci"]
                     else f"{c['robust'] - c['standard']:+.3f}")
-            p = "" if c["p_two_sided"] is None else ("<0.001" if c["p_two_sided"] < 0.001 else f"{c['p_two_sided']:.3f}")
+            p = "" if c["p_two_sided"] is None else p_text(c["p_two_sided"])
             row = (f"| {c['k']:g} | {c['standard']:.3f} {_ci(*c['standard_ci'])} | {c['robust']:.3f} "
                    f"{_ci(*c['robust_ci'])} | {diff} | {p} | {c['runs']} |")
             if road:
-                f = (lambda v: "" if v is None else f"{v:.3f}")
-                row += f" {f(c['standard_road'])} | {f(c['robust_road'])} |"
+                row += f" {_blank_or(c['standard_road'])} | {_blank_or(c['robust_road'])} |"
             lines.append(row)
         same = [c["k"] for c in df["comparison"] if c.get("road_same_order")]
         if road:

@@ -24,8 +24,17 @@ from fastroar.metrics.diffroar import comparison_rows, diffroar_rows
 from fastroar.metrics.localization import localization
 from fastroar.metrics.mask_probe import leaks
 from fastroar.metrics.road import DEFAULT_NOISE
-from fastroar.stages.artifacts import (Prepared, at_chance, checkpoint_path, load_prepared, model_families,
-                                       model_warnings, reading_identity, seed_counts, sweep_records)
+from fastroar.stages.artifacts import (
+    Prepared,
+    at_chance,
+    checkpoint_path,
+    load_prepared,
+    model_families,
+    model_warnings,
+    reading_identity,
+    seed_counts,
+    sweep_records,
+)
 from fastroar.stages.contract import Context, stage
 from fastroar.stages.mask_control import mask_controls, with_mask_columns
 from fastroar.training.jobs import MODEL_INDEPENDENT, Job

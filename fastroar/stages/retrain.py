@@ -54,8 +54,15 @@ from fastroar.engine.workspace import SPLITS, Workdir
 from fastroar.errors import ConfigError, MissingInputError
 from fastroar.method import rank_dtype
 from fastroar.models import build_model, build_seeded
-from fastroar.stages.artifacts import (Prepared, identity, load_prepared, resolve_device, retrain_recipe,
-                                       seed_counts, sweep_jobs)
+from fastroar.stages.artifacts import (
+    Prepared,
+    identity,
+    load_prepared,
+    resolve_device,
+    retrain_recipe,
+    seed_counts,
+    sweep_jobs,
+)
 from fastroar.stages.contract import Context, stage
 from fastroar.stages.imputed import imputed_inputs
 from fastroar.training.batched import Spec, batchable, train_stacked
@@ -63,7 +70,6 @@ from fastroar.training.jobs import MODEL_INDEPENDENT, Job, recorded, records_for
 from fastroar.training.loop import accuracy_of, test_hits, train_model
 from fastroar.training.settings import Recipe
 from fastroar.training.stacked_conv import train_stacked_conv
-
 
 DEFAULT_BATCH_MODELS = 16
 TIMING_KEY = "_timing"   # a task's time breakdown (seconds) on its first record; never written to the log
@@ -305,7 +311,8 @@ class Recorder:
             self.ctx.log(f"[retrain] task {self.tasks}/{self.planned}: {len(records)} jobs; compute {busy:.2f}s (train "
                          f"{timing['train']:.2f}s, eval {timing['eval']:.2f}s), the rest {other:.3f}s = "
                          f"{1000 * other / len(records):.1f} ms/job (ranks {timing['ranks']:.3f}s, "
-                         f"{'imputation ' + format(timing['impute'], '.3f') + 's, ' if 'impute' in timing else ''}setup "
+                         f"{'imputation ' + format(timing['impute'], '.3f') + 's, ' if 'impute' in timing else ''}"
+                         "setup "
                          f"{timing['setup']:.3f}s, recording {time.perf_counter() - t_write:.3f}s)")
 
     def summary(self, threads: int, overlapped: bool = False) -> None:
@@ -328,8 +335,9 @@ class Recorder:
 
 def sweep_size(cfg: dict[str, Any]) -> int:
     """How many distinct jobs the config's whole sweep has (a model-independent attribution's jobs count
-    once): the retrain bar's total, known before any base model is trained."""
-    per = len(cfg["levels"]) * len(cfg["retrain"]["directions"]) * int(cfg["retrain"]["seeds"])
+    once): the retrain bar's total, known before any base model is trained (with seeds: auto, its first
+    round's)."""
+    per = len(cfg["levels"]) * len(cfg["retrain"]["directions"]) * seed_counts(cfg)[0]
     shared = sum(a in MODEL_INDEPENDENT for a in cfg["attributions"])
     return per * (len(cfg["models"]) * (len(cfg["attributions"]) - shared) + shared)
 

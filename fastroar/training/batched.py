@@ -478,9 +478,9 @@ def stack_records(hits: torch.Tensor, train_acc: Sequence[float], loss: Sequence
     array), train accuracy and loss (with its weights when state_dict is given)."""
     n = hits.shape[1]
     correct = hits.sum(1).tolist()
-    return [{"accuracy": c / max(1, n), "hits": h, "train_acc": t, "loss": l,
+    return [{"accuracy": c / max(1, n), "hits": h, "train_acc": t, "loss": loss_i,
              **({"state_dict": state_dict(i)} if state_dict else {})}
-            for i, (c, h, t, l) in enumerate(zip(correct, hits.numpy(), train_acc, loss))]
+            for i, (c, h, t, loss_i) in enumerate(zip(correct, hits.numpy(), train_acc, loss))]
 
 
 @torch.no_grad()

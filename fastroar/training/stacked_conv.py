@@ -17,7 +17,8 @@ large kernels instead of M small ones. Each model sees exactly what it would see
 
 Gradients: the loss of the stack is the sum of the M per-model mean losses; the models share no
 parameter, so one backward pass gives every model the gradient of its own loss, and
-SGD on the stacked tensors (fastroar.training.sgd, torch.optim.SGD's update) is the element-wise update each model would get alone.
+SGD on the stacked tensors (fastroar.training.sgd, torch.optim.SGD's update) is the element-wise update each model
+would get alone.
 
 BatchNorm: running statistics stay per model. The buffers are stacked like the parameters and passed
 to the vmapped ``functional_call`` with the model in training mode; BatchNorm's in-place running-stat
