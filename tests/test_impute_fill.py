@@ -77,7 +77,7 @@ def test_road_jobs_are_keyed_apart_and_zero_fill_records_are_unchanged(road_run,
                                                                              "seed")))
         assert twin["key"] != r["key"] and records[twin["key"]] == twin
     out = invoke("report", "--workdir", str(wd), "--fill", "road").output
-    assert "retrain.fill zero vs road (32)" in out
+    assert "retrain.fill zero vs road (24)" in out
 
 
 def test_stored_inputs_equal_the_road_reference(road_run):
