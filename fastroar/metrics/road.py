@@ -64,20 +64,26 @@ MAX_UNKNOWNS_PER_SOLVE = 8192  # pixels per block-diagonal solve (measured: smal
 MAX_UNKNOWNS_PER_BAND = 1 << 18  # pixels per banded solve (its band: (W + 2) x this many float64)
 
 
+def _unknowns(x: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[np.ndarray, ...]]:
+    """What both solvers set up: the unknown (removed) pixels' mask, a copy of x to fill, each unknown's number
+    (-1 for known pixels) and the unknowns' (plane, row, column), in C order, which matches the numbering."""
+    unknown = ~keep
+    out = x.copy()
+    index = np.full(x.shape, -1, np.int64)
+    index[unknown] = np.arange(int(unknown.sum()))
+    return unknown, out, index, np.nonzero(unknown)
+
+
 def _solve_planes(x: np.ndarray, keep: np.ndarray) -> np.ndarray:
     """Noise-free imputation of (P, H, W) float64 planes; every plane keeps >= 1 pixel."""
     import scipy.sparse as sp  # here, not at import: reading ROAD's constants (the report does) needs no SciPy
     from scipy.sparse.linalg import spsolve
 
     P, H, W = x.shape
-    unknown = ~keep
-    U = int(unknown.sum())
-    out = x.copy()
+    unknown, out, index, (p, i, j) = _unknowns(x, keep)
+    U = len(p)
     if U == 0:
         return out
-    index = np.full((P, H, W), -1, np.int64)
-    index[unknown] = np.arange(U)
-    p, i, j = np.nonzero(unknown)  # C order: matches index numbering
     diag = np.zeros(U)
     rhs = np.zeros(U)
     rows, cols, vals = [np.arange(U)], [np.arange(U)], []
@@ -104,14 +110,10 @@ def _solve_planes_banded(x: np.ndarray, keep: np.ndarray) -> np.ndarray:
     from scipy.linalg import solveh_banded
 
     P, H, W = x.shape
-    unknown = ~keep
-    U = int(unknown.sum())
-    out = x.copy()
+    unknown, out, index, (p, i, j) = _unknowns(x, keep)
+    U = len(p)
     if U == 0:
         return out
-    index = np.full((P, H, W), -1, np.int64)
-    index[unknown] = np.arange(U)
-    p, i, j = np.nonzero(unknown)
     band = np.zeros((W + 2, U))  # lower form: band[r, u] = A[u + r, u]
     rhs = np.zeros(U)
     for di, dj, w in NEIGHBOURS:
