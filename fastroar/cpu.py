@@ -50,10 +50,10 @@ def pin_cpu_kernels() -> str:
 def pinned_environment() -> dict[str, str]:
     """The variables that carry this process's pin to another process (a Ray worker): the choice itself and,
     when pinned, torch's and oneDNN's settings."""
-    env = {PIN_VARIABLE: requested()}
-    for name in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA"):
-        if requested() != "native" and name in os.environ:
-            env[name] = os.environ[name]
+    choice = requested()
+    env = {PIN_VARIABLE: choice}
+    if choice != "native":
+        env |= {name: os.environ[name] for name in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA") if name in os.environ}
     return env
 
 

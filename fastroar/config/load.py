@@ -142,26 +142,23 @@ def set_dotted(cfg: dict[str, Any], item: str) -> None:
 DEFAULT_SEEDS = 5   # retrain.seeds: the paper averages five runs
 
 
-def expand_replicates(models: Any) -> Any:
+def expand_replicates(models: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """models with each entry of `replicates: B` > 1 replaced by B entries: NAME (seed s), NAME.1 (seed s+1),
     ..., each with replicate_of: NAME (the family its rows are reported under). Idempotent: an expanded
-    list has no replicates key left. Entries without replicates are returned unchanged (their keys too)."""
-    if not isinstance(models, list):
-        return models
+    list has no replicates key left. Entries without replicates are returned unchanged (their keys too).
+    The schema has checked the entries' types (schema.check runs before validate)."""
     out = []
     for m in models:
-        if not isinstance(m, dict) or m.get("replicates", 1) == 1 or not isinstance(m.get("replicates"), int) \
-                or isinstance(m.get("replicates"), bool) or not m.get("name"):
+        if m.get("replicates", 1) == 1:
             out.append(m)
             continue
         if m.get("checkpoint"):
             raise ConfigError(f"model {m['name']!r}: replicates trains several base models; a registered "
                               "checkpoint is one model (drop replicates, or register each checkpoint by name)")
         base = {k: v for k, v in m.items() if k != "replicates"}
-        seed = int(base.get("seed", 0)) if isinstance(base.get("seed", 0), int) else base.get("seed")
-        for i in range(m["replicates"]):
-            out.append(base | {"name": base["name"] if i == 0 else f"{base['name']}.{i}",
-                               "seed": seed + i if isinstance(seed, int) else seed, "replicate_of": base["name"]})
+        seed = base.get("seed", 0)
+        out += [base | {"name": base["name"] if i == 0 else f"{base['name']}.{i}", "seed": seed + i,
+                        "replicate_of": base["name"]} for i in range(m["replicates"])]
     return out
 
 

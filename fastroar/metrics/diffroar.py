@@ -61,15 +61,13 @@ def outcome_arrays(by_base: Mapping[str, Mapping[str, Mapping[int, dict[str, Any
     return np.array(arrays["top"], dtype=bool), np.array(arrays["bottom"], dtype=bool)
 
 
-def row_interval(by_base: Mapping[str, Mapping[str, Mapping[int, dict[str, Any]]]]) -> RowInterval:
-    """The row's interval: from per-image outcomes (seeds, test images, base models), else from the per-seed
-    accuracy differences alone (old records)."""
+def row_interval(by_base: Mapping[str, Mapping[str, Mapping[int, dict[str, Any]]]], diffs: np.ndarray) -> RowInterval:
+    """The row's interval: from per-image outcomes (seeds, test images, base models), else from `diffs`, the
+    per-seed accuracy differences, alone (old records)."""
     arrays = outcome_arrays(by_base)
     if arrays is not None:
         return diffroar_interval(*arrays, level=LEVEL)
-    diffs = [float(d["top"][s]["accuracy"]) - float(d["bottom"][s]["accuracy"])
-             for base, seeds in paired_seeds(by_base).items() for d in [by_base[base]] for s in seeds]
-    return seeds_only_interval(np.array(diffs), level=LEVEL)
+    return seeds_only_interval(diffs, level=LEVEL)
 
 
 def diffroar_rows(records: Iterable[dict[str, Any]], families: Mapping[str, str] | None = None
@@ -87,7 +85,7 @@ def diffroar_rows(records: Iterable[dict[str, Any]], families: Mapping[str, str]
         top = np.array([float(t["accuracy"]) for t, _ in pairs])
         bottom = np.array([float(b["accuracy"]) for _, b in pairs])
         diff = top - bottom
-        iv = row_interval(by_base)
+        iv = row_interval(by_base, diff)
         out.append({
             "model": model, "attribution": attribution, "k": k,
             "acc_top": float(top.mean()), "acc_bottom": float(bottom.mean()), "diffroar": float(diff.mean()),

@@ -420,8 +420,11 @@ def auto_jobs(ctx: Context, jobs: Sequence[Job], **selection: Any) -> list[Job]:
         if hits is not None:
             outcomes.setdefault((j.model, j.attribution, j.k), {"top": {}, "bottom": {}})[j.direction][j.seed] = hits
     have = {(j.model, j.attribution, j.k, j.direction, j.seed) for j in jobs}
+    directions = sorted({j.direction for j in jobs})
+    # the selection's sweep at the most seeds a row may get, built once: each row's next seeds are picked from it
+    widest = {(j.model, j.attribution, j.k, j.direction, j.seed): j
+              for j in sweep_jobs(cfg, workdir, load_prepared(cfg, workdir), **{**selection, "n_seeds": most})}
     extra: list[Job] = []
-    prepared = load_prepared(cfg, workdir)
     for (model, attribution, k), by_dir in sorted(outcomes.items()):
         seeds = sorted(set(by_dir["top"]) & set(by_dir["bottom"]))
         if not seeds or len(seeds) >= most:
@@ -431,8 +434,7 @@ def auto_jobs(ctx: Context, jobs: Sequence[Job], **selection: Any) -> list[Job]:
         advice = more_seeds_useful(top, bottom, min_seeds=first, max_seeds=most)
         if not advice.more:
             continue
-        add = min(advice.add, most - len(seeds))
-        new = sweep_jobs(cfg, workdir, prepared, models=[model], attributions=[attribution], levels=[k],
-                         directions=selection.get("directions"), n_seeds=len(seeds) + add)
-        extra += [j for j in new if (j.model, j.attribution, j.k, j.direction, j.seed) not in have]
+        for seed in range(len(seeds), min(most, len(seeds) + advice.add)):
+            extra += [widest[slot] for d in directions
+                      if (slot := (model, attribution, k, d, seed)) in widest and slot not in have]
     return extra
