@@ -7,6 +7,8 @@ Sections live in tools/bench_*.py; each exposes ``rows(quick: bool) -> list[Row]
     python tools/bench.py            # full mode (the README quotes this)
     python tools/bench.py --quick    # under 2 minutes on a 2-core CPU machine
     python tools/bench.py --only e2e # `fastroar run` against a plain PyTorch pipeline (minutes; not in the default set)
+    python tools/bench.py --only realdata --data-root ROOT   # the BlockMNIST CPU profile on real MNIST (hours;
+                                     # --quick: a reduced study on the same data); without data: "skipped: no data"
     python tools/bench.py --sweep cifar10|imagenet10 [sweep options]   # tools/sweep.py: timed end-to-end run
 """
 from __future__ import annotations
@@ -18,7 +20,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-SECTIONS = ["bench_kernels", "bench_loaders", "bench_training", "bench_sparse"]
+SECTIONS = ["bench_kernels", "bench_loaders", "bench_training", "bench_sparse", "bench_realdata"]
 
 
 @dataclass
@@ -56,7 +58,8 @@ def _figure(value: float) -> str:
 def print_table(rows: list[Row]) -> None:
     header = ("section", "measured", "throughput", "baseline", "ratio", "context")
     lines = [header] + [
-        (r.section, r.name, f"{_figure(r.throughput)} {r.unit}", r.baseline, f"{r.ratio:.2f}x", r.extra) for r in rows
+        (r.section, r.name, f"{_figure(r.throughput)} {r.unit}" if r.unit else "-", r.baseline,
+         f"{r.ratio:.2f}x" if r.ratio == r.ratio else "-", r.extra) for r in rows
     ]
     widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
     fmt = "| " + " | ".join("{:<%d}" % w for w in widths) + " |"
@@ -77,7 +80,11 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smaller sizes, fewer repeats (< 2 minutes)")
     ap.add_argument("--only", nargs="*", default=None, help="run only these sections, e.g. bench_kernels")
+    ap.add_argument("--data-root", default=None,
+                    help="real MNIST in torchvision's layout (ROOT/MNIST/raw) for the realdata section")
     args = ap.parse_args()
+    if args.data_root:
+        os.environ["FASTROAR_BENCH_DATA_ROOT"] = os.path.abspath(args.data_root)
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     rows: list[Row] = []
     for section in args.only or SECTIONS:

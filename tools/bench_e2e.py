@@ -9,9 +9,9 @@ Runs alternate (fastroar, plain, fastroar, ...) and the best of each is kept; th
 timed before and after every run and the best kept (machines here are shared: on a loaded machine the
 compute-limit estimate is the optimistic one, and the GFLOP/s ratios compare different moments).
 
-FLOPs counted (multiply-adds x 2) for mlp2 width 256 on 16x8 inputs, P = 128*256 + 256*256 + 256*10
-weights: a training step costs 6P per sample (forward 2P, backward 4P less the first layer's input
-gradient), a PGD step 6P (forward and input gradient), an evaluation 2P.
+FLOPs: tools/study_flops.py counts them from the default config (every distinct retraining, the base
+models' training with PGD, the attributions) on its own model; the stack-size torch.mm row uses the MLP's
+layer products (mlp2 width 256 on 16x8 inputs).
 """
 from __future__ import annotations
 
@@ -25,21 +25,24 @@ import time
 
 import torch
 from bench import Row, best_time
+from study_flops import study_flops
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = os.path.join(ROOT, "configs", "blockdigits.yaml")
 D, WIDTH, CLASSES = 128, 256, 10
 P = D * WIDTH + WIDTH * WIDTH + WIDTH * CLASSES
-N_TRAIN, N_TEST = 1438, 359
-BASE_EPOCHS, RETRAIN_EPOCHS, JOBS, PGD_STEPS = 30, 15, 80, 5
 STACK, BATCH = 16, 64
 
 
-def study_flops() -> dict[str, float]:
-    step = 6 * P - 2 * D * WIDTH
-    base = BASE_EPOCHS * N_TRAIN * (2 * step + PGD_STEPS * (6 * P)) + 2 * N_TEST * 2 * P * (1 + PGD_STEPS)
-    retrain = JOBS * (RETRAIN_EPOCHS * N_TRAIN * step + N_TEST * 2 * P)
-    attrib = 2 * (N_TRAIN + N_TEST) * 4 * P
-    return {"base": base, "retrain": retrain, "attribution": attrib, "total": base + retrain + attrib}
+def default_study_flops() -> dict[str, float]:
+    import yaml
+
+    from fastroar.datasets import build_dataset
+
+    with open(CONFIG) as f:
+        cfg = yaml.safe_load(f)
+    ds = build_dataset(cfg["dataset"]["name"], **cfg["dataset"].get("params", {}))
+    return study_flops(cfg, tuple(ds.shape), ds.num_classes, len(ds.train.labels), len(ds.test.labels))
 
 
 def mm_gflops(size: int = 2048) -> float:
@@ -110,7 +113,7 @@ def _line(text: str, prefix: str) -> str:
 
 def rows(quick: bool) -> list[Row]:
     reps = 1 if quick else 2
-    flops = study_flops()
+    flops = default_study_flops()
     fast, plain, mm, same = [], [], [], []
     for _ in range(reps):   # interleaved: the two pipelines and the matmul speeds see the same load
         for run, into in ((run_fastroar, fast), (run_plain, plain)):
