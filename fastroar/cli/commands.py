@@ -159,7 +159,7 @@ def replicate(workdir, dataset, config_path, overrides, device, loader, progress
     t0 = time.perf_counter()
     ctx = context(workdir, dataset, config_path, overrides, device, loader, progress, create=True)
     summary = replicate_stage(ctx, quick=quick, instances=instances)
-    click.echo(f"[replicate] done in {time.perf_counter() - t0:.1f}s; see {summary['out_dir']}/summary.md")
+    click.echo(f"[replicate] done in {time.perf_counter() - t0:.1f}s; see {summary.out_dir}/summary.md")
 
 
 @cli.command()
