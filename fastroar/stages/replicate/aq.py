@@ -23,20 +23,34 @@ from fastroar.stages.replicate.results import AqKind, AqModel, AqOverSeeds, AqRe
 from fastroar.stages.train import train
 
 AQ_ATTRIBUTIONS = ("gradient:loss", "gradient:margin", "gradient")  # the notebook's first
+RECIPE = "leakage-all"
+REFERENCE_RECIPE = "leakage-reference"   # --reference: the notebook's exact recipe (a config name or a YAML path)
 
 
-def aq_experiment(out_dir: Path, *, quick: bool, device: str | None, progress: bool, log: Callable) -> AqResult:
-    """AQ of the MLPs of configs/leakage-all.yaml (per seed; mean and std over seeds per kind)."""
+def recipe_config(recipe: str, overrides: list[str]) -> dict:
+    """The config of a recipe: configs/<recipe>.yaml, or the YAML file `recipe` names."""
+    if recipe.endswith((".yaml", ".yml")):
+        return resolve_config(config_path=recipe, overrides=overrides)
+    return resolve_config(dataset=recipe, overrides=overrides)
+
+
+def aq_experiment(out_dir: Path, *, quick: bool, device: str | None, progress: bool, log: Callable,
+                  reference: bool = False) -> AqResult:
+    """AQ of the MLPs of configs/leakage-all.yaml (per seed; mean and std over seeds per kind); with
+    `reference`, of the reference notebook's exact recipe (REFERENCE_RECIPE), its wall time logged."""
+    t0 = time.perf_counter()
+    recipe = REFERENCE_RECIPE if reference else RECIPE
     sets = list(QUICK_LEAKAGE if quick else []) + ["loader=resident"]
     if device:
         sets.append(f"device={device}")
-    cfg = resolve_config(dataset="leakage-all", overrides=sets)
-    wd = sub_workdir(out_dir, "leakage-all", [cfg], quick)
+    cfg = recipe_config(recipe, sets)
+    name = Path(recipe).stem
+    wd = sub_workdir(out_dir, name, [cfg], quick)
     ctx = Context(cfg, wd, log, progress)
     prepared, _ = prepare(ctx)
-    t0 = time.perf_counter()
+    t = time.perf_counter()
     train(ctx)
-    log(f"[replicate] leakage-all models ready in {time.perf_counter() - t0:.1f}s")
+    log(f"[replicate] {name} models ready in {time.perf_counter() - t:.1f}s")
     images, labels = prepared.arrays("test")
     x = to_model_input(images)
     y = torch.from_numpy(np.array(labels))   # a copy: the prepared arrays are read-only memory maps
@@ -61,9 +75,14 @@ def aq_experiment(out_dir: Path, *, quick: bool, device: str | None, progress: b
             kinds[kind] = AqKind(runs=len(members), test_acc=float(np.mean([m.status.test_acc for m in members])),
                                  chance=members[0].status.chance,
                                  aq={a: aq_over_seeds(members, per_image[kind][a], a) for a in AQ_ATTRIBUTIONS})
-    return AqResult(config={"dataset": prepared.meta["params"], "model": cfg["model"], "train": cfg["train"],
-                            "models": cfg["models"]},
-                    workdir=str(wd.root), attributions=list(AQ_ATTRIBUTIONS), models=models, kinds=kinds)
+    res = AqResult(config={"dataset": prepared.meta["params"], "model": cfg["model"], "train": cfg["train"],
+                           "models": cfg["models"]},
+                   workdir=str(wd.root), attributions=list(AQ_ATTRIBUTIONS), models=models, kinds=kinds,
+                   recipe=name, reference=reference)
+    if reference:
+        log(f"[replicate] {name} (the reference notebook's recipe): AQ experiment wall time "
+            f"{time.perf_counter() - t0:.1f}s")
+    return res
 
 
 def aq_over_seeds(members: list[AqModel], per_image: list[np.ndarray], a: str) -> AqOverSeeds:

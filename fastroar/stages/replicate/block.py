@@ -75,9 +75,9 @@ def block_experiment(ctx: Context, out_dir: Path, png_name: str | None = None) -
     return res
 
 
-def variant_experiment(ctx: Context, out_dir: Path, quick: bool) -> BlockResult | None:
+def variant_experiment(ctx: Context, out_dir: Path, quick: bool, png_name: str | None = None) -> BlockResult | None:
     """block_experiment on the other signal-position variant of the workdir's dataset (same settings),
-    trained into <out>/<variant>/<digest>."""
+    trained into <out>/<variant>/<digest>; its grid is `png_name`, by default <variant>_gradients.png."""
     other = OTHER_VARIANT.get(ctx.cfg["dataset"]["name"])
     if other is None:
         return None
@@ -85,4 +85,4 @@ def variant_experiment(ctx: Context, out_dir: Path, quick: bool) -> BlockResult 
     cfg["dataset"]["name"] = other
     cfg.pop("store", None)  # the sub-workdir keeps its own rank store
     wd = sub_workdir(out_dir, other, [cfg], quick)
-    return block_experiment(Context(cfg, wd, ctx.log, ctx.progress), out_dir, f"{other}_gradients.png")
+    return block_experiment(Context(cfg, wd, ctx.log, ctx.progress), out_dir, png_name or f"{other}_gradients.png")

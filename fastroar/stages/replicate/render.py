@@ -12,6 +12,8 @@ from fastroar.stages.replicate.results import (
     Claim,
     DiffroarComparison,
     LeakageResult,
+    RealData,
+    RealDataAbsent,
     Summary,
     to_json,
 )
@@ -132,4 +134,19 @@ def summary_markdown(s: Summary) -> str:
     lines += diffroar_table(s.diffroar) if isinstance(s.diffroar, DiffroarComparison) else [s.diffroar.note, ""]
     if s.leakage_control is not None:
         lines += leakage_claim.markdown({"leakage_control": s.leakage_control})
+    if s.real_data:
+        lines += ["## 6. Real data (--data-root): BlockMNIST from MNIST, Fashion-MNIST", ""]
+        for r in s.real_data.values():
+            lines += real_data_section(r)
     return "\n".join(lines)
+
+
+def real_data_section(r: RealData | RealDataAbsent) -> list[str]:
+    if isinstance(r, RealDataAbsent):
+        return [f"{r.dataset} (configs/{r.config}.yaml): {r.note}", ""]
+    lines = [f"### {r.dataset} (configs/{r.config}.yaml, read from {r.root}; {r.seconds:.1f}s)", ""]
+    for res in (r.block, r.variant):
+        if res is not None:
+            lines += block_table(res)
+    return lines + (diffroar_table(r.diffroar) if isinstance(r.diffroar, DiffroarComparison)
+                    else [r.diffroar.note, ""])

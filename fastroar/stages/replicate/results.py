@@ -153,6 +153,8 @@ class AqResult:
     models: dict[str, AqModel]
     kinds: dict[str, AqKind]
     seconds: float = 0.0
+    recipe: str = "leakage-all"     # the config it ran
+    reference: bool = False         # --reference: the recipe is the notebook's exact one
 
 
 # --------------------------------------------------------------------------- 3. BlockMNIST-style
@@ -220,6 +222,32 @@ class DiffroarMissing:
     note: str
 
 
+# --------------------------------------------------------------------------- real data (--data-root)
+
+
+@dataclass
+class RealData:
+    """The Sec. 5 experiments on one real dataset, run on its CPU profile config."""
+    dataset: str
+    config: str                     # the profile's name (configs/<config>.yaml)
+    root: str                       # where its files were read
+    workdir: str
+    n_test: int
+    min_test_acc: float | None      # the profile's regime
+    block: BlockResult | None       # BlockMNIST only: grids, localization, AQ
+    variant: BlockResult | None     # its -Top variant
+    diffroar: DiffroarComparison | DiffroarMissing
+    seconds: float = 0.0
+
+
+@dataclass
+class RealDataAbsent:
+    """A real dataset whose files were not found (or not readable): why, and how to get them."""
+    dataset: str
+    config: str
+    note: str
+
+
 # --------------------------------------------------------------------------- the table and the summary
 
 
@@ -246,6 +274,7 @@ class Summary:
     variant: BlockResult | None
     diffroar: DiffroarComparison | DiffroarMissing
     leakage_control: dict[str, Any] | None = optional()   # fastroar.stages.leakage_claim
+    real_data: dict[str, RealData | RealDataAbsent] = field(default_factory=dict)
     claims: list[Claim] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
