@@ -45,27 +45,27 @@ def replicate(ctx: Context, *, quick: bool = False, instances: int = 20, data_ro
     t = time.perf_counter()
     aq = aq_experiment(out_dir, quick=quick, device=device, progress=progress, log=log, reference=reference)
     aq.seconds = round(time.perf_counter() - t, 1)
-    summary = Summary(workdir=str(wd.root), quick=quick, out_dir=str(out_dir), leakage=leakage, aq=aq,
-                      blockdigits=Skipped(""), variant=None, diffroar=DiffroarMissing(""))
 
     t = time.perf_counter()
     if has_signal(cfg):
-        summary.blockdigits = block = block_experiment(ctx, out_dir)
-        summary.variant = variant_experiment(ctx, out_dir, quick)
+        block = block_experiment(ctx, out_dir)
+        variant = variant_experiment(ctx, out_dir, quick)
         block.seconds = round(time.perf_counter() - t, 1)
         key = load_prepared(cfg, wd).meta["key"]
         hashes = {n: m.hash for n, m in block.models.items()}
-        summary.diffroar = diffroar_experiment(ctx, key, hashes, out_dir, fill_missing=not quick)
+        diffroar = diffroar_experiment(ctx, key, hashes, out_dir, fill_missing=not quick)
         t = time.perf_counter()
-        summary.leakage_control = leakage_claim.leakage_control(ctx, fill_missing=not quick)
-        summary.leakage_control["seconds"] = round(time.perf_counter() - t, 1)
+        control = leakage_claim.leakage_control(ctx, fill_missing=not quick)
+        control["seconds"] = round(time.perf_counter() - t, 1)
     else:
         note = (f"the workdir's dataset {cfg['dataset']['name']!r} records no signal blocks; use a workdir "
                 "of blockdigits / blockmnist (e.g. a fresh --workdir) for the BlockMNIST and DiffROAR experiments")
-        summary.blockdigits = Skipped(note)
-        summary.diffroar = DiffroarMissing(note)
-    summary.real_data = real_data_experiments(out_dir, data_root, quick=quick, device=device, progress=progress,
-                                              log=log, overrides=real_overrides)
+        block, variant, diffroar, control = Skipped(note), None, DiffroarMissing(note), None
+    real = real_data_experiments(out_dir, data_root, quick=quick, device=device, progress=progress, log=log,
+                                 overrides=real_overrides)
+    summary = Summary(workdir=str(wd.root), quick=quick, out_dir=str(out_dir), leakage=leakage, aq=aq,
+                      blockdigits=block, variant=variant, diffroar=diffroar, leakage_control=control,
+                      real_data=real)
     summary.claims = claims(summary)
     summary.warnings = list(all_warnings(summary))
     summary.seconds = round(time.perf_counter() - t0, 1)
