@@ -210,8 +210,11 @@ def in_regime(verdict: str, models: list, floor: float | None) -> str:
     claims are about near-perfect models (models: BlockModel rows; no floor: the verdict)."""
     if not floor or not models:
         return verdict
-    worst = min(models, key=lambda m: m.status.test_acc)
-    return agree_trained(worst.status.test_acc, worst.status.chance, verdict, floor)
+    worst = min(models, key=lambda m: m.status.test_acc).status
+    if worst.test_acc >= floor:
+        return verdict
+    return (f"not comparable: a model is below the profile's min_test_acc {floor:g}, outside the paper's regime "
+            f"(acc {worst.test_acc:.2f}, chance {worst.chance:.2f}); the number would be '{verdict}'")
 
 
 def real_data_claims(r: RealData | RealDataAbsent) -> list[Claim]:
