@@ -96,8 +96,8 @@ def test_perfectly_leaking_attribution_gives_one_tenth(leakage_data):
 
 
 def test_a_score_of_models_at_chance_never_reads_as_agreement():
-    from fastroar.stages.replicate import _agree_trained
+    from fastroar.stages.replicate.claims import agree_trained
 
-    assert _agree_trained({"test_acc": 1.0, "chance": 0.5}, "yes") == "yes"
-    verdict = _agree_trained({"test_acc": 0.52, "chance": 0.5}, "yes")
+    assert agree_trained(1.0, 0.5, "yes") == "yes"
+    verdict = agree_trained(0.52, 0.5, "yes")
     assert verdict.startswith("not comparable") and "acc 0.52, chance 0.50" in verdict

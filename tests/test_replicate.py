@@ -193,7 +193,8 @@ def test_diffroar_comparison_and_files(replicated):
         assert set(c) == {"claim", "setting", "reference", "fastroar", "agrees"}
         assert f"| {c['claim']} | {c['setting']} | {c['reference']} | {c['fastroar']} | {c['agrees']} |" in md
         # every verdict names the interval or test it follows from (no fixed cut-off, no "2 sigma")
-        assert c["agrees"] == "yes" or c["agrees"].startswith(("yes (", "no (", "not comparable", "not decidable"))
+        assert c["agrees"] == "yes" or c["agrees"].startswith(("yes (", "no (", "not comparable", "not decidable",
+                                                                "not run: "))
         numeric = "AQ" in c["claim"] or "DiffROAR" in c["claim"] or "localize" in c["claim"] or "top-1" in c["claim"]
         assert not numeric or "interval" in c["agrees"] or c["agrees"].startswith("not"), c
     assert any("DiffROAR" in c["claim"] and "robust models" in c["claim"] for c in summary["claims"])
@@ -215,3 +216,7 @@ def test_replicate_on_a_fresh_workdir_trains_and_says_diffroar_is_missing(tmp_pa
     assert set(summary["blockdigits"]["models"]) == {"standard", "robust"}
     assert summary["diffroar"]["available"] is False and "fastroar run" in summary["diffroar"]["note"]
     assert "fastroar run" in (wd / "replicate" / "summary.md").read_text()
+    # no --data-root: the real-data claims are one line per dataset, saying so and how to get the data
+    for name in ("blockmnist", "fashion-mnist"):
+        assert f"[replicate] real data: {name} not run: no --data-root given" in res.output
+        assert summary["real_data"][name]["note"] in (wd / "replicate" / "summary.md").read_text()

@@ -2,7 +2,9 @@
 their heavy imports (torch, FFCV, Ray) are loaded inside the command that needs them."""
 from __future__ import annotations
 
+import functools
 import time
+from pathlib import Path
 
 import click
 
@@ -146,20 +148,37 @@ def estimate(workdir, dataset, config_path, overrides, device, loader, progress,
 
 
 @cli.command(short_help="Reproduce the paper's findings (leakage, BlockMNIST, DiffROAR).")
-@common_options
+@functools.partial(common_options, data_root=False)
 @click.option("--quick", is_flag=True, help="Tiny settings (seconds; for tests), not for conclusions.")
 @click.option("--instances", type=click.IntRange(min=1), default=20, show_default=True,
               help="Rows (test instances) in the leakage gradient figure.")
+@click.option("--data-root", type=click.Path(file_okay=False), default=None,
+              help="Where real MNIST / Fashion-MNIST are (ROOT/MNIST/raw, ROOT/FashionMNIST/raw; Fashion-MNIST also "
+                   "from Debian's dataset-fashion-mnist): adds the real-data claims (BlockMNIST, BlockMNIST-Top, "
+                   "Fashion-MNIST) on the CPU profiles; also the workdir's dataset root when it reads from disk.")
+@click.option("--real-set", "real_overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a value of the real-data profiles (blockmnist-cpu, fashion-mnist-cpu), e.g. "
+                   "--real-set train.epochs=1 (repeatable).")
+@click.option("--reference", is_flag=True,
+              help="The AQ experiment runs the reference notebook's exact recipe (configs/leakage-reference.yaml) "
+                   "and reports its wall time.")
 @fail_cleanly
-def replicate(workdir, dataset, config_path, overrides, device, loader, progress, quick, instances) -> None:
+def replicate(workdir, dataset, config_path, overrides, device, loader, progress, quick, instances, data_root,
+              real_overrides, reference) -> None:
     """Reproduce the paper's findings into <workdir>/replicate/: feature leakage (Fig 5, Theorem 1), BlockMNIST-style
-    gradients, DiffROAR standard vs robust."""
+    gradients, DiffROAR standard vs robust; with --data-root, on real BlockMNIST and Fashion-MNIST too."""
+    from fastroar.stages.contract import resolve_config
     from fastroar.stages.replicate import replicate as replicate_stage
+    from fastroar.stages.replicate.real_data import reads_from_disk
 
     t0 = time.perf_counter()
+    if data_root and reads_from_disk(resolve_config(workdir, dataset=dataset, config_path=config_path,
+                                                    overrides=overrides)["dataset"]["name"]):
+        overrides = (*overrides, f"dataset.params.root={str(Path(data_root).expanduser().resolve())!r}")
     ctx = context(workdir, dataset, config_path, overrides, device, loader, progress, create=True)
-    summary = replicate_stage(ctx, quick=quick, instances=instances)
-    click.echo(f"[replicate] done in {time.perf_counter() - t0:.1f}s; see {summary['out_dir']}/summary.md")
+    summary = replicate_stage(ctx, quick=quick, instances=instances, data_root=data_root,
+                              real_overrides=real_overrides, reference=reference)
+    click.echo(f"[replicate] done in {time.perf_counter() - t0:.1f}s; see {summary.out_dir}/summary.md")
 
 
 @cli.command()

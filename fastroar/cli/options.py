@@ -97,8 +97,9 @@ def _silence_stdout() -> None:
         pass
 
 
-def common_options(fn: Callable) -> Callable:
-    """Options every stage takes: where to work and which config, with overrides."""
+def common_options(fn: Callable, *, data_root: bool = True) -> Callable:
+    """Options every stage takes: where to work and which config, with overrides. data_root=False leaves
+    out --data-root, for a command that gives it its own meaning (replicate)."""
     options = [
         click.option("--workdir", "-w", default=DEFAULT_WORKDIR, show_default=True, type=click.Path(),
                      help="Directory where every stage reads and writes."),
@@ -115,7 +116,7 @@ def common_options(fn: Callable) -> Callable:
         click.option("--progress/--no-progress", default=None,
                      help="Show progress bars (default: only when stderr is a terminal, so logs stay clean)."),
     ]
-    for option in reversed(options + DATA_OPTIONS):
+    for option in reversed(options + (DATA_OPTIONS if data_root else DATA_OPTIONS[1:])):
         fn = option(fn)
     return fn
 
