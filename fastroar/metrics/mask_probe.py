@@ -11,10 +11,10 @@ the mask's shape as much as the kept pixels.
 The probe is a multinomial logistic regression: scikit-learn's LogisticRegression objective (mean
 cross-entropy plus an L2 penalty on the weights, C = 1, intercept unpenalized, lbfgs's stopping rule gtol =
 tol = 1e-4) minimized by scipy's L-BFGS-B on one BLAS thread, deterministic. Two changes of how, not what,
-make it about 5x cheaper at BlockMNIST's d = 1,568 (tools/bench_sparse.py's probe rows): the features are
+make it 3-5x cheaper a cell at BlockMNIST's d = 1,568 (tools/bench_sparse.py's probe rows): the features are
 centred in the solver's coordinates (w.(x - mean) + b' is the same model as w.x + b, b = b' - w.mean, with the
 same penalty, so the same minimizer; the uncentred 0/1 masks make the problem badly conditioned and L-BFGS
-took 2-5x more iterations), and masks that keep at most SPARSE_MAX_DENSITY of the coordinates are held as a
+took up to 5x more iterations), and masks that keep at most SPARSE_MAX_DENSITY of the coordinates are held as a
 CSR matrix (products in proportion to the kept share; denser masks stay dense, where BLAS is faster). The
 intercepts start at the classes' log frequencies, the optimum of the weights-zero model. It is a cheaper
 stand-in for retraining the study's own architecture on the mask as the input image;
