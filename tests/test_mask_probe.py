@@ -121,3 +121,33 @@ def test_old_probe_records_are_not_reused_and_model_independent_cells_are_probed
 
     calls.clear()   # everything is cached now
     assert mask_control.mask_controls(ctx.cfg, ctx.wd, prepared, cells, hashes) == out and not calls
+
+
+def test_a_model_independent_cell_is_probed_from_another_models_ranks_when_one_entry_is_gone(copy):
+    import shutil
+
+    from fastroar.engine.store import RankStore
+    from fastroar.stages import mask_control
+    from fastroar.stages.artifacts import load_prepared, sweep_records
+    from fastroar.stages.contract import open_context
+
+    ctx = open_context(copy, log=lambda *a: None, progress=False)
+    prepared = load_prepared(ctx.cfg, ctx.wd)
+    _, mine, _, _ = sweep_records(ctx.cfg, ctx.wd, prepared)
+    cells = {(r["model"], "random", float(r["k"]), r["direction"]) for r in mine if r["attribution"] == "random"}
+    hashes = {r["model"]: r["model_hash"] for r in mine}
+    first, second = sorted(hashes)
+    store = RankStore(str(ctx.wd.store_path), mode="r")
+    entry = store.open_entry(second, "random", mask_control.entry_identity(ctx.cfg, ctx.wd, prepared, second,
+                                                                            hashes[second], "random"))
+    ranks = {s: entry.split(s).read("ranks") for s in ("train", "test")}
+    shutil.rmtree(ctx.wd.store_path / first / "random")   # the first model's ranks are gone, the second's stay
+    mask_control.mask_probe_path(ctx.wd).unlink(missing_ok=True)
+    notes = []
+    out = mask_control.mask_controls(ctx.cfg, ctx.wd, prepared, cells, hashes, notes.append)
+    assert set(out) == cells and not notes
+    labels = {s: prepared.arrays(s)[1] for s in ("train", "test")}
+    for _, _, k, direction in cells:
+        want = mask_probe.mask_only_accuracy(ranks["train"], labels["train"], ranks["test"], labels["test"], k,
+                                             direction)
+        assert out[(first, "random", k, direction)] == out[(second, "random", k, direction)] == want

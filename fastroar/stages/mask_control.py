@@ -82,12 +82,19 @@ def mask_controls(cfg: dict[str, Any], workdir: Workdir, prepared: Prepared, cel
         return out
     labels = {s: prepared.arrays(s)[1] for s in ("train", "test")}
     chance = majority_rate(labels["test"])
-    for (model, attribution), todo in by_entry.items():
+    queue, tried = list(by_entry.items()), set()
+    while queue:
+        (model, attribution), todo = queue.pop(0)
+        tried.add((model, attribution))
         try:
             store = RankStore(str(workdir.store_path), mode="r")
             entry = store.open_entry(model, attribution, todo[0][2])   # identity checked: ranks of this model
             ranks = {s: entry.split(s).read("ranks") for s in ("train", "test")}
         except MissingInputError as e:   # e.g. a store deleted after retraining: the rest of the report stands
+            other = next((m for m, a in identities if a == attribution and (m, a) not in tried), None)
+            if attribution in MODEL_INDEPENDENT and other is not None:   # the same ranks in another model's entry
+                queue.append(((other, attribution), [(c, key, identities[(other, attribution)]) for c, key, _ in todo]))
+                continue
             if log is not None:
                 log(f"[report] no mask-only control for {model}/{attribution}: {e}")
             continue
