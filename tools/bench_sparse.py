@@ -13,6 +13,13 @@ model's multiply-adds x 2, what the dense retrain performs) and performed (the s
 counted over the kept, non-black coordinates it actually multiplies). The sparse row's ratio is its time
 against the dense row's, measured in the same run; its context gives the largest test-accuracy difference
 between the two (float rounding: the sums run in another order).
+
+The mask-only probe (fastroar.metrics.mask_probe) at the BlockMNIST shape, on the same generated data's
+keep-masks (10,000 train and 10,000 test images, 5 levels x top/bottom; quick: 2,000 / 1,000 at two cells):
+version 1 (scikit-learn's LogisticRegression on the dense float64 masks, L-BFGS, C = 1, max_iter 1000) against
+the current probe, cell by cell interleaved, one BLAS thread. Both minimize one objective and stop at the same
+gradient tolerance (1e-4), at different points near its minimum: the context gives each one's largest
+test-accuracy difference from the minimizer itself (the current fit run to gtol 1e-7, untimed).
 """
 from __future__ import annotations
 
@@ -100,12 +107,48 @@ def _case(name: str, shape: tuple[int, ...], n: int, epochs: int, repeats: int, 
                 + ("accuracies equal" if diff == 0 else f"max |accuracy difference| {diff:.4f}"))]
 
 
+def _probe_case(quick: bool) -> list[Row]:
+    import time
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+    from threadpoolctl import threadpool_limits
+
+    from fastroar.metrics.mask_probe import PROBE, keep_mask, probe_accuracy
+
+    shape = (1, 56, 28)
+    (_, ytr, rtr), (_, yte, rte) = (_data(n, shape, seed) for n, seed in ((2000 if quick else 10_000, 0),
+                                                                           (1000 if quick else 10_000, 1)))
+    cells = [(0.05, "top"), (0.5, "bottom")] if quick else [(k, dr) for k in LEVELS for dr in ("top", "bottom")]
+    t_old = t_new = 0.0
+    off = {"v1": 0.0, "v2": 0.0}   # largest |accuracy - the minimizer's accuracy|
+    for k, direction in cells:
+        xtr, xte = keep_mask(rtr, k, direction), keep_mask(rte, k, direction)
+        t0 = time.perf_counter()
+        with warnings.catch_warnings(), threadpool_limits(1):   # version 1, as it ran
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            old = LogisticRegression(C=1.0, max_iter=1000).fit(xtr.astype(np.float64), ytr)
+            acc_old = float(np.mean(old.predict(xte.astype(np.float64)) == yte))
+        t1 = time.perf_counter()
+        acc_new = probe_accuracy(xtr, ytr, xte, yte)
+        t_old, t_new = t_old + t1 - t0, t_new + time.perf_counter() - t1
+        minimum = probe_accuracy(xtr, ytr, xte, yte, tol=1e-7, max_iter=50 * PROBE["max_iter"])
+        off = {"v1": max(off["v1"], abs(acc_old - minimum)), "v2": max(off["v2"], abs(acc_new - minimum))}
+    section = f"mask probe blockmnist-shaped d={int(np.prod(shape))}, {len(cells)} cells, {len(ytr)} train img"
+    return [Row(section, "v1: sklearn on dense masks", len(cells) / t_old, "cells/s", "v1", 1.0,
+                f"{t_old:.1f}s, {t_old / len(cells):.2f}s a cell; accuracy within {off['v1']:.4f} of the minimizer's"),
+            Row(section, "v2: centred L-BFGS, CSR", len(cells) / t_new, "cells/s", "v1", t_old / t_new,
+                f"{t_new:.1f}s, {t_new / len(cells):.2f}s a cell; accuracy within {off['v2']:.4f} of the minimizer's")]
+
+
 def rows(quick: bool) -> list[Row]:
     from fastroar.training.batched import sparse_available
 
+    probe = _probe_case(quick)
     if not sparse_available("cpu"):
         print("[bench] bench_sparse: fastroar._C is not built: no sparse rows", file=sys.stderr)
-        return []
+        return probe
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -113,7 +156,7 @@ def rows(quick: bool) -> list[Row]:
                 + _case("blockmnist-shaped", (1, 56, 28), 1000 if quick else 6000, 1 if quick else 2,
                         1 if quick else 2)
                 + _case("blockmnist-shaped", (1, 56, 28), 1000 if quick else 6000, 1 if quick else 2,
-                        1 if quick else 2, random_ranks=True))
+                        1 if quick else 2, random_ranks=True) + probe)
     finally:
         torch.set_num_threads(before)
 
