@@ -1,10 +1,11 @@
 """The package's structure, read from its imports (ast, every import statement, function-level ones too):
 
-    cli, api -> stages -> science, config -> engine -> leaves
+    cli, api -> stages -> science -> config -> engine -> leaves
 
 leaves = fastroar.errors, keys, method, references, cpu (and the root package, for __version__);
-science = datasets, models, attribution, training, metrics. Nothing imports upward, config and science
-never import each other, and there is no import circle between modules or between packages.
+science = datasets, models, attribution, training, metrics (training builds on the config's Recipe and
+Adversary, DESIGN.md's layers). Nothing imports upward, and there is no import circle between modules or
+between packages.
 """
 from __future__ import annotations
 
@@ -29,13 +30,13 @@ def layer(module: str) -> tuple[int, str]:
     if top == "config":
         return 2, "config"
     if top in SCIENCE:
-        return 2, "science"
+        return 3, "science"
     if top == "stages":
-        return 3, "stages"
+        return 4, "stages"
     if top == "cli":
-        return 4, "cli"
+        return 5, "cli"
     if top == "api":  # the Python API: at the cli's level, over the stages
-        return 4, "api"
+        return 5, "api"
     raise AssertionError(f"{module}: not in any layer; add its package to tests/test_layers.py")
 
 

@@ -1,12 +1,13 @@
 """Run configuration: a YAML file per dataset under configs/, plus dotted overrides from the CLI.
 
-A config is a plain dict (it is written whole into the workdir and into every record, so a run is
-reproducible from it). ``validate`` turns every value a user can get wrong into a ConfigError that
-names the key and the fix.
+The YAML is read as a dict, overridden (``--set``, ``--checkpoint``), then parsed once into the typed,
+frozen ``schema.Config`` the stages read. ``validate`` adds what the schema's types cannot say (model
+names unique, replicates expanded, levels as a set, scores named, a local store absolute); every value a
+user can get wrong ends in a ConfigError that names the key and the fix. The workdir's config.yaml is the
+Config's ``saved()`` form, so a run is reproducible from it.
 """
 from __future__ import annotations
 
-import copy
 import os
 import re
 from pathlib import Path
@@ -15,12 +16,12 @@ from typing import Any, Iterable
 import yaml
 
 from fastroar.config import schema
+from fastroar.config.schema import BaseModelSpec, Config
 from fastroar.errors import ConfigError
-from fastroar.method import DIRECTIONS, RECIPES, check_level
+from fastroar.method import check_level
 
 DEFAULT_DATASET = "blockdigits"
 SCORES_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
-LOADERS = ("auto", "ffcv", "resident")
 
 
 class DuplicateKeyError(yaml.YAMLError):
@@ -67,7 +68,7 @@ def available_configs() -> list[str]:
 
 
 def load_config(dataset: str | None = None, path: str | Path | None = None,
-                overrides: Iterable[str] = (), checkpoints: dict[str, str] | None = None) -> dict[str, Any]:
+                overrides: Iterable[str] = (), checkpoints: dict[str, str] | None = None) -> Config:
     """The config from `path`, else configs/<dataset>.yaml, with `key.sub=value` overrides applied, then
     `checkpoints` {NAME: PATH} registered as base models (see register_checkpoints)."""
     if path is not None:
@@ -95,8 +96,7 @@ def load_config(dataset: str | None = None, path: str | Path | None = None,
     for item in overrides:
         set_dotted(cfg, item)
     register_checkpoints(cfg, checkpoints or {})
-    schema.check(cfg, source=f"{p} with --set {' '.join(overrides)}" if overrides else str(p))
-    return validate(cfg)
+    return validate(cfg, source=f"{p} with --set {' '.join(overrides)}" if overrides else str(p))
 
 
 def register_checkpoints(cfg: dict[str, Any], checkpoints: dict[str, str]) -> None:
@@ -139,9 +139,6 @@ def set_dotted(cfg: dict[str, Any], item: str) -> None:
         raise ConfigError(f"override {item!r}: value is not valid YAML ({' '.join(str(e).split())})") from None
 
 
-DEFAULT_SEEDS = 5   # retrain.seeds: the paper averages five runs
-
-
 def expand_replicates(models: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """models with each entry of `replicates: B` > 1 replaced by B entries: NAME (seed s), NAME.1 (seed s+1),
     ..., each with replicate_of: NAME (the family its rows are reported under). Idempotent: an expanded
@@ -162,73 +159,34 @@ def expand_replicates(models: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def validate(cfg: dict[str, Any]) -> dict[str, Any]:
-    """Checks and normalises a config's structure and values (returns a new dict). What needs the
-    science registries (dataset, architecture, attribution names; recipes; adversaries) is checked by
-    fastroar.stages.checks."""
-    cfg = copy.deepcopy(cfg)
-    ds = cfg.setdefault("dataset", {})
-    ds.setdefault("params", {})
-    model = cfg.setdefault("model", {})
-    model.setdefault("params", {})
-    train = cfg.setdefault("train", {})
-    floor = train.get("min_test_acc")
-    if floor is not None and (isinstance(floor, bool) or not isinstance(floor, (int, float)) or not 0 <= floor <= 1):
-        raise ConfigError(f"train.min_test_acc must be a number in [0, 1], got {floor!r}")
+def validate(cfg: dict[str, Any], source: str = "the config") -> Config:
+    """`cfg` parsed (schema.check: keys, types, bounds, defaults) and completed with what needs more than
+    one key: replicates expanded into base models with unique names, the scores' names added to the
+    attributions, the levels as a sorted set, a local store made absolute. What needs the science
+    registries (dataset, architecture, attribution names) is checked by fastroar.stages.checks."""
+    parsed = schema.check(cfg, source)
+    models = [BaseModelSpec.model_validate(m) for m in expand_replicates([m.saved() for m in parsed.models])]
     names = set()
-    cfg["models"] = expand_replicates(cfg.setdefault("models", [{"name": "standard"}]))
-    for m in cfg["models"]:
-        if not isinstance(m, dict) or not m.get("name"):
-            raise ConfigError(f"each entry of models needs a name, got {m!r}")
-        if m["name"] in names:
-            raise ConfigError(f"model name {m['name']!r} appears twice in models")
-        names.add(m["name"])
-        if "checkpoint" in m and not (isinstance(m["checkpoint"], str) and m["checkpoint"].strip()):
-            raise ConfigError(f"model {m['name']!r}: checkpoint must be the path of a saved state dict or module")
-    cfg.setdefault("attributions", ["gradient"])
-    scores = cfg.get("scores")
-    if scores is not None:  # attributions imported from files: each NAME is an attribution of the run
-        if not isinstance(scores, dict) or not all(isinstance(v, str) and v.strip() for v in scores.values()):
+    for m in models:
+        if m.name in names:
+            raise ConfigError(f"model name {m.name!r} appears twice in models")
+        names.add(m.name)
+        if m.checkpoint is not None and not m.checkpoint.strip():
+            raise ConfigError(f"model {m.name!r}: checkpoint must be the path of a saved state dict or module")
+    attributions = list(parsed.attributions)
+    for name, path in parsed.scores.items():  # attributions imported from files: each NAME is one of the run's
+        if not path.strip():
             raise ConfigError("scores must map attribution names to paths of precomputed scores, e.g. "
                               "scores: {mine: scores_dir}")
-        for name in scores:
-            if not SCORES_NAME.match(str(name)):
-                raise ConfigError(f"scores name {name!r} may hold only letters, digits, _ and -")
-            if name not in cfg["attributions"]:
-                cfg["attributions"] = [*cfg["attributions"], name]
-    if not isinstance(cfg.setdefault("attribution_params", {}), dict):
-        raise ConfigError("attribution_params must map attribution names to keyword arguments")
-    levels = cfg.setdefault("levels", [0.1, 0.2, 0.3, 0.5])
-    if not isinstance(levels, list) or not levels:
-        raise ConfigError("levels must be a non-empty list of k values in (0, 1)")
-    cfg["levels"] = sorted({check_level(k) for k in levels})
-    rt = cfg.setdefault("retrain", {})
-    dirs = rt.setdefault("directions", list(DIRECTIONS))
-    for d in dirs:
-        if d not in DIRECTIONS:
-            raise ConfigError(f"direction must be one of top, bottom (or both), got {d!r}")
-    seeds = rt.setdefault("seeds", DEFAULT_SEEDS)
-    if seeds != "auto" and (not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1):
-        raise ConfigError(f"seeds (the number of runs per level and direction) must be an integer >= 1 or auto, "
-                          f"got {seeds!r}")
-    if rt.setdefault("recipe", "paper") not in RECIPES:
-        raise ConfigError(f"retrain.recipe must be paper or fast, got {rt['recipe']!r}")
-    for key, default in (("batch_models", 16), ("fast_epochs", None)):
-        value = rt.setdefault(key, default)
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-            raise ConfigError(f"retrain.{key} must be an integer >= 1, got {value!r}")
-    rt.setdefault("stack_conv", "auto")   # its values (auto, true, false) are checked by the schema
-    cfg.setdefault("precompute", {}).setdefault("batch_size", 256)
-    if cfg.setdefault("loader", "auto") not in LOADERS:
-        raise ConfigError(f"loader must be one of {LOADERS}, got {cfg['loader']!r}")
-    fill = rt.setdefault("fill", "zero")
-    if fill not in ("zero", "mean", "road") and (isinstance(fill, bool) or not isinstance(fill, (int, float))):
-        raise ConfigError(f"retrain.fill must be zero, mean, road or a number, got {fill!r}")
-    if cfg.get("store") is not None and not (isinstance(cfg["store"], str) and cfg["store"].strip()):
-        raise ConfigError(f"store must be a path or an fsspec URL, got {cfg['store']!r}")
-    if cfg.get("store") and "://" not in cfg["store"]:
+        if not SCORES_NAME.match(name):
+            raise ConfigError(f"scores name {name!r} may hold only letters, digits, _ and -")
+        if name not in attributions:
+            attributions.append(name)
+    update: dict[str, Any] = {"models": models, "attributions": attributions,
+                              "levels": sorted({check_level(k) for k in parsed.levels})}
+    if parsed.store is not None and not parsed.store.strip():
+        raise ConfigError(f"store must be a path or an fsspec URL, got {parsed.store!r}")
+    if parsed.store and "://" not in parsed.store:
         # a local path is kept absolute, so the saved config finds it from any working directory
-        cfg["store"] = str(Path(os.path.expandvars(cfg["store"])).expanduser().resolve())  # $HOME, ~
-    if cfg.setdefault("device", "auto") not in ("auto", "cpu", "cuda"):
-        raise ConfigError(f"device must be auto, cpu or cuda, got {cfg['device']!r}")
-    return cfg
+        update["store"] = str(Path(os.path.expandvars(parsed.store)).expanduser().resolve())  # $HOME, ~
+    return parsed.model_copy(update=update)

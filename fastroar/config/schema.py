@@ -1,18 +1,21 @@
-"""The config's schema: every key a config may hold, its type and its bounds, checked before any work.
+"""The config's schema: every key a config may hold, its type, its bounds and its default, written once.
 
-A config stays a plain dict (it is saved whole and enters content keys); the schema only validates it,
-so a config that passes is used exactly as written. Unknown keys are refused with the closest valid key
-suggested, wrong types and values name the key and what it expects. Built on pydantic (v2): one
-declarative model per section instead of hand-written checks.
+A config is parsed once into these frozen models (pydantic v2), and the stages read it typed. Numbers keep
+the type the config wrote them in (``lr: 1`` stays the integer 1): content keys hash the values as written,
+and a saved config (``Section.saved``) is the keys the config set, in its order, plus the keys that are
+always saved (``SAVED``) with their defaults, so keys and saved configs are those of the dict-based
+versions byte for byte. Unknown keys are refused with the closest valid key suggested, wrong types and
+values name the key and what it expects.
 
 Sizes have bounds that a real study never reaches but a typo does (``--seeds 1000000`` would plan
 millions of jobs before the first one ran).
 """
 from __future__ import annotations
 
+import copy
 import difflib
 import math
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Optional, Union
 
 from pydantic import (
     AfterValidator,
@@ -20,21 +23,37 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     StrictBool,
     StrictInt,
     StrictStr,
     ValidationError,
+    WrapValidator,
+    model_validator,
 )
 
 from fastroar.errors import ConfigError
+from fastroar.method import DIRECTIONS, RECIPES
+
+if TYPE_CHECKING:
+    import torch
 
 MAX_SEEDS = 1000            # runs per (level, direction)
 MAX_BATCH = 1 << 16         # images per batch, anywhere
 MAX_MODELS_PER_GROUP = 4096
 MAX_REPLICATES = 32         # base models per entry of models
+SCHEDULES = ("cosine", "onecycle")
+NORMS = ("l2", "linf")
+
+
+def _as_written(value: Any, handler: Any) -> Any:
+    checked = handler(value)
+    return value if type(value) is int else checked  # an integer stays one: keys hash what the config wrote
+
+
 # strict: a YAML int or float, never a bool or a string; and finite: .inf or .nan would train models whose every
 # number is NaN, and every DiffROAR row would print 0.000 without a word
-Number = Annotated[float, AllowInfNan(False)]
+Number = Annotated[float, AllowInfNan(False), WrapValidator(_as_written)]
 
 
 def _fill(value: Any) -> Any:
@@ -55,21 +74,74 @@ def _stack_conv(value: Any) -> Any:
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+    """A frozen config section that remembers the order its keys were written in (for ``saved``).
+    Built directly (``Recipe(epochs=0)``), a bad value raises ConfigError naming the key."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    SAVED: ClassVar[tuple[str, ...]] = ()   # keys saved with their default when the config does not set them
+    _order: tuple[str, ...] = PrivateAttr(default=())
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as e:
+            raise ConfigError(_message(_first(e), data, type(self).__name__, root=type(self))) from None
+
+    # pydantic calls an overridden __init__ while validating nested sections too; this marks it as the base
+    # one (as pydantic's RootModel does), so only a direct construction turns errors into ConfigError
+    __init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _keep_order(cls, data: Any, handler: Any) -> Any:
+        section = handler(data)
+        if isinstance(data, dict):
+            section._order = tuple(data)
+        return section
+
+    def saved(self) -> dict[str, Any]:
+        """The section as a config writes it: the keys it set, in the order written, then those of SAVED it
+        did not set, in field order (with their defaults); a fresh copy."""
+        written = [k for k in self._order if k in self.model_fields_set]
+        rest = [k for k in type(self).model_fields
+                if k not in written and (k in self.model_fields_set or k in self.SAVED)]
+        return {k: _saved(getattr(self, k)) for k in written + rest}
+
+
+def _saved(value: Any) -> Any:
+    if isinstance(value, Section):
+        return value.saved()
+    if isinstance(value, list):
+        return [_saved(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _saved(v) for k, v in value.items()}
+    return copy.deepcopy(value)
 
 
 class Dataset(Section):
+    SAVED = ("params",)
     name: StrictStr
     params: dict[str, Any] = {}
 
 
 class Model(Section):
+    SAVED = ("params",)
     arch: StrictStr
     params: dict[str, Any] = {}
 
 
 class Recipe(Section):
-    """The training recipe keys (fastroar.training.settings.Recipe checks their values in detail)."""
+    """Optimisation settings: SGD with (Nesterov) momentum and a per-step learning-rate schedule.
+
+    schedule "cosine": linear warm-up over warmup_epochs, then cosine decay to 0 (the paper's recipe);
+    "onecycle": linear rise to lr over warmup_epochs, then linear decay to 0. autocast (bf16) and
+    channels_last take effect on CUDA only; compile wraps the model in torch.compile for training.
+    The fields after label_smoothing were added later: to_dict leaves them out while they hold their
+    defaults, so the keys of models and jobs made before them are unchanged. The fast and airbench
+    recipes are derived from it in fastroar.training.settings.
+    """
+
+    LATER_FIELDS: ClassVar[tuple[str, ...]] = ("name", "schedule", "autocast", "channels_last", "compile")
 
     epochs: StrictInt = Field(10, ge=1, le=100_000)
     batch_size: StrictInt = Field(128, ge=1, le=MAX_BATCH)
@@ -78,11 +150,44 @@ class Recipe(Section):
     weight_decay: Number = Field(5e-4, ge=0)
     warmup_epochs: Number = Field(0.0, ge=0)
     label_smoothing: Number = Field(0.0, ge=0, lt=1)
-    name: Literal["paper", "fast", "airbench"] = "paper"
-    schedule: Literal["cosine", "onecycle"] = "cosine"
+    name: Literal[RECIPES] = "paper"
+    schedule: Literal[SCHEDULES] = "cosine"
     autocast: StrictBool = False
     channels_last: StrictBool = False
     compile: StrictBool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        """The recipe's fields as keys hash them (the later fields only when they differ from the default)."""
+        out = {k: getattr(self, k) for k in Recipe.model_fields}
+        for key in self.LATER_FIELDS:
+            if out[key] == Recipe.model_fields[key].default:
+                del out[key]
+        return out
+
+    def lr_at(self, step: int, steps_per_epoch: int) -> float:
+        """The learning rate of optimizer step `step` (0-based)."""
+        total = self.epochs * steps_per_epoch
+        return self.lr * lr_factor(step, total, int(self.warmup_epochs * steps_per_epoch), self.schedule)
+
+    def uses_autocast(self, device: torch.device) -> bool:
+        return self.autocast and device.type == "cuda"
+
+    def uses_channels_last(self, device: torch.device) -> bool:
+        return self.channels_last and device.type == "cuda"
+
+    def recipe_overrides(self) -> dict[str, Any]:
+        """The recipe fields this section sets (retrain: what overrides the train section's recipe)."""
+        return {k: getattr(self, k) for k in Recipe.model_fields if k in self.model_fields_set}
+
+
+def lr_factor(step: int, total: int, warmup: int, schedule: str = "cosine") -> float:
+    """The learning rate of step `step` of `total`, as a share of the recipe's lr (what `schedule` means)."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    if schedule == "onecycle":
+        return 1.0 - progress
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 class Train(Recipe):
@@ -90,13 +195,27 @@ class Train(Recipe):
 
     min_test_acc: Optional[Number] = Field(None, ge=0, le=1)
 
+    def recipe(self) -> Recipe:
+        """The base models' Recipe: the recipe fields the section sets, the others Recipe's defaults
+        (min_test_acc is a check of the trained models, not a recipe field)."""
+        return Recipe(**self.recipe_overrides())
+
 
 class Adversary(Section):
-    norm: Literal["l2", "linf"]
+    """A PGD threat model. step_size defaults to 2.5 * eps / steps (Madry et al.)."""
+
+    norm: Literal[NORMS]
     eps: Number = Field(gt=0)
     steps: StrictInt = Field(7, ge=1, le=10_000)
     step_size: Optional[Number] = Field(None, gt=0)
     random_start: StrictBool = True
+
+    @property
+    def alpha(self) -> float:
+        return self.step_size if self.step_size is not None else 2.5 * self.eps / self.steps
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump()
 
 
 class BaseModelSpec(Section):
@@ -116,24 +235,30 @@ class Precompute(Section):
 
 
 class Retrain(Recipe):
-    """retrain: the sweep's shape, plus recipe overrides of the base models' train section."""
+    """retrain: the sweep's shape, plus recipe overrides of the base models' train section (only the recipe
+    fields it sets override them: recipe_overrides)."""
 
-    directions: list[Literal["top", "bottom"]] = Field(["top", "bottom"], min_length=1, max_length=2)
+    SAVED = ("directions", "seeds", "recipe", "batch_models", "fast_epochs", "stack_conv", "fill")
+    directions: list[Literal[DIRECTIONS]] = Field(list(DIRECTIONS), min_length=1, max_length=2)
     # runs per (level, direction): a number, or auto = add seeds to a row while they still narrow its
     # interval (fastroar.metrics.intervals), up to max_seeds
     seeds: Union[Annotated[StrictInt, Field(ge=1, le=MAX_SEEDS)], Literal["auto"]] = 5
     max_seeds: StrictInt = Field(20, ge=2, le=MAX_SEEDS)
-    recipe: Literal["paper", "fast", "airbench"] = "paper"
+    recipe: Literal[RECIPES] = "paper"
     batch_models: StrictInt = Field(16, ge=1, le=MAX_MODELS_PER_GROUP)
     fast_epochs: Optional[StrictInt] = Field(None, ge=1, le=100_000)
+    stack_conv: Annotated[Any, AfterValidator(_stack_conv)] = "auto"   # conv models in stacks: auto = on CUDA
     # zero | mean | a number | road: removed coordinates imputed as ROAD does (noisy linear, resident data)
     fill: Annotated[Any, AfterValidator(_fill)] = "zero"
-    stack_conv: Annotated[Any, AfterValidator(_stack_conv)] = "auto"   # conv models in stacks: auto = on CUDA
     # the stacked MLP's first layer on the kept coordinates only (CPU): auto | true | false (same values)
     sparse_input: Annotated[Any, AfterValidator(_stack_conv)] = "auto"
 
 
 class Config(Section):
+    """A whole run configuration (saved() is what config.yaml holds)."""
+
+    SAVED = ("train", "models", "attributions", "attribution_params", "levels", "retrain", "precompute",
+             "loader", "device")
     dataset: Dataset
     model: Model
     train: Train = Train()
@@ -142,8 +267,8 @@ class Config(Section):
     attribution_params: dict[str, dict[str, Any]] = {}
     scores: dict[str, StrictStr] = {}  # attributions computed elsewhere: NAME -> path of their score maps
     levels: list[Number] = Field([0.1, 0.2, 0.3, 0.5], min_length=1, max_length=1000)
-    precompute: Precompute = Precompute()
     retrain: Retrain = Retrain()
+    precompute: Precompute = Precompute()
     loader: Literal["auto", "ffcv", "resident"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     store: Optional[StrictStr] = Field(None, min_length=1)
@@ -151,29 +276,33 @@ class Config(Section):
 
 # Recipe fields may be set under retrain too (they override the train section for retraining), but
 # their defaults there are the train section's, not Recipe's: only what a config writes is checked.
-def check(cfg: Any, source: str = "the config") -> None:
-    """ConfigError naming the first bad key of `cfg` (unknown, wrong type, out of bounds), else nothing."""
+def check(cfg: Any, source: str = "the config") -> Config:
+    """`cfg` (a dict as YAML gives it) parsed into a Config; ConfigError naming the first bad key (unknown,
+    wrong type, out of bounds)."""
     if cfg is not None and not isinstance(cfg, dict):
         raise ConfigError(f"{source} must be a mapping of keys (dataset:, model:, ...), got {_kind(cfg)}")
     if not cfg:
         raise ConfigError(f"{source} is empty; it needs at least dataset: {{name: ...}} and model: {{arch: ...}}")
     try:
-        Config.model_validate(cfg)
+        return Config.model_validate(cfg)
     except ValidationError as e:
-        errors = e.errors()
-        # a misspelt key also makes its correct spelling "missing": name the misspelling
-        first = next((err for err in errors if err["type"] == "extra_forbidden"), errors[0])
-        raise ConfigError(_message(first, cfg, source)) from None
+        raise ConfigError(_message(_first(e), cfg, source)) from None
 
 
-def _message(err: dict[str, Any], cfg: dict[str, Any], source: str) -> str:
+def _first(e: ValidationError) -> dict[str, Any]:
+    errors = e.errors()
+    # a misspelt key also makes its correct spelling "missing": name the misspelling
+    return next((err for err in errors if err["type"] == "extra_forbidden"), errors[0])
+
+
+def _message(err: dict[str, Any], cfg: dict[str, Any], source: str, root: type[BaseModel] | None = None) -> str:
     loc = [p for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p in ("float", "str", "int")
                                                              or p.startswith("constrained-")))]  # union tags
     key = _dotted(loc)
     kind, value = err["type"], err.get("input")
     if kind == "extra_forbidden":
         parent_loc, name = loc[:-1], str(loc[-1])
-        model = _model_at(parent_loc)
+        model = _model_at(parent_loc, root or Config)
         valid = sorted(model.model_fields) if model is not None else []
         close = difflib.get_close_matches(name, valid, n=1, cutoff=0.6)
         hint = f"; did you mean {_dotted([*parent_loc, close[0]])}?" if close else ""
@@ -218,8 +347,8 @@ def _expects(err: dict[str, Any]) -> str:
     return f"is not valid ({err['msg']})"
 
 
-def _model_at(loc: list[Any]) -> type[BaseModel] | None:
-    model: Any = Config
+def _model_at(loc: list[Any], root: type[BaseModel]) -> type[BaseModel] | None:
+    model: Any = root
     for part in loc:
         if isinstance(part, int):
             continue

@@ -20,6 +20,8 @@ import numpy as np
 from fastroar.attribution import METHODS
 from fastroar.attribution.scores import scan
 from fastroar.attribution.user import function_identity, is_reference
+from fastroar.config import Config
+from fastroar.config.schema import BaseModelSpec
 from fastroar.engine.beton import map_beton, read_beton_cached, verify_beton
 from fastroar.engine.results import RETRAIN_FIELDS, Skipped, read_results_checked
 from fastroar.engine.workspace import SPLITS, Workdir
@@ -47,14 +49,14 @@ NON_IDENTITY_PARAMS = ("download", "verify_checksums")
 GENERATOR_VERSIONS = {"leakage": 2}
 
 
-def dataset_key(cfg: dict[str, Any]) -> str:
+def dataset_key(cfg: Config) -> str:
     """Names the prepared data by content: dataset name + hash of its parameters (+ generator version)."""
-    ds = cfg["dataset"]
-    params = {k: v for k, v in ds.get("params", {}).items() if k not in NON_IDENTITY_PARAMS}
-    ident: dict[str, Any] = {"name": ds["name"], "params": params}
-    if ds["name"] in GENERATOR_VERSIONS:
-        ident["generator"] = GENERATOR_VERSIONS[ds["name"]]
-    return f"{ds['name']}-{digest(ident)}"
+    name = cfg.dataset.name
+    params = {k: v for k, v in cfg.dataset.params.items() if k not in NON_IDENTITY_PARAMS}
+    ident: dict[str, Any] = {"name": name, "params": params}
+    if name in GENERATOR_VERSIONS:
+        ident["generator"] = GENERATOR_VERSIONS[name]
+    return f"{name}-{digest(ident)}"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -135,11 +137,11 @@ class Prepared:
                            ranks=ranks, k=k, direction=direction, device=device, fill=fill)
 
 
-def load_prepared(cfg: dict[str, Any], workdir: Workdir) -> Prepared:
+def load_prepared(cfg: Config, workdir: Workdir) -> Prepared:
     """The prepared data of the config's dataset; a clear error when `prepare` has not run."""
     out = workdir.data_dir(dataset_key(cfg))
     if not (out / "meta.json").exists():
-        name = cfg["dataset"]["name"]
+        name = cfg.dataset.name
         saved = _saved_dataset(workdir)
         if saved is not None and saved != name:  # a bare `prepare` would prepare the saved config's dataset
             raise MissingInputError(f"dataset {name!r} is not prepared in {workdir.root} (its config.yaml is for "
@@ -176,16 +178,6 @@ def _verified(path: str, size: int | None, mtime_ns: int | None) -> None:
 
 # ---------------------------------------------------------------- base models
 
-# Keys of the train section that check a trained model rather than say how to train it: they enter no
-# recipe, checkpoint or job key. min_test_acc: report and replicate warn when a base model's clean test
-# accuracy is below it.
-TRAIN_CHECK_KEYS = ("min_test_acc",)
-
-
-def train_settings(cfg: dict[str, Any]) -> dict[str, Any]:
-    """The train section without its check keys: the keyword arguments of the base models' Recipe."""
-    return {k: v for k, v in cfg["train"].items() if k not in TRAIN_CHECK_KEYS}
-
 
 def chance_tolerance(chance: float, n_test: int, errors: float = 2.0) -> float:
     """`errors` binomial standard errors, sqrt(p (1 - p) / n), of an accuracy p = `chance` on n_test images."""
@@ -200,13 +192,13 @@ def at_chance(summary: dict[str, Any], chance: float, n_test: int) -> bool:
     return isinstance(acc, (int, float)) and acc <= chance + chance_tolerance(chance, n_test, errors=1.0)
 
 
-def model_warnings(cfg: dict[str, Any], ckpt: dict[str, Any], chance: float, n_test: int) -> list[str]:
+def model_warnings(cfg: Config, ckpt: dict[str, Any], chance: float, n_test: int) -> list[str]:
     """Why a trained base model is not in the regime its config asks for: clean test accuracy below
     train.min_test_acc, or accuracy under its PGD adversary within two binomial standard errors of chance
     (the test split's majority rate) - i.e. not robust under its eps."""
     summary, name = ckpt["summary"], ckpt["config"]["name"]
     out = []
-    floor = float(cfg["train"].get("min_test_acc") or 0.0)
+    floor = float(cfg.train.min_test_acc or 0.0)
     acc = summary.get("test_acc")
     if at_chance(summary, chance, n_test):
         out.append(f"FAILED: base model {name!r} learned nothing: clean test accuracy {acc:.3f} is at or below "
@@ -228,27 +220,27 @@ def model_warnings(cfg: dict[str, Any], ckpt: dict[str, Any], chance: float, n_t
     return out
 
 
-def model_config(cfg: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
+def model_config(cfg: Config, spec: BaseModelSpec) -> dict[str, Any]:
     """Everything a base model depends on (its checkpoint is reused only when this matches). A model
     registered from the user's checkpoint (spec `checkpoint: PATH`) depends on the file's content instead
     of a recipe, seed and adversary."""
-    if spec.get("checkpoint"):
-        return {"name": spec["name"], "arch": cfg["model"]["arch"], "params": cfg["model"]["params"],
+    if spec.checkpoint:
+        return {"name": spec.name, "arch": cfg.model.arch, "params": cfg.model.params,
                 "dataset_key": dataset_key(cfg), "checkpoint_sha256": file_sha256(checkpoint_file(spec))}
     return {
-        "name": spec["name"], "arch": cfg["model"]["arch"], "params": cfg["model"]["params"],
-        "dataset_key": dataset_key(cfg), "recipe": Recipe(**train_settings(cfg)).to_dict(),
-        "adversary": spec.get("adversary"), "seed": int(spec.get("seed", 0)),
+        "name": spec.name, "arch": cfg.model.arch, "params": cfg.model.params,
+        "dataset_key": dataset_key(cfg), "recipe": cfg.train.recipe().to_dict(),
+        "adversary": spec.adversary.saved() if spec.adversary else None, "seed": spec.seed,
     }
 
 
-def model_families(cfg: dict[str, Any]) -> dict[str, str]:
+def model_families(cfg: Config) -> dict[str, str]:
     """Each base model's family: the entry of `models` it replicates (`replicates: B`), else itself. A
     family's DiffROAR rows pool its base models (fastroar.metrics.diffroar)."""
-    return {m["name"]: m.get("replicate_of") or m["name"] for m in cfg["models"]}
+    return {m.name: m.replicate_of or m.name for m in cfg.models}
 
 
-def check_trained(cfg: dict[str, Any], workdir: Workdir) -> None:
+def check_trained(cfg: Config, workdir: Workdir) -> None:
     """StoreMismatchError when a base model of the config was trained (or registered) in `workdir` with
     another model config than the one `cfg` gives it: the check `train` makes, for the stages that read the
     trained models. Without it, `--set train.epochs=2` (or another adversary) on precompute, retrain or
@@ -257,9 +249,9 @@ def check_trained(cfg: dict[str, Any], workdir: Workdir) -> None:
     anything while the config's data are not prepared (the stage then says to run `prepare`)."""
     if not (workdir.data_dir(dataset_key(cfg)) / "meta.json").exists():
         return
-    for spec in cfg["models"]:
-        info = checkpoint_path(workdir, spec["name"]).with_name("model.json")
-        if not info.is_file() or (spec.get("checkpoint") and not Path(str(spec["checkpoint"])).expanduser().is_file()):
+    for spec in cfg.models:
+        info = checkpoint_path(workdir, spec.name).with_name("model.json")
+        if not info.is_file() or (spec.checkpoint and not Path(spec.checkpoint).expanduser().is_file()):
             continue
         try:
             trained = json.loads(info.read_text()).get("config")
@@ -269,17 +261,17 @@ def check_trained(cfg: dict[str, Any], workdir: Workdir) -> None:
         wanted = json.loads(json.dumps(model_config(cfg, spec)))
         if trained is not None and trained != wanted:
             raise StoreMismatchError(
-                f"base model {spec['name']!r} in {info.parent} was trained with another config "
+                f"base model {spec.name!r} in {info.parent} was trained with another config "
                 f"({config_diff(trained, wanted)}); drop the --set/--config that changes it (the workdir's "
                 f"config.yaml has the settings it was trained with), or delete {info.parent} and rerun "
                 "`fastroar train`")
 
 
-def checkpoint_file(spec: dict[str, Any]) -> Path:
+def checkpoint_file(spec: BaseModelSpec) -> Path:
     """The user's checkpoint file of a registered model (spec `checkpoint: PATH`)."""
-    path = Path(str(spec["checkpoint"])).expanduser()
+    path = Path(spec.checkpoint).expanduser()
     if not path.is_file():
-        raise MissingInputError(f"checkpoint {path} of model {spec['name']!r} does not exist")
+        raise MissingInputError(f"checkpoint {path} of model {spec.name!r} does not exist")
     return path
 
 
@@ -343,17 +335,17 @@ def config_diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> s
 
 # ---------------------------------------------------------------- rank store entries
 
-def attribution_params(cfg: dict[str, Any], attribution: str) -> dict[str, Any]:
+def attribution_params(cfg: Config, attribution: str) -> dict[str, Any]:
     """Parameters an attribution's scores depend on (recorded in the store's identity)."""
-    params = dict(cfg.get("attribution_params", {}).get(attribution, {}))
+    params = dict(cfg.attribution_params.get(attribution, {}))
     if attribution == "random":
         params.setdefault("seed", 0)
     return params
 
 
-def scores_path(cfg: dict[str, Any], attribution: str) -> str | None:
+def scores_path(cfg: Config, attribution: str) -> str | None:
     """PATH of an attribution imported from precomputed scores (config `scores: {NAME: PATH}`), else None."""
-    return (cfg.get("scores") or {}).get(attribution)
+    return cfg.scores.get(attribution)
 
 
 def is_user_function(attribution: str) -> bool:
@@ -361,7 +353,7 @@ def is_user_function(attribution: str) -> bool:
     return attribution not in METHODS and not attribution.startswith("captum:") and is_reference(attribution)
 
 
-def identity_params(cfg: dict[str, Any], prepared: Prepared, attribution: str) -> dict[str, Any]:
+def identity_params(cfg: Config, prepared: Prepared, attribution: str) -> dict[str, Any]:
     """What the store records of an attribution's inputs: its parameters; for a user function also its
     import path and source hash, for precomputed scores the content hash of the scores (built-in and
     captum attributions: the parameters alone, which keeps their store identities unchanged)."""
@@ -374,17 +366,17 @@ def identity_params(cfg: dict[str, Any], prepared: Prepared, attribution: str) -
     return params
 
 
-def identity(cfg: dict[str, Any], prepared: Prepared, model_hash: str, attribution: str,
+def identity(cfg: Config, prepared: Prepared, model_hash: str, attribution: str,
              params: dict[str, Any] | None = None) -> dict[str, Any]:
     """The store identity of an attribution's ranks (`params`: its attribution_params, when already known)."""
     return {
         "model_hash": model_hash, "dataset_key": prepared.meta["key"], "attribution": attribution,
         "attribution_params": identity_params(cfg, prepared, attribution) if params is None else params,
-        "levels": list(cfg["levels"]), "shape": list(prepared.shape),
+        "levels": list(cfg.levels), "shape": list(prepared.shape),
     }
 
 
-def reading_identity(cfg: dict[str, Any], prepared: Prepared, model_hash: str, attribution: str,
+def reading_identity(cfg: Config, prepared: Prepared, model_hash: str, attribution: str,
                      stored: dict[str, Any] | None) -> tuple[dict[str, Any], str | None]:
     """(the identity to read an entry's ranks with, a WARNING line or None). For the user's module:function
     whose module cannot be imported here, or whose source changed since its ranks were computed, the
@@ -409,27 +401,26 @@ def reading_identity(cfg: dict[str, Any], prepared: Prepared, model_hash: str, a
 
 # ---------------------------------------------------------------- retraining
 
-def retrain_recipe(cfg: dict[str, Any], n_train: int | None = None) -> Recipe:
+def retrain_recipe(cfg: Config, n_train: int | None = None) -> Recipe:
     """The retrain recipe: `paper` is the base models' recipe with the retrain section's overrides
     (epochs, lr, ...); `fast` turns that into a short one-cycle schedule (fastroar.training.fast_recipe;
     its batch size follows the train split's size `n_train`); `airbench` is airbench94's hyperparameters
     (fastroar.training.airbench_recipe, epochs overridden by retrain.fast_epochs)."""
-    rt = cfg["retrain"]
-    over = {k: v for k, v in rt.items() if k in Recipe.__dataclass_fields__}
-    recipe = Recipe(**{**train_settings(cfg), **over})
-    if rt.get("recipe", "paper") == "fast":
-        recipe = fast_recipe(recipe, epochs=rt.get("fast_epochs"), n_train=n_train)
-    elif rt.get("recipe", "paper") == "airbench":
-        recipe = airbench_recipe(recipe, epochs=rt.get("fast_epochs"), n_train=n_train)
+    rt = cfg.retrain
+    recipe = Recipe(**{**cfg.train.recipe_overrides(), **rt.recipe_overrides()})
+    if rt.recipe == "fast":
+        recipe = fast_recipe(recipe, epochs=rt.fast_epochs, n_train=n_train)
+    elif rt.recipe == "airbench":
+        recipe = airbench_recipe(recipe, epochs=rt.fast_epochs, n_train=n_train)
     return recipe
 
 
-def fill_value(cfg: dict[str, Any], prepared: Prepared) -> float:
+def fill_value(cfg: Config, prepared: Prepared) -> float:
     """The value removed coordinates take, in model-input units (x/255 for uint8 images): retrain.fill is
     `zero` (the paper's definition, default), `mean` (the scalar mean of the train split's model input,
     what the reference code's early version filled with), or a number. `road` imputes instead
     (imputation()); its value, 0, is what a removed coordinate takes where an image plane keeps none."""
-    fill = cfg["retrain"].get("fill", "zero")
+    fill = cfg.retrain.fill
     if fill in ("zero", "road"):
         return 0.0
     if fill == "mean":
@@ -445,11 +436,11 @@ def fill_value(cfg: dict[str, Any], prepared: Prepared) -> float:
 _TRAIN_MEANS: dict[tuple, float] = {}
 
 
-def imputation(cfg: dict[str, Any]) -> dict[str, Any] | None:
+def imputation(cfg: Config) -> dict[str, Any] | None:
     """How removed coordinates are imputed (retrain.fill road: ROAD's noisy linear imputation with the
     estimate stage's default noise, fastroar.stages.imputed), or None (they take fill_value). Enters the
     job key only when set."""
-    if cfg["retrain"].get("fill", "zero") != "road":
+    if cfg.retrain.fill != "road":
         return None
     return {"method": ROAD_METHOD, "noise": DEFAULT_NOISE, "seed": 0}
 
@@ -472,20 +463,20 @@ MAX_JOBS = 100_000  # models x attributions x levels x directions x seeds: beyon
 AUTO_FIRST_SEEDS = 3   # retrain.seeds: auto runs this many seeds on every row, then adds where they help
 
 
-def seed_counts(cfg: dict[str, Any]) -> tuple[int, int]:
+def seed_counts(cfg: Config) -> tuple[int, int]:
     """(seeds every row of the sweep runs, the most seeds a row may get): (n, n) for retrain.seeds = n; for
     auto, AUTO_FIRST_SEEDS first and up to retrain.max_seeds where more seeds still narrow a row's interval
     (the retrain stage decides, fastroar.metrics.intervals)."""
-    seeds = cfg["retrain"]["seeds"]
+    seeds = cfg.retrain.seeds
     if seeds == "auto":
-        return AUTO_FIRST_SEEDS, max(AUTO_FIRST_SEEDS, int(cfg["retrain"].get("max_seeds", 20)))
+        return AUTO_FIRST_SEEDS, max(AUTO_FIRST_SEEDS, cfg.retrain.max_seeds)
     return int(seeds), int(seeds)
 
 
-def select(cfg: dict[str, Any], key: str, names: Sequence[str] | None) -> list[str]:
+def select(cfg: Config, key: str, names: Sequence[str] | None) -> list[str]:
     """The config's base models (key "models") or attributions (key "attributions") that a command picks
     with --model / --attribution: all when none are named; ConfigError naming the valid ones otherwise."""
-    valid = [m["name"] for m in cfg["models"]] if key == "models" else list(cfg["attributions"])
+    valid = [m.name for m in cfg.models] if key == "models" else list(cfg.attributions)
     names = list(dict.fromkeys(names or ()))   # --model a --model a: once
     for name in names:
         if name not in valid:
@@ -495,7 +486,7 @@ def select(cfg: dict[str, Any], key: str, names: Sequence[str] | None) -> list[s
     return list(names or valid)
 
 
-def sweep_jobs(cfg: dict[str, Any], workdir: Workdir, prepared: Prepared, *, models: Sequence[str] | None = None,
+def sweep_jobs(cfg: Config, workdir: Workdir, prepared: Prepared, *, models: Sequence[str] | None = None,
                attributions: Sequence[str] | None = None, levels: Sequence[float] | None = None,
                directions: Sequence[str] | None = None, n_seeds: int | None = None,
                all_seeds: bool = False, here: bool = True) -> list[Job]:
@@ -507,12 +498,12 @@ def sweep_jobs(cfg: dict[str, Any], workdir: Workdir, prepared: Prepared, *, mod
     alone (no torch imported: the report finds their records by either key, sweep_records)."""
     models = select(cfg, "models", models)
     attributions = select(cfg, "attributions", attributions)
-    levels = list(dict.fromkeys(float(k) for k in (levels or cfg["levels"])))  # --k 0.3 --k 0.30: once
-    directions = list(dict.fromkeys(directions or cfg["retrain"]["directions"]))
+    levels = list(dict.fromkeys(float(k) for k in (levels or cfg.levels)))  # --k 0.3 --k 0.30: once
+    directions = list(dict.fromkeys(directions or cfg.retrain.directions))
     for k in levels:  # a level that keeps no coordinate (or all) trains on blank (or unmasked) images
         if not 0 < n_kept(k, prepared.d) < prepared.d:
             raise ConfigError(f"k={k:g} keeps {n_kept(k, prepared.d)} of the {prepared.d} coordinates of "
-                              f"{cfg['dataset']['name']} (n = floor(k*d + 1/2)): top-k and bottom-k would not "
+                              f"{cfg.dataset.name} (n = floor(k*d + 1/2)): top-k and bottom-k would not "
                               f"differ; choose k from {0.5 / prepared.d:.3g} to below {1 - 0.5 / prepared.d:.3g}")
     seeds = range(n_seeds or seed_counts(cfg)[1 if all_seeds else 0])
     count = len(models) * len(attributions) * len(levels) * len(directions) * len(seeds)
@@ -522,7 +513,7 @@ def sweep_jobs(cfg: dict[str, Any], workdir: Workdir, prepared: Prepared, *, mod
                           f"{MAX_JOBS:,}; select fewer with --model/--attribution/--k/--seeds")
     hashes = {name: model_hash(workdir, name, prepared) for name in models}
     recipe = retrain_recipe(cfg, prepared.size("train")).to_dict()
-    setting, arch = cfg["retrain"].get("sparse_input", "auto"), cfg["model"]["arch"]
+    setting, arch = cfg.retrain.sparse_input, cfg.model.arch
     wanted = {float(k) for k in levels if sparse_input_wanted(setting, arch, float(k), prepared.d)}
     sparse = bool(wanted) and (not here or sparse_input_here(cfg, prepared))
     impute = imputation(cfg)
@@ -532,28 +523,28 @@ def sweep_jobs(cfg: dict[str, Any], workdir: Workdir, prepared: Prepared, *, mod
                  sparse_input=lambda k: sparse and k in wanted and impute is None)
 
 
-def sparse_input_here(cfg: dict[str, Any], prepared: Prepared) -> bool:
+def sparse_input_here(cfg: Config, prepared: Prepared) -> bool:
     """Whether the sparse first layer can run here for the config's stacked MLP jobs: the CPU, both splits
     resident (the engine's one rule), the compiled extension (fastroar.training.batched.uses_sparse_input)."""
     from fastroar.training.batched import sparse_available  # imports torch: only when the config wants sparse
 
-    device = resolve_device(cfg["device"])
-    return prepared.data_path(cfg["loader"], device, ranks=True) == "resident" and sparse_available(device)
+    device = resolve_device(cfg.device)
+    return prepared.data_path(cfg.loader, device, ranks=True) == "resident" and sparse_available(device)
 
 
-def recorded_beyond(cfg: dict[str, Any], workdir: Workdir, prepared: Prepared, records: dict[str, dict[str, Any]],
+def recorded_beyond(cfg: Config, workdir: Workdir, prepared: Prepared, records: dict[str, dict[str, Any]],
                     jobs: Sequence[Job]) -> list[Job]:
     """Jobs of the config's settings at levels or seeds beyond its own (`retrain --k 0.2 --seeds 3` on a
     config of levels [0.1] and 1 seed) that have a record: the same job keys retrain wrote them under, so
     every other setting (base models, data, recipe, fill) is the config's. report and load_results include
     them: what was trained is reported, without repeating --k and --seeds."""
     have = {j.key for j in jobs}
-    models, attributions = {m["name"] for m in cfg["models"]}, set(cfg["attributions"])
+    models, attributions = {m.name for m in cfg.models}, set(cfg.attributions)
     extra = [r for key, r in records.items() if key not in have and r["model"] in models
              and r["attribution"] in attributions and r["direction"] in DIRECTIONS]
     if not extra:
         return []
-    levels = sorted({float(r["k"]) for r in extra} | set(cfg["levels"]))
+    levels = sorted({float(r["k"]) for r in extra} | set(cfg.levels))
     n_seeds = max(seed_counts(cfg)[1], 1 + max(int(r["seed"]) for r in extra))
     try:
         wider = sweep_jobs(cfg, workdir, prepared, levels=levels, directions=DIRECTIONS, n_seeds=n_seeds, here=False)
@@ -562,7 +553,7 @@ def recorded_beyond(cfg: dict[str, Any], workdir: Workdir, prepared: Prepared, r
     return [j for j in wider if j.key in records and j.key not in have]
 
 
-def sweep_records(cfg: dict[str, Any], workdir: Workdir, prepared: Prepared
+def sweep_records(cfg: Config, workdir: Workdir, prepared: Prepared
                   ) -> tuple[list[Job], list[dict[str, Any]], list[dict[str, Any]], Skipped]:
     """(the config's jobs, their records, the records of other settings, the skipped lines: torn, damaged
     or not a retraining record) of the workdir's results log: a record belongs to the config when its job

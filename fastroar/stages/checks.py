@@ -1,6 +1,6 @@
-"""Config checks that need the science registries: dataset, architecture and attribution names, the
-train and retrain recipes, each model's adversary. The config package checks structure and values; this
-runs right after it, before any stage does work."""
+"""Config checks that need the science registries: dataset, architecture and attribution names and the
+parameters they are passed, the store's location. The config package checks structure and values (the
+recipes and adversaries included); this runs right after it, before any stage does work."""
 from __future__ import annotations
 
 import difflib
@@ -10,44 +10,37 @@ from pathlib import Path
 from typing import Any, Callable
 
 from fastroar.attribution import METHODS, check_attribution
+from fastroar.config import Config
 from fastroar.datasets.registry import PARAM_HINTS, REGISTRY
 from fastroar.errors import ConfigError
 from fastroar.models import BUILDERS, check_arch
-from fastroar.stages.artifacts import is_user_function, train_settings
-from fastroar.training import Adversary, Recipe
+from fastroar.stages.artifacts import is_user_function
 
 
-def check_config(cfg: dict[str, Any]) -> dict[str, Any]:
-    """cfg, once its names resolve in the registries, the parameters it passes them exist, its recipes and
-    adversaries are valid and its store location can be used."""
-    name = cfg["dataset"].get("name")
+def check_config(cfg: Config) -> Config:
+    """cfg, once its names resolve in the registries, the parameters it passes them exist and its store
+    location can be used."""
+    name = cfg.dataset.name
     if name not in REGISTRY:
         raise ConfigError(f"unknown dataset {name!r}; choose one of: {', '.join(sorted(REGISTRY))}")
-    check_params(REGISTRY[name], cfg["dataset"]["params"], f"dataset {name!r}", "dataset.params", PARAM_HINTS)
-    arch = cfg["model"].get("arch")
+    check_params(REGISTRY[name], cfg.dataset.params, f"dataset {name!r}", "dataset.params", PARAM_HINTS)
+    arch = cfg.model.arch
     check_arch(arch)
     if arch in BUILDERS:  # torchvision:, timm: and module:callable builders take what they take
-        check_params(BUILDERS[arch], cfg["model"]["params"], f"model {arch!r}", "model.params", {},
+        check_params(BUILDERS[arch], cfg.model.params, f"model {arch!r}", "model.params", {},
                      positional=("shape", "num_classes"))
-        check_builtin_params(cfg["model"]["params"])
-    train = train_settings(cfg)  # without train.min_test_acc: a check, not a recipe field
-    Recipe(**train)
-    for m in cfg["models"]:
-        if m.get("adversary"):
-            Adversary(**m["adversary"])
-    scores = cfg.get("scores") or {}
+        check_builtin_params(cfg.model.params)
+    scores = cfg.scores
     for name in scores:
         if name in METHODS:
             raise ConfigError(f"scores name {name!r} is a built-in attribution; import the scores under another name")
-    for a in cfg["attributions"]:
+    for a in cfg.attributions:
         # the user's module:function is imported by the stages that run it (precompute), not here: its saved
         # rows stay readable (report, load_results) where the module is not importable
         if a not in scores and not is_user_function(a):
             check_attribution(a)
-    rt = cfg["retrain"]
-    Recipe(**{**train, **{k: v for k, v in rt.items() if k in Recipe.__dataclass_fields__}})
-    if cfg.get("store"):
-        check_store(cfg["store"])
+    if cfg.store:
+        check_store(cfg.store)
     return cfg
 
 

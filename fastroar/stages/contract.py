@@ -28,7 +28,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import yaml
 
-from fastroar.config import load_config
+from fastroar.config import Config, load_config
 from fastroar.engine.faults import fault_point
 from fastroar.engine.workspace import Workdir, atomic_write_text, refuse_foreign, stage_lock
 from fastroar.stages.artifacts import check_trained
@@ -41,9 +41,9 @@ READS_TRAINED_MODELS = ("precompute", "retrain", "report", "estimate")
 
 @dataclass
 class Context:
-    """What a stage runs with: the config (a validated dict), the workdir, a log function and progress."""
+    """What a stage runs with: the config (parsed and checked), the workdir, a log function and progress."""
 
-    cfg: dict[str, Any]
+    cfg: Config
     wd: Workdir
     log: Callable[[str], None] = print
     progress: bool = True
@@ -54,7 +54,7 @@ class Context:
 
 def resolve_config(workdir: str | Path | None = None, *, dataset: str | None = None,
                    config_path: str | None = None, overrides: Sequence[str] = (),
-                   checkpoints: Mapping[str, str] | None = None) -> dict[str, Any]:
+                   checkpoints: Mapping[str, str] | None = None) -> Config:
     """The validated config of a call: --config FILE, else --dataset's shipped YAML, else the workdir's
     saved config.yaml, else the default dataset's; then the --set overrides, then the --checkpoint
     NAME=PATH registrations."""
@@ -74,13 +74,13 @@ def open_context(workdir: str | Path, *, dataset: str | None = None, config_path
     refuse_foreign(workdir)
     cfg = resolve_config(workdir, dataset=dataset, config_path=config_path, overrides=overrides,
                          checkpoints=checkpoints)
-    return Context(cfg, Workdir(workdir, create=create, store=cfg.get("store")), log, progress,
+    return Context(cfg, Workdir(workdir, create=create, store=cfg.store), log, progress,
                    verbose=verbose)
 
 
 def save_config(ctx: Context) -> None:
-    """<workdir>/config.yaml := the context's config (atomically)."""
-    atomic_write_text(ctx.wd.root / "config.yaml", yaml.safe_dump(ctx.cfg, sort_keys=False))
+    """<workdir>/config.yaml := the context's config as written (Config.saved), atomically."""
+    atomic_write_text(ctx.wd.root / "config.yaml", yaml.safe_dump(ctx.cfg.saved(), sort_keys=False))
 
 
 def _one_cpu_thread() -> None:

@@ -12,6 +12,7 @@ import time
 from typing import Any, Sequence
 
 from fastroar import __version__
+from fastroar.config import Config
 from fastroar.engine.results import ROAD_FIELDS, append_result, read_results
 from fastroar.engine.store import RankStore
 from fastroar.errors import ConfigError, MissingInputError
@@ -30,7 +31,7 @@ from fastroar.stages.artifacts import (
 from fastroar.stages.contract import Context, stage
 
 
-def split_pixel_ranks(cfg: dict[str, Any], model, attribution: str, images, labels, device,
+def split_pixel_ranks(cfg: Config, model, attribution: str, images, labels, device,
                      stored_ranks) -> Any:
     """The reference rule's (N, H*W) pixel ranks of the test split: the stored coordinate ranks when the
     images have one channel, else the ranks of the recomputed scores' channel sums."""
@@ -45,7 +46,7 @@ def split_pixel_ranks(cfg: dict[str, Any], model, attribution: str, images, labe
     spath = scores_path(cfg, attribution)
     source = open_scores(attribution, spath, ["test"])["test"] if spath is not None else None
     params = attribution_params(cfg, attribution)
-    batch_size = int(cfg["precompute"]["batch_size"])
+    batch_size = int(cfg.precompute.batch_size)
     model.to(device)
     out = []
     for b0 in range(0, len(images), batch_size):
@@ -85,12 +86,12 @@ def estimate(ctx: Context, *, models: Sequence[str] | None = None, attributions:
     store = RankStore(str(workdir.store_path), mode="r")
     models = select(cfg, "models", models)
     attributions = select(cfg, "attributions", attributions)
-    levels = [check_level(k) for k in (levels or cfg["levels"])]
+    levels = [check_level(k) for k in (levels or cfg.levels)]
     images, labels = prepared.arrays("test")
     x = to_model_input(images).numpy()
     sigma = float(noise) * value_range(prepared, x)
     path = workdir.road_path
-    device = resolve_device(cfg["device"])
+    device = resolve_device(cfg.device)
     solver = "torch" if device.type == "cuda" else "scipy"   # imputation solve on the device (same result to 1e-5)
     done = read_results(path, ROAD_FIELDS)
     records = []

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from fastroar.config import Config
 from fastroar.metrics.diffroar import diffroar_rows
 from fastroar.stages.artifacts import load_prepared, sweep_records
 from fastroar.stages.contract import Context
@@ -18,17 +19,17 @@ from fastroar.stages.retrain import retrain
 ATTRIBUTION = "gradient"
 
 
-def with_fill(cfg: dict[str, Any], fill: str) -> dict[str, Any]:
-    return {**cfg, "retrain": {**cfg["retrain"], "fill": fill}}
+def with_fill(cfg: Config, fill: str) -> Config:
+    return cfg.model_copy(update={"retrain": cfg.retrain.model_copy(update={"fill": fill})})
 
 
 def leakage_control(ctx: Context, fill_missing: bool = False) -> dict[str, Any]:
     """Per k: standard and robust DiffROAR under zero fill and imputation, with the mask-only accuracies.
     fill_missing retrains the imputed jobs that have no record yet (input gradients only)."""
     cfg, wd, log = ctx.cfg, ctx.wd, ctx.log
-    std = [m["name"] for m in cfg["models"] if not m.get("adversary")]
-    rob = [m["name"] for m in cfg["models"] if m.get("adversary")]
-    if not (std and rob) or ATTRIBUTION not in cfg["attributions"]:
+    std = [m.name for m in cfg.models if not m.adversary]
+    rob = [m.name for m in cfg.models if m.adversary]
+    if not (std and rob) or ATTRIBUTION not in cfg.attributions:
         return {"available": False, "note": "needs a standard and a robust model and the gradient attribution"}
     prepared = load_prepared(cfg, wd)
     if fill_missing:   # the imputed sweep of input gradients; the workdir's saved config stays as it is

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from fastroar import __version__
+from fastroar.config import Config
 from fastroar.engine.results import append_result, read_results
 from fastroar.engine.store import RankStore
 from fastroar.engine.workspace import Workdir
@@ -33,7 +34,7 @@ def mask_probe_path(workdir: Workdir) -> Path:
     return workdir.root / "controls" / "mask_probe.jsonl"
 
 
-def entry_identity(cfg: dict[str, Any], workdir: Workdir, prepared: Prepared, model: str, model_hash: str,
+def entry_identity(cfg: Config, workdir: Workdir, prepared: Prepared, model: str, model_hash: str,
                    attribution: str) -> dict[str, Any]:
     """The identity a cell's store entry is read with: the config's, or for the user's function that cannot be
     imported here (or whose source changed) the stored one, as the report reads its ranks
@@ -51,7 +52,7 @@ def shared_identity(ident: dict[str, Any]) -> dict[str, Any]:
     return {**ident, "model_hash": SHARED_MODEL} if ident["attribution"] in MODEL_INDEPENDENT else ident
 
 
-def mask_controls(cfg: dict[str, Any], workdir: Workdir, prepared: Prepared, cells: Iterable[Cell],
+def mask_controls(cfg: Config, workdir: Workdir, prepared: Prepared, cells: Iterable[Cell],
                   hashes: dict[str, str], log: Callable[[str], None] | None = None) -> dict[Cell, float]:
     """Mask-only test accuracy of each cell (model, attribution, k, direction), the base models given by
     hash; cached cells are read, the rest computed from the rank store (checksums verified) and appended.

@@ -41,15 +41,15 @@ TRAIN, PRECOMPUTE, RETRAIN, IDLE = 0, 1, 2, 3   # task priorities: lower starts 
 def overlaps(ctx: Context) -> bool:
     """Whether the run's train, precompute and retrain may overlap (module doc)."""
     cfg, wd = ctx.cfg, ctx.wd
-    if any(spec.get("checkpoint") for spec in cfg["models"]) or cfg.get("scores"):
+    if any(spec.checkpoint for spec in cfg.models) or cfg.scores:
         return False   # registering a checkpoint or importing scores rewrites the config: stage by stage
-    if any(a not in METHODS for a in cfg["attributions"]) or not batchable(cfg["model"]["arch"]):
+    if any(a not in METHODS for a in cfg.attributions) or not batchable(cfg.model.arch):
         return False   # captum's and the user's functions may draw from torch's global generator
-    device = resolve_device(cfg["device"])
+    device = resolve_device(cfg.device)
     prepared = load_prepared(cfg, wd)
-    to_train = [model_config(cfg, spec) for spec in cfg["models"] if not checkpoint_path(wd, spec["name"]).exists()]
+    to_train = [model_config(cfg, spec) for spec in cfg.models if not checkpoint_path(wd, spec.name).exists()]
     return (side_by_side(to_train, cfg, prepared, device) > 1
-            and prepared.data_path(cfg["loader"], device, ranks=True) == "resident")
+            and prepared.data_path(cfg.loader, device, ranks=True) == "resident")
 
 
 @stage("pipeline", locks=("train", "precompute", "retrain"))
@@ -58,7 +58,7 @@ def train_to_retrain(ctx: Context) -> list[dict[str, Any]]:
     soon as its inputs exist; returns the sweep's records."""
     cfg, wd, log = ctx.cfg, ctx.wd, ctx.log
     prepared = load_prepared(cfg, wd)
-    device = resolve_device(cfg["device"])
+    device = resolve_device(cfg.device)
     _, to_train = untrained(ctx, prepared, device)
     threads = usable_cores()
     log(f"[run] train, precompute and retrain overlapped on {threads} threads: each model's ranks and "
@@ -101,9 +101,9 @@ def train_to_retrain(ctx: Context) -> list[dict[str, Any]]:
         for mcfg in to_train:
             queue.add((TRAIN,), (TRAIN, mcfg["name"]), train_one, mcfg, prepared, cfg, wd, device, ctx.progress, log)
         waiting = {m["name"] for m in to_train}
-        for spec in cfg["models"]:
-            if spec["name"] not in waiting:
-                trained(spec["name"])
+        for spec in cfg.models:
+            if spec.name not in waiting:
+                trained(spec.name)
         try:
             for (kind, name), result in queue.results():
                 if kind == TRAIN:

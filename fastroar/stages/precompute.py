@@ -22,6 +22,7 @@ import torch
 
 from fastroar.attribution import attribute, check_attribution
 from fastroar.attribution.scores import open_scores, read_block
+from fastroar.config import Config
 from fastroar.engine import cancel
 from fastroar.engine.executors import LocalExecutor
 from fastroar.engine.kernels import rank_and_mask
@@ -60,10 +61,10 @@ def rank_batch(model: torch.nn.Module, x: torch.Tensor, attribution: str, params
     return ranks.cpu().numpy(), top.cpu().numpy(), bottom.cpu().numpy(), scores
 
 
-def compute_chunks(task: ChunkTask, cfg: dict[str, Any], workdir: Workdir) -> int:
+def compute_chunks(task: ChunkTask, cfg: Config, workdir: Workdir) -> int:
     """An executor task: computes and writes the task's chunks (skipping any done meanwhile)."""
     prepared = load_prepared(cfg, workdir)
-    device = resolve_device(cfg["device"])
+    device = resolve_device(cfg.device)
     model, ckpt = load_model(workdir, task.model, prepared)
     model.to(device)
     ident = identity(cfg, prepared, ckpt["hash"], task.attribution)
@@ -73,7 +74,7 @@ def compute_chunks(task: ChunkTask, cfg: dict[str, Any], workdir: Workdir) -> in
     if spath is not None:
         source = open_scores(task.attribution, spath, [task.split])[task.split]
     images, labels = prepared.arrays(task.split)
-    batch_size = int(cfg["precompute"]["batch_size"])
+    batch_size = int(cfg.precompute.batch_size)
     done = arrays.done_chunks()
     checked = False
     written = 0
@@ -107,7 +108,7 @@ def compute_chunks(task: ChunkTask, cfg: dict[str, Any], workdir: Workdir) -> in
     return written
 
 
-def plan_precompute(cfg: dict[str, Any], workdir: Workdir, models: Sequence[str] | None = None,
+def plan_precompute(cfg: Config, workdir: Workdir, models: Sequence[str] | None = None,
                     attributions: Sequence[str] | None = None, chunks_per_task: int | None = None) -> list[ChunkTask]:
     """Creates (or checks) each entry and returns tasks covering its missing chunks.
 
@@ -123,16 +124,16 @@ def plan_precompute(cfg: dict[str, Any], workdir: Workdir, models: Sequence[str]
     # every identity first (precomputed scores are checked here), and every new user function tried on a
     # first batch, so that a bad input fails before any entry is created
     idents = {(name, a): identity(cfg, prepared, ckpt["hash"], a)
-              for name, (_, ckpt) in loaded.items() for a in attributions or cfg["attributions"]}
+              for name, (_, ckpt) in loaded.items() for a in attributions or cfg.attributions}
     for (name, a), ident in idents.items():
         if is_user_function(a) and store.entry_path(name, a) not in store.root:
             try_function(name, loaded[name][0], a, cfg, prepared)
     tasks = []
     for name in loaded:
-        for attribution in attributions or cfg["attributions"]:
+        for attribution in attributions or cfg.attributions:
             entry = store.open_entry(name, attribution, idents[(name, attribution)],
                                      {s: prepared.size(s) for s in SPLITS},
-                                     chunk_size=cfg["precompute"].get("chunk_size"))
+                                     chunk_size=cfg.precompute.chunk_size)
             for split in SPLITS:
                 missing = entry.split(split).missing_chunks()
                 step = chunks_per_task or max(1, len(missing))
@@ -141,11 +142,11 @@ def plan_precompute(cfg: dict[str, Any], workdir: Workdir, models: Sequence[str]
     return tasks
 
 
-def try_function(name: str, model: torch.nn.Module, attribution: str, cfg: dict[str, Any], prepared) -> None:
+def try_function(name: str, model: torch.nn.Module, attribution: str, cfg: Config, prepared) -> None:
     """The user function on the train split's first batch (raises its UserCodeError, naming the batch)."""
     images, _ = prepared.arrays("train")
-    n = min(prepared.size("train"), int(cfg["precompute"]["batch_size"]))
-    device = resolve_device(cfg["device"])
+    n = min(prepared.size("train"), int(cfg.precompute.batch_size))
+    device = resolve_device(cfg.device)
     try:
         attribute(model.to(device), to_model_input(images[:n]).to(device), attribution, indices=range(n),
                   **attribution_params(cfg, attribution))
@@ -166,6 +167,6 @@ def precompute(ctx: Context, *, models: Sequence[str] | None = None, attribution
     n_chunks = sum(len(t.chunks) for t in tasks)
     log(f"[precompute] {n_chunks} chunks to compute in {len(tasks)} tasks ({executor.name} executor)")
     computed = sum(executor.map(compute_chunks, [(t, cfg, workdir) for t in tasks], progress, "precompute"))
-    if cfg.get("scores") and ctx.save_config:  # later stages (retrain, report) learn the scores' names from it
+    if cfg.scores and ctx.save_config:  # later stages (retrain, report) learn the scores' names from it
         save_config(ctx)
     return computed

@@ -39,7 +39,7 @@ def prepare(ctx: Context) -> tuple[Prepared, bool]:
             verify_beton(str(prepared.beton(split)))
         _log_prepared(ctx, prepared, did=False)
         return prepared, False
-    ds = build_dataset(cfg["dataset"]["name"], **cfg["dataset"]["params"])
+    ds = build_dataset(cfg.dataset.name, **cfg.dataset.params)
     out.mkdir(parents=True, exist_ok=True)
     for split in SPLITS:
         data = getattr(ds, split)

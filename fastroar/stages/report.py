@@ -15,6 +15,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from fastroar.config import Config
 from fastroar.engine.results import ROAD_FIELDS, read_results
 from fastroar.engine.store import RankStore
 from fastroar.engine.workspace import Workdir, atomic_write
@@ -159,21 +160,21 @@ AQ_COLUMNS = ("model", "attribution", "m", "top_hit", "bottom_hit", "aq")
 MODEL_COLUMNS = ("model", "adversary", "test_acc", "robust_test_acc", "chance", "hash", "cpu")
 
 
-def base_model_rows(cfg: dict[str, Any], workdir: Workdir, prepared: Prepared) -> list[dict[str, Any]]:
+def base_model_rows(cfg: Config, workdir: Workdir, prepared: Prepared) -> list[dict[str, Any]]:
     """Each trained base model's clean and adversarial test accuracy beside the test split's chance rate,
     and its WARNING lines (below train.min_test_acc, or at chance under attack)."""
     labels = prepared.arrays("test")[1]
     chance = majority_rate(labels)
     rows = []
-    for spec in cfg["models"]:
-        info = checkpoint_path(workdir, spec["name"]).with_name("model.json")  # the summary train wrote beside it
+    for spec in cfg.models:
+        info = checkpoint_path(workdir, spec.name).with_name("model.json")  # the summary train wrote beside it
         if not info.exists():
             continue
         summary = json.loads(info.read_text())
         ckpt = {"summary": summary, "config": summary["config"]}   # what model_warnings reads of a checkpoint
         sm = ckpt["summary"]
         adv = summary["config"].get("adversary")   # the trained model's, not what this call's config says
-        rows.append({"model": spec["name"], "adversary": f"{adv['norm']} eps {adv['eps']}" if adv else "-",
+        rows.append({"model": spec.name, "adversary": f"{adv['norm']} eps {adv['eps']}" if adv else "-",
                      "test_acc": sm.get("test_acc"), "robust_test_acc": sm.get("robust_test_acc", "-"),
                      "chance": chance, "hash": str(sm.get("hash", "?"))[:12], "cpu": sm.get("cpu_capability", "?"),
                      "warnings": model_warnings(cfg, ckpt, chance, len(labels)),
@@ -232,7 +233,7 @@ def report(ctx: Context) -> dict[str, Any]:
     if comparisons:
         write_csv(comparisons, out / "comparisons.csv", COMPARISON_COLUMNS)
     png = out / "diffroar.png"
-    plot_curves([r for r in rows if r["diffroar"] is not None], png, f"DiffROAR on {cfg['dataset']['name']}")
+    plot_curves([r for r in rows if r["diffroar"] is not None], png, f"DiffROAR on {cfg.dataset.name}")
     if loc_rows is not None:
         write_csv(loc_rows, out / "localization.csv", LOCALIZATION_COLUMNS)
         write_csv(aq_rows, out / "aq.csv", AQ_COLUMNS)
@@ -248,11 +249,11 @@ def report(ctx: Context) -> dict[str, Any]:
             "bottom-k kept, the rest imputed")
     log(format_table([printable(r) for r in rows], printed))
     log(interval_note(rows, model_rows))
-    log(leakage_line(rows, prepared.arrays("test")[1], imputed=cfg["retrain"].get("fill") == "road"))
+    log(leakage_line(rows, prepared.arrays("test")[1], imputed=cfg.retrain.fill == "road"))
     first, _ = seed_counts(cfg)
     short = [r for r in rows if r["runs"] < first * max(1, r.get("bases") or 1)]
     if short:
-        log(f"({len(short)} row(s) have fewer than retrain.seeds = {cfg['retrain']['seeds']} runs in both directions: "
+        log(f"({len(short)} row(s) have fewer than retrain.seeds = {cfg.retrain.seeds} runs in both directions: "
             f"the sweep is not finished; `fastroar retrain --workdir {workdir.root}` completes it"
             f"{one_direction_note(cfg)})")
     if comparisons:
@@ -334,20 +335,20 @@ def leakage_line(rows: list[dict[str, Any]], test_labels: np.ndarray, imputed: b
             f"({cells}): {why}; see docs/leakage.md{'' if imputed else ')'}")
 
 
-def beyond_note(cfg: dict[str, Any], jobs: Sequence[Job]) -> str:
+def beyond_note(cfg: Config, jobs: Sequence[Job]) -> str:
     """A line naming the levels and seeds reported beyond the config's (recorded by `retrain --k/--seeds`
     with the config's other settings; fastroar.stages.artifacts.recorded_beyond), or ""."""
-    levels = sorted({j.k for j in jobs} - set(cfg["levels"]))
+    levels = sorted({j.k for j in jobs} - set(cfg.levels))
     seeds = max((j.seed for j in jobs), default=0) + 1
     parts = ([f"k = {', '.join(f'{k:g}' for k in levels)} beyond the config's levels"] if levels else []) + \
-            ([f"seeds up to {seeds} beyond retrain.seeds = {cfg['retrain']['seeds']}"]
+            ([f"seeds up to {seeds} beyond retrain.seeds = {cfg.retrain.seeds}"]
              if seeds > seed_counts(cfg)[1] else [])
     return f"[report] also reported, as recorded by retrain with these settings: {'; '.join(parts)}" if parts else ""
 
 
-def one_direction_note(cfg: dict[str, Any]) -> str:
+def one_direction_note(cfg: Config) -> str:
     """What a config with one retrain direction must add: DiffROAR needs both."""
-    dirs = cfg["retrain"]["directions"]
+    dirs = cfg.retrain.directions
     if set(dirs) == {"top", "bottom"}:
         return ""
     return (f"; DiffROAR needs both directions and retrain.directions is [{', '.join(dirs)}]: add "
@@ -421,7 +422,7 @@ def _difference(r: dict[str, Any], job: Job, first: Job | None) -> str:
     return "another fastroar version's job key"
 
 
-def signal_rows(cfg: dict[str, Any], workdir: Workdir, prepared: Prepared, pairs: Sequence[tuple[str, str]],
+def signal_rows(cfg: Config, workdir: Workdir, prepared: Prepared, pairs: Sequence[tuple[str, str]],
                 hashes: dict[str, str], notes: list[str] | None = None
                 ) -> tuple[list[dict[str, Any]] | None, list[dict[str, Any]] | None]:
     """(localization rows, AQ rows) of the test split's rank maps, read once per (model, attribution) from
@@ -442,7 +443,7 @@ def signal_rows(cfg: dict[str, Any], workdir: Workdir, prepared: Prepared, pairs
             warnings.append(warning)
         entry = store.open_entry(model, attribution, ident)
         ranks = entry.split("test").read("ranks")
-        for k, share in zip(cfg["levels"], localization(ranks, signal, cfg["levels"])):
+        for k, share in zip(cfg.levels, localization(ranks, signal, cfg.levels)):
             loc.append({"model": model, "attribution": attribution, "k": k, "signal_share": share,
                         "chance": chance})
         aq.append({"model": model, "attribution": attribution, **attribution_quality(ranks, signal)})

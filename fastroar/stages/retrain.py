@@ -42,6 +42,7 @@ import torch
 from tqdm.auto import tqdm
 
 from fastroar import __version__
+from fastroar.config import Config
 from fastroar.cpu import capability
 from fastroar.engine import ticks
 from fastroar.engine.executors import LocalExecutor
@@ -71,12 +72,11 @@ from fastroar.training.loop import accuracy_of, test_hits, train_model
 from fastroar.training.settings import Recipe
 from fastroar.training.stacked_conv import train_stacked_conv
 
-DEFAULT_BATCH_MODELS = 16
 TIMING_KEY = "_timing"   # a task's time breakdown (seconds) on its first record; never written to the log
 TICKED_KEY = "_ticked"   # how far a task moved the caller's bar itself; never written to the log
 
 
-def plan(cfg: dict[str, Any], workdir: Workdir, **selection: Any) -> list[Job]:
+def plan(cfg: Config, workdir: Workdir, **selection: Any) -> list[Job]:
     """The sweep's jobs, after checking each (model, attribution) has complete ranks from that model."""
     prepared = load_prepared(cfg, workdir)
     jobs = sweep_jobs(cfg, workdir, prepared, **selection)
@@ -86,11 +86,11 @@ def plan(cfg: dict[str, Any], workdir: Workdir, **selection: Any) -> list[Job]:
         if not entry.is_complete():
             raise MissingInputError(f"ranks of {name}/{a} are incomplete in {store.path}; "
                                     f"run `fastroar precompute --workdir {workdir.root}` (it resumes)")
-    if any(j.impute for j in jobs) and prepared.data_path(cfg["loader"], resolve_device(cfg["device"]),
+    if any(j.impute for j in jobs) and prepared.data_path(cfg.loader, resolve_device(cfg.device),
                                                          ranks=True) != "resident":
         raise ConfigError("retrain.fill road imputes each (k, direction) once and holds the result in memory, "
                           "which needs the resident data path; this split is streamed (loader "
-                          f"{cfg['loader']!r} or too large): set loader: resident, or use retrain.fill zero")
+                          f"{cfg.loader!r} or too large): set loader: resident, or use retrain.fill zero")
     return jobs
 
 
@@ -109,11 +109,11 @@ def _ranks(store_path: str, model: str, attribution: str, split: str):
     return arrays.ranks
 
 
-def run_job(job: Job, cfg: dict[str, Any], workdir: Workdir, prepared: Prepared | None = None,
+def run_job(job: Job, cfg: Config, workdir: Workdir, prepared: Prepared | None = None,
             progress: bool = False) -> dict[str, Any]:
     """Trains and evaluates one job's model; returns its result record (not yet logged)."""
     prepared = prepared or load_prepared(cfg, workdir)
-    device = resolve_device(cfg["device"])
+    device = resolve_device(cfg.device)
     if stackable(job, cfg, prepared, device):
         return run_group([job], cfg, workdir, prepared)[0]
     recipe = Recipe(**job.recipe)
@@ -125,10 +125,10 @@ def run_job(job: Job, cfg: dict[str, Any], workdir: Workdir, prepared: Prepared 
         path_name = "resident"
     else:
         train_loader, path_name = prepared.loader(
-            "train", mode=cfg["loader"], batch_size=recipe.batch_size, seed=job.seed, train=True, device=device,
+            "train", mode=cfg.loader, batch_size=recipe.batch_size, seed=job.seed, train=True, device=device,
             ranks=_ranks(store, job.model, job.attribution, "train"), **mask)
         test_loader, _ = prepared.loader(
-            "test", mode=cfg["loader"], batch_size=512, seed=0, train=False, device=device,
+            "test", mode=cfg.loader, batch_size=512, seed=0, train=False, device=device,
             ranks=_ranks(store, job.model, job.attribution, "test"), **mask)
     model = build_seeded(job.seed, job.arch, prepared.shape, prepared.num_classes, **job.arch_params).to(device)
     stats = train_model(model, train_loader, recipe, desc=f"retrain {job.direction}-{job.k}", progress=progress)
@@ -161,11 +161,11 @@ def _record(job: Job, recipe: Recipe, result: dict[str, Any], seconds: float, lo
     }
 
 
-def stacks_conv(cfg: dict[str, Any], device: torch.device) -> bool:
+def stacks_conv(cfg: Config, device: torch.device) -> bool:
     """retrain.stack_conv: whether non-MLP architectures train in stacks. auto = on CUDA only: on the CPU
     a vmapped stack's grouped convolutions are about as fast as M models in turn (tools/bench_training.py's
     conv rows), and the CPU default keeps the records one model per task gives."""
-    value = cfg["retrain"].get("stack_conv", "auto")
+    value = cfg.retrain.stack_conv
     return device.type == "cuda" if value == "auto" else bool(value)
 
 
@@ -175,19 +175,19 @@ def stack_trainer(arch: str):
     return train_stacked if batchable(arch) else train_stacked_conv
 
 
-def stackable(job: Job, cfg: dict[str, Any], prepared: Prepared, device: torch.device) -> bool:
+def stackable(job: Job, cfg: Config, prepared: Prepared, device: torch.device) -> bool:
     """Whether the job trains in a stack: an MLP, or any other architecture when retrain.stack_conv is on,
     whose train and test splits (with their rank maps) take the resident path (the engine's one rule,
     fastroar.engine.loaders.choose_path)."""
     if not (batchable(job.arch) or (stacks_conv(cfg, device) and not job.impute)):  # conv stacks mask in place
         return False
-    return prepared.data_path(cfg["loader"], device, ranks=True) == "resident"
+    return prepared.data_path(cfg.loader, device, ranks=True) == "resident"
 
 
-def groups(jobs: Sequence[Job], cfg: dict[str, Any], prepared: Prepared, device: torch.device) -> list[list[Job]]:
+def groups(jobs: Sequence[Job], cfg: Config, prepared: Prepared, device: torch.device) -> list[list[Job]]:
     """Executor tasks: stackable jobs of one (model, attribution, arch, recipe) in groups of up to
     retrain.batch_models (in sweep order), every other job alone."""
-    size = int(cfg["retrain"].get("batch_models", DEFAULT_BATCH_MODELS))
+    size = int(cfg.retrain.batch_models)
     out: list[list[Job]] = []
     open_groups: dict[str, list[Job]] = {}
     for job in jobs:
@@ -205,11 +205,11 @@ def groups(jobs: Sequence[Job], cfg: dict[str, Any], prepared: Prepared, device:
     return out
 
 
-def run_group(jobs: Sequence[Job], cfg: dict[str, Any], workdir: Workdir,
+def run_group(jobs: Sequence[Job], cfg: Config, workdir: Workdir,
               prepared: Prepared | None = None) -> list[dict[str, Any]]:
     """Trains the jobs of one group (same model, attribution, arch, recipe) as one stack; their records."""
     prepared = prepared or load_prepared(cfg, workdir)
-    device = resolve_device(cfg["device"])
+    device = resolve_device(cfg.device)
     first = jobs[0]
     if any((j.model, j.attribution, j.arch, j.arch_params, j.recipe, j.sparse_input, j.impute)
            != (first.model, first.attribution, first.arch, first.arch_params, first.recipe, first.sparse_input,
@@ -242,7 +242,7 @@ def run_group(jobs: Sequence[Job], cfg: dict[str, Any], workdir: Workdir,
     return records
 
 
-def run_group_task(jobs: list[Job], cfg: dict[str, Any], workdir: Workdir) -> list[dict[str, Any]]:
+def run_group_task(jobs: list[Job], cfg: Config, workdir: Workdir) -> list[dict[str, Any]]:
     """An executor task: a group of jobs (one stack, or one job alone); their records. It is worth its job
     count on the caller's bar (fastroar.engine.ticks), which its training moves per epoch; the first
     record carries what it ticked (TICKED_KEY), for the caller to add the rest (finished_jobs)."""
@@ -257,23 +257,23 @@ def finished_jobs(records: list[dict[str, Any]]) -> float:
     return len(records) - records[0].pop(TICKED_KEY, 0.0)
 
 
-def task_memory(cfg: dict[str, Any], prepared: Prepared, models: int) -> int:
+def task_memory(cfg: Config, prepared: Prepared, models: int) -> int:
     """Rough bytes one task holds: both splits as float32 model input with their rank maps (what the
     resident and stacked paths keep; the streamed path keeps less), plus weights, gradients and momentum
     of its models."""
     with torch.device("meta"):  # shapes only: nothing is allocated
-        params = sum(p.numel() for p in build_model(cfg["model"]["arch"], prepared.shape, prepared.num_classes,
-                                                   **cfg["model"]["params"]).parameters())
+        params = sum(p.numel() for p in build_model(cfg.model.arch, prepared.shape, prepared.num_classes,
+                                                   **cfg.model.params).parameters())
     n = sum(prepared.size(s) for s in SPLITS)
     return resident_bytes(n, prepared.shape, rank_dtype(prepared.d).itemsize) + models * params * 4 * 3
 
 
-def tasks_of(jobs: Sequence[Job], cfg: dict[str, Any], prepared: Prepared, device: torch.device) -> list[list[Job]]:
+def tasks_of(jobs: Sequence[Job], cfg: Config, prepared: Prepared, device: torch.device) -> list[list[Job]]:
     """The executor tasks of `jobs` (groups), largest first: tasks running side by side then finish together."""
     return sorted(groups(jobs, cfg, prepared, device), key=len, reverse=True) if jobs else []
 
 
-def shares_process(tasks: Sequence[Sequence[Job]], cfg: dict[str, Any], prepared: Prepared,
+def shares_process(tasks: Sequence[Sequence[Job]], cfg: Config, prepared: Prepared,
                    device: torch.device) -> bool:
     """Whether the tasks may run on threads of this process: stacked MLP groups on the CPU share it well
     (torch and the stack's kernels release the GIL, and a model's numbers do not depend on what runs beside
@@ -333,13 +333,13 @@ class Recorder:
                      "in compute")
 
 
-def sweep_size(cfg: dict[str, Any]) -> int:
+def sweep_size(cfg: Config) -> int:
     """How many distinct jobs the config's whole sweep has (a model-independent attribution's jobs count
     once): the retrain bar's total, known before any base model is trained (with seeds: auto, its first
     round's)."""
-    per = len(cfg["levels"]) * len(cfg["retrain"]["directions"]) * seed_counts(cfg)[0]
-    shared = sum(a in MODEL_INDEPENDENT for a in cfg["attributions"])
-    return per * (len(cfg["models"]) * (len(cfg["attributions"]) - shared) + shared)
+    per = len(cfg.levels) * len(cfg.retrain.directions) * seed_counts(cfg)[0]
+    shared = sum(a in MODEL_INDEPENDENT for a in cfg.attributions)
+    return per * (len(cfg.models) * (len(cfg.attributions) - shared) + shared)
 
 
 def log_recorded(ctx: Context, jobs: Sequence[Job]) -> list[dict[str, Any]]:
@@ -353,7 +353,7 @@ def log_recorded(ctx: Context, jobs: Sequence[Job]) -> list[dict[str, Any]]:
     return records
 
 
-def memory_note(cfg: dict[str, Any], prepared: Prepared, tasks: Sequence[Sequence[Job]]) -> str:
+def memory_note(cfg: Config, prepared: Prepared, tasks: Sequence[Sequence[Job]]) -> str:
     return f", about {task_memory(cfg, prepared, max(map(len, tasks))) / 2**20:,.0f} MiB per task" if tasks else ""
 
 
@@ -368,7 +368,7 @@ def retrain(ctx: Context, *, executor=None, **selection: Any) -> list[dict[str, 
     if skipped:   # torn, damaged or not a retraining record: never used, their jobs run again
         ctx.log(f"[retrain] {skipped.note(workdir.results_path)}; a job without a usable record runs again")
     execute(ctx, jobs, recorded(done, jobs), executor)
-    if cfg["retrain"]["seeds"] == "auto" and not selection.get("n_seeds"):
+    if cfg.retrain.seeds == "auto" and not selection.get("n_seeds"):
         while extra := auto_jobs(ctx, jobs, **selection):
             jobs = jobs + extra
             execute(ctx, jobs, recorded(read_results(workdir.results_path, RETRAIN_FIELDS), jobs), executor,
@@ -382,7 +382,7 @@ def execute(ctx: Context, jobs: Sequence[Job], done: dict[str, dict[str, Any]], 
     cfg, workdir, progress, log = ctx.cfg, ctx.wd, ctx.progress, ctx.log
     todo = [j for j in unique(jobs) if j.key not in done]   # a model-independent job runs once for all models
     prepared = load_prepared(cfg, workdir)
-    device = resolve_device(cfg["device"])
+    device = resolve_device(cfg.device)
     tasks = tasks_of(todo, cfg, prepared, device)
     threadsafe = shares_process(tasks, cfg, prepared, device)
     threads = executor.threads_for(len(tasks), threadsafe)

@@ -25,7 +25,7 @@ def run(ctx: Context) -> dict[str, Any]:
     prepare(inner)
     if overlaps(inner):   # each model's precompute and retraining start as soon as it is trained
         train_to_retrain(inner)
-        if inner.cfg["retrain"]["seeds"] == "auto":   # the rounds of added seeds, once every row has its first
+        if inner.cfg.retrain.seeds == "auto":   # the rounds of added seeds, once every row has its first
             retrain(inner)
     else:
         train(inner)

@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from fastroar.config import Config
+from fastroar.config.schema import BaseModelSpec
 from fastroar.cpu import capability
 from fastroar.engine.executors import thread_map, usable_cores
 from fastroar.engine.hits import pack_hits
@@ -37,10 +39,10 @@ from fastroar.training.settings import Adversary, Recipe
 
 @stage("train")
 def train(ctx: Context) -> list[dict[str, Any]]:
-    """Trains each model of cfg['models'] that has no checkpoint yet; returns their summaries."""
+    """Trains each model of cfg.models that has no checkpoint yet; returns their summaries."""
     cfg, workdir, progress, log = ctx.cfg, ctx.wd, ctx.progress, ctx.log
     prepared = load_prepared(cfg, workdir)
-    device = resolve_device(cfg["device"])
+    device = resolve_device(cfg.device)
     summaries, to_train = untrained(ctx, prepared, device)
     threads = side_by_side(to_train, cfg, prepared, device)
     if threads > 1:
@@ -48,9 +50,9 @@ def train(ctx: Context) -> list[dict[str, Any]]:
     for summary in thread_map(lambda mcfg: train_one(mcfg, prepared, cfg, workdir, device, progress, log),
                               to_train, threads):
         summaries[summary["name"]] = summary
-    if any(spec.get("checkpoint") for spec in cfg["models"]) and ctx.save_config:
+    if any(spec.checkpoint for spec in cfg.models) and ctx.save_config:
         save_config(ctx)  # later stages learn the registered models' names from it
-    return [summaries[spec["name"]] for spec in cfg["models"]]
+    return [summaries[spec.name] for spec in cfg.models]
 
 
 def untrained(ctx: Context, prepared: Prepared, device: torch.device
@@ -60,26 +62,26 @@ def untrained(ctx: Context, prepared: Prepared, device: torch.device
     cfg, workdir, log = ctx.cfg, ctx.wd, ctx.log
     summaries: dict[str, dict[str, Any]] = {}
     to_train = []
-    for spec in cfg["models"]:
+    for spec in cfg.models:
         mcfg = model_config(cfg, spec)
-        path = checkpoint_path(workdir, spec["name"])
+        path = checkpoint_path(workdir, spec.name)
         if path.exists():
             ckpt = load_saved(path)
             if ckpt["config"] != json.loads(json.dumps(mcfg)):
                 raise StoreMismatchError(
                     f"{path} was trained with another config ({config_diff(ckpt['config'], mcfg)}); delete "
                     f"{path.parent} to retrain it, or use another --workdir")
-            load_model(workdir, spec["name"], prepared)  # its weights still match their hash
-            log(f"[train] {spec['name']}: checkpoint exists ({ckpt['hash'][:12]}), skipped")
-            summaries[spec["name"]] = ckpt["summary"]
-        elif spec.get("checkpoint"):
-            summaries[spec["name"]] = register_one(mcfg, spec, prepared, cfg, workdir, device, log)
+            load_model(workdir, spec.name, prepared)  # its weights still match their hash
+            log(f"[train] {spec.name}: checkpoint exists ({ckpt['hash'][:12]}), skipped")
+            summaries[spec.name] = ckpt["summary"]
+        elif spec.checkpoint:
+            summaries[spec.name] = register_one(mcfg, spec, prepared, cfg, workdir, device, log)
         else:
             to_train.append(mcfg)
     return summaries, to_train
 
 
-def side_by_side(to_train: list[dict[str, Any]], cfg: dict[str, Any], prepared: Prepared,
+def side_by_side(to_train: list[dict[str, Any]], cfg: Config, prepared: Prepared,
                  device: torch.device) -> int:
     """Threads the base models train on: one per model, up to the usable cores, when they can share this
     process and still come out as trained alone, bit for bit: on the CPU (each runs torch on its own
@@ -88,12 +90,12 @@ def side_by_side(to_train: list[dict[str, Any]], cfg: dict[str, Any], prepared: 
     worker pool). Else 1: one after another."""
     if device.type != "cpu" or len(to_train) < 2 or any(m["arch"] not in BUILDERS for m in to_train):
         return 1
-    if prepared.data_path(cfg["loader"], device, ranks=False) != "resident":
+    if prepared.data_path(cfg.loader, device, ranks=False) != "resident":
         return 1
     return min(len(to_train), usable_cores())
 
 
-def register_one(mcfg: dict[str, Any], spec: dict[str, Any], prepared: Prepared, cfg: dict[str, Any],
+def register_one(mcfg: dict[str, Any], spec: BaseModelSpec, prepared: Prepared, cfg: Config,
                  workdir: Workdir, device: torch.device, log) -> dict[str, Any]:
     """The user's checkpoint as base model mcfg['name']: fitted, tested, written as train_one writes."""
     source = checkpoint_file(spec)
@@ -102,7 +104,7 @@ def register_one(mcfg: dict[str, Any], spec: dict[str, Any], prepared: Prepared,
     label = f"checkpoint {source} (model {mcfg['name']!r}, arch {mcfg['arch']!r})"
     fit_state(model, read_state(source), label, prepared.shape, prepared.num_classes)
     model.to(device)
-    test_loader, path_name = prepared.loader("test", mode=cfg["loader"], batch_size=512, seed=0, train=False,
+    test_loader, path_name = prepared.loader("test", mode=cfg.loader, batch_size=512, seed=0, train=False,
                                              device=device)
     summary = {"name": mcfg["name"], **test_summary(model, test_loader), "registered_from": str(source),
                "seconds": round(time.perf_counter() - t0, 2), "loader": path_name}
@@ -129,7 +131,7 @@ def save_model(model: torch.nn.Module, mcfg: dict[str, Any], summary: dict[str, 
     return summary
 
 
-def train_one(mcfg: dict[str, Any], prepared: Prepared, cfg: dict[str, Any], workdir: Workdir,
+def train_one(mcfg: dict[str, Any], prepared: Prepared, cfg: Config, workdir: Workdir,
               device: torch.device, progress: bool, log) -> dict[str, Any]:
     recipe = Recipe(**mcfg["recipe"])
     adversary = Adversary(**mcfg["adversary"]) if mcfg["adversary"] else None
@@ -140,9 +142,9 @@ def train_one(mcfg: dict[str, Any], prepared: Prepared, cfg: dict[str, Any], wor
         stream = torch.Generator().set_state(torch.get_rng_state()) if device.type == "cpu" else None
     model.to(device)
     t0 = time.perf_counter()
-    train_loader, path_name = prepared.loader("train", mode=cfg["loader"], batch_size=recipe.batch_size,
+    train_loader, path_name = prepared.loader("train", mode=cfg.loader, batch_size=recipe.batch_size,
                                               seed=mcfg["seed"], train=True, device=device)
-    test_loader, _ = prepared.loader("test", mode=cfg["loader"], batch_size=512, seed=0, train=False,
+    test_loader, _ = prepared.loader("test", mode=cfg.loader, batch_size=512, seed=0, train=False,
                                      device=device)
     stats = train_model(model, train_loader, recipe, adversary=adversary, bounds=prepared.bounds,
                         desc=f"train {mcfg['name']}", progress=progress, generator=stream)

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from itertools import product
 from typing import Any, Callable, Sequence
 
+from fastroar.config import Config
 from fastroar.keys import digest
 from fastroar.method import n_kept
 
@@ -100,7 +101,7 @@ def sparse_input_wanted(setting: Any, arch: str, k: float, d: int) -> bool:
     return setting is True or (d >= SPARSE_MIN_D and n_kept(k, d) <= SPARSE_MAX_SHARE * d)
 
 
-def sweep(cfg: dict[str, Any], model_hashes: dict[str, str], dataset_key: str, recipe: dict[str, Any],
+def sweep(cfg: Config, model_hashes: dict[str, str], dataset_key: str, recipe: dict[str, Any],
           models: Sequence[str], attributions: Sequence[str], levels: Sequence[float],
           directions: Sequence[str], seeds: Sequence[int], fill: float = 0.0,
           sparse_input: Callable[[float], bool] | None = None, impute: dict[str, Any] | None = None) -> list[Job]:
@@ -109,7 +110,7 @@ def sweep(cfg: dict[str, Any], model_hashes: dict[str, str], dataset_key: str, r
     coordinates (retrain.fill road), else None."""
     return [
         Job(model=m, attribution=a, k=float(k), direction=d, seed=int(s), model_hash=model_hashes[m],
-            dataset_key=dataset_key, arch=cfg["model"]["arch"], arch_params=dict(cfg["model"]["params"]),
+            dataset_key=dataset_key, arch=cfg.model.arch, arch_params=dict(cfg.model.params),
             recipe=dict(recipe), fill=float(fill), sparse_input=bool(sparse_input and sparse_input(float(k))),
             impute=dict(impute) if impute else None)
         for m, a, k, d, s in product(models, attributions, levels, directions, seeds)

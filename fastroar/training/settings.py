@@ -1,83 +1,14 @@
-"""What a training run is configured by, checked without importing torch: the optimisation Recipe (with the
-fast and airbench schedules derived from it) and the PGD Adversary of a robust model. Config checks and job
-keys use these; the loops that run them are in loop.py and pgd.py."""
+"""What a training run is configured by, checked without importing torch: the optimisation Recipe and the PGD
+Adversary of a robust model (the config's own models, fastroar.config.schema, re-exported here), and the fast
+and airbench recipes derived from a Recipe. Job keys use these; the loops that run them are in loop.py and
+pgd.py."""
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING
 
-from fastroar.errors import ConfigError
-from fastroar.method import RECIPES
+from fastroar.config.schema import NORMS, SCHEDULES, Adversary, Recipe, lr_factor
 
-if TYPE_CHECKING:
-    import torch
-
-SCHEDULES = ("cosine", "onecycle")
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """Optimisation settings: SGD with (Nesterov) momentum and a per-step learning-rate schedule.
-
-    schedule "cosine": linear warm-up over warmup_epochs, then cosine decay to 0 (the paper's recipe);
-    "onecycle": linear rise to lr over warmup_epochs, then linear decay to 0. autocast (bf16) and
-    channels_last take effect on CUDA only; compile wraps the model in torch.compile for training.
-    The fields after label_smoothing were added later: to_dict leaves them out while they hold their
-    defaults, so the keys of models and jobs made before them are unchanged.
-    """
-
-    epochs: int = 10
-    batch_size: int = 128
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    warmup_epochs: float = 0.0
-    label_smoothing: float = 0.0
-    name: str = "paper"
-    schedule: str = "cosine"
-    autocast: bool = False
-    channels_last: bool = False
-    compile: bool = False
-
-    def __post_init__(self) -> None:
-        if self.epochs < 1:
-            raise ConfigError(f"epochs must be >= 1, got {self.epochs}")
-        if self.batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
-        if not self.lr > 0:
-            raise ConfigError(f"lr must be > 0, got {self.lr}")
-        if self.schedule not in SCHEDULES:
-            raise ConfigError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
-        if self.name not in RECIPES:
-            raise ConfigError(f"recipe must be one of {', '.join(RECIPES)}, got {self.name!r}")
-        for flag in ("autocast", "channels_last", "compile"):
-            if not isinstance(getattr(self, flag), bool):
-                raise ConfigError(f"{flag} must be true or false, got {getattr(self, flag)!r}")
-        if not 0.0 <= self.label_smoothing < 1.0:
-            raise ConfigError(f"label_smoothing must lie in [0, 1), got {self.label_smoothing}")
-
-    def to_dict(self) -> dict:
-        out = asdict(self)
-        for key in _LATER_FIELDS:
-            if out[key] == _DEFAULTS[key]:
-                del out[key]
-        return out
-
-    def lr_at(self, step: int, steps_per_epoch: int) -> float:
-        """The learning rate of optimizer step `step` (0-based)."""
-        total = self.epochs * steps_per_epoch
-        return self.lr * lr_factor(step, total, int(self.warmup_epochs * steps_per_epoch), self.schedule)
-
-    def uses_autocast(self, device: torch.device) -> bool:
-        return self.autocast and device.type == "cuda"
-
-    def uses_channels_last(self, device: torch.device) -> bool:
-        return self.channels_last and device.type == "cuda"
-
-
-_LATER_FIELDS = ("name", "schedule", "autocast", "channels_last", "compile")
-_DEFAULTS = {f: Recipe.__dataclass_fields__[f].default for f in _LATER_FIELDS}
+__all__ = ["NORMS", "SCHEDULES", "Adversary", "Recipe", "lr_factor", "fast_recipe", "airbench_recipe"]
 
 
 FAST_LABEL_SMOOTHING = 0.2
@@ -150,43 +81,3 @@ def airbench_recipe(paper: Recipe, epochs: int | None = None, n_train: int | Non
     if compile is not None:
         fields["compile"] = bool(compile)
     return Recipe(**fields)
-
-
-def lr_factor(step: int, total: int, warmup: int, schedule: str = "cosine") -> float:
-    if warmup and step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    if schedule == "onecycle":
-        return 1.0 - progress
-    return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-NORMS = ("linf", "l2")
-
-
-@dataclass(frozen=True)
-class Adversary:
-    """A PGD threat model. step_size defaults to 2.5 * eps / steps (Madry et al.)."""
-
-    norm: str
-    eps: float
-    steps: int = 7
-    step_size: float | None = None
-    random_start: bool = True
-
-    def __post_init__(self) -> None:
-        if self.norm not in NORMS:
-            raise ConfigError(f"adversary norm must be one of {NORMS}, got {self.norm!r}")
-        if not self.eps > 0:
-            raise ConfigError(f"adversary eps must be > 0, got {self.eps}")
-        if self.steps < 1:
-            raise ConfigError(f"adversary steps must be >= 1, got {self.steps}")
-        if self.step_size is not None and not self.step_size > 0:
-            raise ConfigError(f"adversary step_size must be > 0, got {self.step_size}")
-
-    @property
-    def alpha(self) -> float:
-        return self.step_size if self.step_size is not None else 2.5 * self.eps / self.steps
-
-    def to_dict(self) -> dict:
-        return asdict(self)
