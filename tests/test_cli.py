@@ -77,7 +77,7 @@ def test_store_ranks_match_reference_of_recomputed_gradients(run_workdir):
     scores = input_gradient(model, to_model_input(images)).reshape(len(images), -1).numpy()
     group = RankStore(str(work.store_path), mode="r").root["robust/gradient/test"]
     np.testing.assert_array_equal(group["ranks"][:], rank_reference(scores))
-    top, bottom = packed_masks_reference(group["ranks"][:], cfg["levels"])
+    top, bottom = packed_masks_reference(group["ranks"][:], cfg.levels)
     np.testing.assert_array_equal(group["top"][:], top)
     np.testing.assert_array_equal(group["bottom"][:], bottom)
     assert dict(RankStore(str(work.store_path), mode="r").root["robust/gradient"].attrs)["model_hash"] == ckpt["hash"]

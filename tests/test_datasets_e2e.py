@@ -362,7 +362,7 @@ def test_built_package_ships_configs_and_imagenet10_mapping(tmp_path):
         (repo / "fastroar" / "datasets" / "data" / "imagenet10.json").read_bytes()
     probe = ("import fastroar.config as c, fastroar.datasets.folder as f; "
              "print(c.config_dir()); print(len(f.imagenet10_mapping())); "
-             "print(c.load_config('imagenet10')['model']['arch'])")
+             "print(c.load_config('imagenet10').model.arch)")
     out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path,
                          env={"PYTHONPATH": str(build), "PATH": "/usr/bin"},
                          check=True, capture_output=True, text=True).stdout.split()

@@ -153,7 +153,7 @@ def test_estimate_cli_on_a_run(run_workdir, tmp_path):
     lines = (wd / "results" / "road.jsonl").read_text().splitlines()
     records = [json.loads(line) for line in lines]
     cfg = load_config(path=wd / "config.yaml")
-    assert len(records) == len(cfg["models"]) * len(cfg["attributions"]) * len(cfg["levels"])
+    assert len(records) == len(cfg.models) * len(cfg.attributions) * len(cfg.levels)
     assert len({r["key"] for r in records}) == len(records)
 
     # one record recomputed from the saved model, the stored ranks and the documented seeding
