@@ -46,15 +46,15 @@ def main() -> None:
     for model, attribution in sorted({(j.model, j.attribution) for j in jobs if j.model in hashes}):
         entry = store.open_entry(model, attribution, identity(cfg, prepared, hashes[model], attribution))
         ranks = {s: entry.split(s).read("ranks") for s in ("train", "test")}
-        for k in cfg["levels"]:
-            for direction in cfg["retrain"]["directions"]:
+        for k in cfg.levels:
+            for direction in cfg.retrain.directions:
                 t0 = time.perf_counter()
                 probe = mask_only_accuracy(ranks["train"], labels["train"], ranks["test"], labels["test"], k, direction)
                 t1 = time.perf_counter()
                 # the mask is the image; all-zero ranks with a top spec keep every coordinate of it
                 split = {s: (keep_mask(ranks[s], k, direction).astype(np.float32).reshape(-1, *prepared.shape),
                              labels[s], np.zeros_like(ranks[s])) for s in ("train", "test")}
-                res = train_stacked(cfg["model"]["arch"], cfg["model"]["params"], prepared.shape,
+                res = train_stacked(cfg.model.arch, cfg.model.params, prepared.shape,
                                     prepared.num_classes, split["train"], split["test"],
                                     [Spec(0.5, "top", seed) for seed in range(args.seeds)], recipe)
                 t_probe, t_mlp = t_probe + t1 - t0, t_mlp + time.perf_counter() - t1
@@ -63,7 +63,7 @@ def main() -> None:
                              "probe": probe, "mlp_on_mask": mlp, "diff": probe - mlp})
     print(format_table(rows, ("model", "attribution", "k", "direction", "probe", "mlp_on_mask", "diff")))
     diff = np.abs([r["diff"] for r in rows])
-    print(f"\n{len(rows)} cells: |probe - {cfg['model']['arch']} on the mask ({args.seeds} seeds, retrain recipe "
+    print(f"\n{len(rows)} cells: |probe - {cfg.model.arch} on the mask ({args.seeds} seeds, retrain recipe "
           f"{recipe.name}, {recipe.epochs} epochs)| max {diff.max():.3f}, mean {diff.mean():.3f}; "
           f"probe {t_probe:.1f}s, retraining {t_mlp:.1f}s")
 

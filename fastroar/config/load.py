@@ -104,7 +104,7 @@ def register_checkpoints(cfg: dict[str, Any], checkpoints: dict[str, str]) -> No
     longer trained), or a new entry {name: NAME, checkpoint: PATH} is appended."""
     if not checkpoints:
         return
-    models = cfg.get("models", [{"name": "standard"}])
+    models = cfg["models"] if "models" in cfg else [m.saved() for m in Config.model_fields["models"].default]
     if not isinstance(models, list):
         raise ConfigError("models must be a list of {name: ...} entries")
     models = [dict(m) if isinstance(m, dict) else m for m in models]
