@@ -94,10 +94,11 @@ EXPECTED = {  # name: the FIELDS of fingerprint()
 
 def fingerprint(cfg) -> dict:
     fill = cfg.retrain.fill
+    impute = imputation(fill)
     hashes = {m.name: "h" + m.name for m in cfg.models}
     jobs = sweep(cfg, hashes, "dk", retrain_recipe(cfg, 1000).to_dict(), list(hashes), list(cfg.attributions),
                  cfg.levels, cfg.retrain.directions, range(seed_counts(cfg)[0]),
-                 fill=float(np.float32(fill)) if not isinstance(fill, str) else 0.0, impute=imputation(cfg))
+                 fill=float(np.float32(fill)) if not isinstance(fill, str) else 0.0, impute=impute)
     return {
         "saved": hashlib.sha256(yaml.safe_dump(cfg.saved(), sort_keys=False).encode()).hexdigest()[:16],
         "dataset": dataset_key(cfg),

@@ -326,13 +326,14 @@ def test_reference_rule_pixel_ranks_of_a_three_channel_split():
     """On 3 channels the estimate recomputes the scores: for a linear model the input gradient of the
     predicted logit is that class's weight row, so pixel order = |W[yhat]| summed over channels, most
     important first, ties by lower index (numpy's stable argsort, written here)."""
+    from fastroar.config import validate
     from fastroar.stages.estimate import split_pixel_ranks
 
     rng = np.random.default_rng(1)
     images = rng.integers(0, 256, (7, 3, 4, 5), dtype=np.uint8)
     labels = rng.integers(0, 3, 7)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(60, 3))
-    cfg = {"precompute": {"batch_size": 3}, "attribution_params": {}, "scores": {}}
+    cfg = validate({"dataset": {"name": "blockdigits"}, "model": {"arch": "mlp1"}, "precompute": {"batch_size": 3}})
     got = split_pixel_ranks(cfg, model, "gradient", images, labels, torch.device("cpu"), stored_ranks=None)
     W = model[1].weight.detach().numpy().astype(np.float64)
     with torch.no_grad():

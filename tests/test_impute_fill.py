@@ -59,7 +59,7 @@ def stored_inputs(wd, split: str, direction: str, k: float = 0.25):
     entry = store.open_entry("robust", "gradient", identity(ctx.cfg, prepared, model_hash(ctx.wd, "robust", prepared),
                                                             "gradient"))
     ranks = entry.split(split).read("ranks")
-    impute_cfg = imputation({"retrain": {"fill": "road"}})
+    impute_cfg = imputation("road")
     return prepared, ranks, imputed_inputs(ctx.wd, prepared, split, ranks, k, direction, impute_cfg), ctx.wd
 
 
@@ -181,7 +181,8 @@ def test_conv_jobs_train_one_per_task_on_the_stored_inputs(tmp_path):
     prepared = load_prepared(ctx.cfg, ctx.wd)
     entry = RankStore(str(ctx.wd.store_path), mode="r").open_entry(
         "standard", "gradient", identity(ctx.cfg, prepared, top["model_hash"], "gradient"))
-    x = {s: imputed_inputs(ctx.wd, prepared, s, entry.split(s).read("ranks"), 0.5, "top", imputation(ctx.cfg))
+    impute = imputation(ctx.cfg.retrain.fill)
+    x = {s: imputed_inputs(ctx.wd, prepared, s, entry.split(s).read("ranks"), 0.5, "top", impute)
          for s in ("train", "test")}
     recipe = Recipe(**top["recipe"])
     torch.set_num_threads(1)   # as the stage's tasks run

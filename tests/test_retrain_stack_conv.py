@@ -56,9 +56,8 @@ def conv_run(tmp_path_factory):
 
 @pytest.mark.parametrize("value,on_cpu,on_cuda", [("auto", False, True), (True, True, True), (False, False, False)])
 def test_stack_conv_auto_means_cuda_only(value, on_cpu, on_cuda):
-    cfg = {"retrain": {"stack_conv": value}}
-    assert stacks_conv(cfg, torch.device("cpu")) is on_cpu
-    assert stacks_conv(cfg, torch.device("cuda")) is on_cuda   # a device name only: no GPU needed
+    assert stacks_conv(value, torch.device("cpu")) is on_cpu
+    assert stacks_conv(value, torch.device("cuda")) is on_cuda   # a device name only: no GPU needed
 
 
 def test_one_routing_rule_picks_the_stack_trainer_by_architecture():

@@ -436,11 +436,11 @@ def fill_value(cfg: Config, prepared: Prepared) -> float:
 _TRAIN_MEANS: dict[tuple, float] = {}
 
 
-def imputation(cfg: Config) -> dict[str, Any] | None:
-    """How removed coordinates are imputed (retrain.fill road: ROAD's noisy linear imputation with the
-    estimate stage's default noise, fastroar.stages.imputed), or None (they take fill_value). Enters the
-    job key only when set."""
-    if cfg.retrain.fill != "road":
+def imputation(fill: str | float) -> dict[str, Any] | None:
+    """How removed coordinates are imputed for retrain.fill `fill` (road: ROAD's noisy linear imputation
+    with the estimate stage's default noise, fastroar.stages.imputed), or None (they take fill_value).
+    Enters the job key only when set."""
+    if fill != "road":
         return None
     return {"method": ROAD_METHOD, "noise": DEFAULT_NOISE, "seed": 0}
 
@@ -516,7 +516,7 @@ def sweep_jobs(cfg: Config, workdir: Workdir, prepared: Prepared, *, models: Seq
     setting, arch = cfg.retrain.sparse_input, cfg.model.arch
     wanted = {float(k) for k in levels if sparse_input_wanted(setting, arch, float(k), prepared.d)}
     sparse = bool(wanted) and (not here or sparse_input_here(cfg, prepared))
-    impute = imputation(cfg)
+    impute = imputation(cfg.retrain.fill)
     return sweep(cfg, hashes, prepared.meta["key"], recipe, models, attributions, levels, directions, seeds,
                  fill=fill_value(cfg, prepared), impute=impute,
                  # imputed inputs have no constant fill for the sparse layer to skip: they stay dense

@@ -161,12 +161,11 @@ def _record(job: Job, recipe: Recipe, result: dict[str, Any], seconds: float, lo
     }
 
 
-def stacks_conv(cfg: Config, device: torch.device) -> bool:
-    """retrain.stack_conv: whether non-MLP architectures train in stacks. auto = on CUDA only: on the CPU
+def stacks_conv(setting: str | bool, device: torch.device) -> bool:
+    """retrain.stack_conv `setting`: whether non-MLP architectures train in stacks. auto = on CUDA only: on the CPU
     a vmapped stack's grouped convolutions are about as fast as M models in turn (tools/bench_training.py's
     conv rows), and the CPU default keeps the records one model per task gives."""
-    value = cfg.retrain.stack_conv
-    return device.type == "cuda" if value == "auto" else bool(value)
+    return device.type == "cuda" if setting == "auto" else bool(setting)
 
 
 def stack_trainer(arch: str):
@@ -179,7 +178,8 @@ def stackable(job: Job, cfg: Config, prepared: Prepared, device: torch.device) -
     """Whether the job trains in a stack: an MLP, or any other architecture when retrain.stack_conv is on,
     whose train and test splits (with their rank maps) take the resident path (the engine's one rule,
     fastroar.engine.loaders.choose_path)."""
-    if not (batchable(job.arch) or (stacks_conv(cfg, device) and not job.impute)):  # conv stacks mask in place
+    conv_stack = stacks_conv(cfg.retrain.stack_conv, device) and not job.impute  # conv stacks mask in place
+    if not (batchable(job.arch) or conv_stack):
         return False
     return prepared.data_path(cfg.loader, device, ranks=True) == "resident"
 
