@@ -92,7 +92,8 @@ def load_config(dataset: str | None = None, path: str | Path | None = None,
     except yaml.YAMLError as e:
         first = " ".join(str(e).split())
         raise ConfigError(f"{p} is not valid YAML: {first}") from None
-    schema.check(cfg, source=str(p))
+    if overrides or checkpoints:  # the file's own mistakes name the file alone
+        schema.check(cfg, source=str(p))
     for item in overrides:
         set_dotted(cfg, item)
     register_checkpoints(cfg, checkpoints or {})
@@ -143,7 +144,7 @@ def expand_replicates(models: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """models with each entry of `replicates: B` > 1 replaced by B entries: NAME (seed s), NAME.1 (seed s+1),
     ..., each with replicate_of: NAME (the family its rows are reported under). Idempotent: an expanded
     list has no replicates key left. Entries without replicates are returned unchanged (their keys too).
-    The schema has checked the entries' types (schema.check runs before validate)."""
+    The entries are those of a parsed config (validate), their types checked."""
     out = []
     for m in models:
         if m.get("replicates", 1) == 1:

@@ -274,8 +274,6 @@ class Config(Section):
     store: Optional[StrictStr] = Field(None, min_length=1)
 
 
-# Recipe fields may be set under retrain too (they override the train section for retraining), but
-# their defaults there are the train section's, not Recipe's: only what a config writes is checked.
 def check(cfg: Any, source: str = "the config") -> Config:
     """`cfg` (a dict as YAML gives it) parsed into a Config; ConfigError naming the first bad key (unknown,
     wrong type, out of bounds)."""
