@@ -39,8 +39,11 @@ def test_a_stack_of_models_ticks_once_per_epoch():
 
 
 def test_the_bar_total_is_the_sweeps_distinct_jobs():
+    from fastroar.config import validate
     from fastroar.stages.retrain import sweep_size
 
-    cfg = {"levels": [0.1, 0.5, 0.9], "retrain": {"directions": ["top", "bottom"], "seeds": 5},
-           "models": [{"name": "standard"}, {"name": "robust"}], "attributions": ["gradient", "random", "edge"]}
+    cfg = validate({"dataset": {"name": "blockdigits"}, "model": {"arch": "mlp2"}, "levels": [0.1, 0.5, 0.9],
+                    "retrain": {"directions": ["top", "bottom"], "seeds": 5},
+                    "models": [{"name": "standard"}, {"name": "robust"}],
+                    "attributions": ["gradient", "random", "edge"]})
     assert sweep_size(cfg) == 3 * 2 * 5 * (2 * 1 + 2)   # gradient per model, random and edge once

@@ -47,18 +47,17 @@ def test_localization_counts_top_ranked_coordinates_in_the_signal_block():
 def test_model_warnings_name_an_undertrained_and_a_non_robust_model():
     from fastroar.stages.artifacts import model_warnings
 
-    cfg = {"train": {"min_test_acc": 1.0}}
     adv = {"norm": "linf", "eps": 0.45, "steps": 10}
     under = {"config": {"name": "robust", "adversary": adv}, "summary": {"test_acc": 0.898, "robust_test_acc": 0.51}}
-    w = model_warnings(cfg, under, chance=0.514, n_test=500)
+    w = model_warnings(1.0, under, chance=0.514, n_test=500)
     assert len(w) == 2
     assert "'robust' is undertrained" in w[0] and "0.898 < train.min_test_acc 1" in w[0] and "chance 0.514" in w[0]
     assert "not robust" in w[1] and "0.510 is at chance 0.514" in w[1]
     fine = {"config": {"name": "robust", "adversary": adv}, "summary": {"test_acc": 1.0, "robust_test_acc": 0.97}}
-    assert model_warnings(cfg, fine, chance=0.5, n_test=500) == []
-    assert model_warnings({"train": {}}, {**under, "summary": {"test_acc": 0.6}}, 0.5, 500) == []  # no floor set
+    assert model_warnings(1.0, fine, chance=0.5, n_test=500) == []
+    assert model_warnings(None, {**under, "summary": {"test_acc": 0.6}}, 0.5, 500) == []  # no floor set
     # at or below chance (0.5 + one binomial standard error, 0.022, on 500 images): FAILED, floor or not
-    (failed,) = model_warnings({"train": {}}, {**under, "summary": {"test_acc": 0.52}}, 0.5, 500)
+    (failed,) = model_warnings(None, {**under, "summary": {"test_acc": 0.52}}, 0.5, 500)
     assert failed.startswith("FAILED: base model 'robust' learned nothing: clean test accuracy 0.520")
 
 

@@ -192,13 +192,13 @@ def at_chance(summary: dict[str, Any], chance: float, n_test: int) -> bool:
     return isinstance(acc, (int, float)) and acc <= chance + chance_tolerance(chance, n_test, errors=1.0)
 
 
-def model_warnings(cfg: Config, ckpt: dict[str, Any], chance: float, n_test: int) -> list[str]:
+def model_warnings(min_test_acc: float | None, ckpt: dict[str, Any], chance: float, n_test: int) -> list[str]:
     """Why a trained base model is not in the regime its config asks for: clean test accuracy below
-    train.min_test_acc, or accuracy under its PGD adversary within two binomial standard errors of chance
-    (the test split's majority rate) - i.e. not robust under its eps."""
+    `min_test_acc` (the config's train.min_test_acc), or accuracy under its PGD adversary within two binomial
+    standard errors of chance (the test split's majority rate) - i.e. not robust under its eps."""
     summary, name = ckpt["summary"], ckpt["config"]["name"]
     out = []
-    floor = float(cfg.train.min_test_acc or 0.0)
+    floor = float(min_test_acc or 0.0)
     acc = summary.get("test_acc")
     if at_chance(summary, chance, n_test):
         out.append(f"FAILED: base model {name!r} learned nothing: clean test accuracy {acc:.3f} is at or below "

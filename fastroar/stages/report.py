@@ -177,7 +177,7 @@ def base_model_rows(cfg: Config, workdir: Workdir, prepared: Prepared) -> list[d
         rows.append({"model": spec.name, "adversary": f"{adv['norm']} eps {adv['eps']}" if adv else "-",
                      "test_acc": sm.get("test_acc"), "robust_test_acc": sm.get("robust_test_acc", "-"),
                      "chance": chance, "hash": str(sm.get("hash", "?"))[:12], "cpu": sm.get("cpu_capability", "?"),
-                     "warnings": model_warnings(cfg, ckpt, chance, len(labels)),
+                     "warnings": model_warnings(cfg.train.min_test_acc, ckpt, chance, len(labels)),
                      "failed": at_chance(sm, chance, len(labels))})
     return rows
 
