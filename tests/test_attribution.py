@@ -175,8 +175,9 @@ def test_signed_gradient_is_the_predicted_row_without_abs_and_gradient_keeps_its
 
 
 def test_new_gradient_names_leave_existing_store_identities_alone():
+    from fastroar.config import validate
     from fastroar.stages.artifacts import attribution_params
 
-    cfg = {"attribution_params": {}}
+    cfg = validate({"dataset": {"name": "blockdigits"}, "model": {"arch": "mlp2"}})   # no attribution_params
     assert attribution_params(cfg, "gradient") == {} and attribution_params(cfg, "random") == {"seed": 0}
     assert attribution_params(cfg, "gradient:margin") == {}
