@@ -46,7 +46,7 @@ def split_pixel_ranks(cfg: Config, model, attribution: str, images, labels, devi
     spath = scores_path(cfg, attribution)
     source = open_scores(attribution, spath, ["test"])["test"] if spath is not None else None
     params = attribution_params(cfg, attribution)
-    batch_size = int(cfg.precompute.batch_size)
+    batch_size = cfg.precompute.batch_size
     model.to(device)
     out = []
     for b0 in range(0, len(images), batch_size):

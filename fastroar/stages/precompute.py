@@ -74,7 +74,7 @@ def compute_chunks(task: ChunkTask, cfg: Config, workdir: Workdir) -> int:
     if spath is not None:
         source = open_scores(task.attribution, spath, [task.split])[task.split]
     images, labels = prepared.arrays(task.split)
-    batch_size = int(cfg.precompute.batch_size)
+    batch_size = cfg.precompute.batch_size
     done = arrays.done_chunks()
     checked = False
     written = 0
@@ -145,7 +145,7 @@ def plan_precompute(cfg: Config, workdir: Workdir, models: Sequence[str] | None 
 def try_function(name: str, model: torch.nn.Module, attribution: str, cfg: Config, prepared) -> None:
     """The user function on the train split's first batch (raises its UserCodeError, naming the batch)."""
     images, _ = prepared.arrays("train")
-    n = min(prepared.size("train"), int(cfg.precompute.batch_size))
+    n = min(prepared.size("train"), cfg.precompute.batch_size)
     device = resolve_device(cfg.device)
     try:
         attribute(model.to(device), to_model_input(images[:n]).to(device), attribution, indices=range(n),

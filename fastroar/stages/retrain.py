@@ -187,7 +187,7 @@ def stackable(job: Job, cfg: Config, prepared: Prepared, device: torch.device) -
 def groups(jobs: Sequence[Job], cfg: Config, prepared: Prepared, device: torch.device) -> list[list[Job]]:
     """Executor tasks: stackable jobs of one (model, attribution, arch, recipe) in groups of up to
     retrain.batch_models (in sweep order), every other job alone."""
-    size = int(cfg.retrain.batch_models)
+    size = cfg.retrain.batch_models
     out: list[list[Job]] = []
     open_groups: dict[str, list[Job]] = {}
     for job in jobs:
