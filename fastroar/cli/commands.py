@@ -173,7 +173,7 @@ def replicate(workdir, dataset, config_path, overrides, device, loader, progress
 
     t0 = time.perf_counter()
     if data_root and reads_from_disk(resolve_config(workdir, dataset=dataset, config_path=config_path,
-                                                    overrides=overrides)["dataset"]["name"]):
+                                                    overrides=overrides).dataset.name):
         overrides = (*overrides, f"dataset.params.root={str(Path(data_root).expanduser().resolve())!r}")
     ctx = context(workdir, dataset, config_path, overrides, device, loader, progress, create=True)
     summary = replicate_stage(ctx, quick=quick, instances=instances, data_root=data_root,

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from fastroar.attribution import attribute
+from fastroar.config import Config
 from fastroar.method import to_model_input
 from fastroar.metrics.aq import aq_hits, attribution_quality
 from fastroar.metrics.intervals import differences_interval
@@ -27,7 +28,7 @@ RECIPE = "leakage-all"
 REFERENCE_RECIPE = "leakage-reference"   # --reference: the notebook's exact recipe (a config name or a YAML path)
 
 
-def recipe_config(recipe: str, overrides: list[str]) -> dict:
+def recipe_config(recipe: str, overrides: list[str]) -> Config:
     """The config of a recipe: configs/<recipe>.yaml, or the YAML file `recipe` names."""
     if recipe.endswith((".yaml", ".yml")):
         return resolve_config(config_path=recipe, overrides=overrides)
@@ -57,9 +58,9 @@ def aq_experiment(out_dir: Path, *, quick: bool, device: str | None, progress: b
     signal = prepared.signal("test")
     models: dict[str, AqModel] = {}
     per_image: dict[str, dict[str, list[np.ndarray]]] = {"standard": {}, "robust": {}}   # kind -> a -> per model
-    for spec in cfg["models"]:
-        model, ckpt = load_model(wd, spec["name"], prepared)
-        entry = AqModel(kind="robust" if spec.get("adversary") else "standard", seed=int(spec.get("seed", 0)),
+    for spec in cfg.models:
+        model, ckpt = load_model(wd, spec.name, prepared)
+        entry = AqModel(kind="robust" if spec.adversary else "standard", seed=spec.seed,
                         status=model_status(cfg, ckpt, labels, x, model))
         for a in AQ_ATTRIBUTIONS:
             scores = attribute(model, x, a, labels=y).reshape(len(x), -1).detach().numpy()
@@ -67,7 +68,7 @@ def aq_experiment(out_dir: Path, *, quick: bool, device: str | None, progress: b
             entry.aq[a] = attribution_quality(ranks, signal)
             top, bottom = aq_hits(ranks, signal)
             per_image[entry.kind].setdefault(a, []).append(top - bottom)
-        models[spec["name"]] = entry
+        models[spec.name] = entry
     kinds: dict[str, AqKind] = {}
     for kind in ("standard", "robust"):
         members = [m for m in models.values() if m.kind == kind]
@@ -75,8 +76,8 @@ def aq_experiment(out_dir: Path, *, quick: bool, device: str | None, progress: b
             kinds[kind] = AqKind(runs=len(members), test_acc=float(np.mean([m.status.test_acc for m in members])),
                                  chance=members[0].status.chance,
                                  aq={a: aq_over_seeds(members, per_image[kind][a], a) for a in AQ_ATTRIBUTIONS})
-    res = AqResult(config={"dataset": prepared.meta["params"], "model": cfg["model"], "train": cfg["train"],
-                           "models": cfg["models"]},
+    res = AqResult(config={"dataset": prepared.meta["params"], "model": cfg.model.saved(), "train": cfg.train.saved(),
+                           "models": cfg.saved()["models"]},
                    workdir=str(wd.root), attributions=list(AQ_ATTRIBUTIONS), models=models, kinds=kinds,
                    recipe=name, reference=reference)
     if reference:

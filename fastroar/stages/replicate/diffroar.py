@@ -36,7 +36,7 @@ def diffroar_experiment(ctx: Context, prepared_key: str, hashes: dict[str, str],
         t0 = time.perf_counter()
         precompute(ctx, attributions=["gradient"])
         retrain(ctx, attributions=["gradient"])
-        log(f"[replicate] DiffROAR of gradient on {cfg['dataset']['name']} in {time.perf_counter() - t0:.1f}s")
+        log(f"[replicate] DiffROAR of gradient on {cfg.dataset.name} in {time.perf_counter() - t0:.1f}s")
         records = ours()
     if not records:
         return DiffroarMissing(
@@ -53,8 +53,8 @@ def diffroar_experiment(ctx: Context, prepared_key: str, hashes: dict[str, str],
     for r in rows:
         if (r["model"], r["attribution"], r["k"]) in road:
             r["road"] = road[(r["model"], r["attribution"], r["k"])]
-    std = [m["name"] for m in cfg["models"] if not m.get("adversary")]
-    rob = [m["name"] for m in cfg["models"] if m.get("adversary")]
+    std = [m.name for m in cfg.models if not m.adversary]
+    rob = [m.name for m in cfg.models if m.adversary]
     comparison: list[StandardVsRobust] = []
     if std and rob:
         by = {(r["model"], r["attribution"], r["k"]): r for r in rows}
@@ -63,7 +63,7 @@ def diffroar_experiment(ctx: Context, prepared_key: str, hashes: dict[str, str],
             if s and r:
                 comparison.append(standard_vs_robust(k, s, r, paired_test(paired, "gradient", rob[0], std[0], k)))
     png = out_dir / png_name
-    plot_curves(rows, png, f"DiffROAR on {cfg['dataset']['name']}: standard vs robust")
+    plot_curves(rows, png, f"DiffROAR on {cfg.dataset.name}: standard vs robust")
     return DiffroarComparison(
         rows=rows, comparison=comparison, png=str(png),
         robust_higher_at_every_k=bool(comparison) and all(c.robust_higher for c in comparison),

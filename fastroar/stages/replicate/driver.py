@@ -30,7 +30,7 @@ def replicate(ctx: Context, *, quick: bool = False, instances: int = 20, data_ro
     real_data; `real_overrides` are --set overrides of their profile configs). reference: the AQ experiment
     runs the reference notebook's exact recipe (configs/leakage-reference.yaml) instead of leakage-all."""
     cfg, wd, log, progress = ctx.cfg, ctx.wd, ctx.log, ctx.progress
-    device = None if cfg["device"] == "auto" else cfg["device"]
+    device = None if cfg.device == "auto" else cfg.device
     real_configs(data_root, quick=quick, device=device, overrides=real_overrides)   # a bad override fails first
     t0 = time.perf_counter()
     if not (wd.root / "config.yaml").exists():
@@ -58,7 +58,7 @@ def replicate(ctx: Context, *, quick: bool = False, instances: int = 20, data_ro
         control = leakage_claim.leakage_control(ctx, fill_missing=not quick)
         control["seconds"] = round(time.perf_counter() - t, 1)
     else:
-        note = (f"the workdir's dataset {cfg['dataset']['name']!r} records no signal blocks; use a workdir "
+        note = (f"the workdir's dataset {cfg.dataset.name!r} records no signal blocks; use a workdir "
                 "of blockdigits / blockmnist (e.g. a fresh --workdir) for the BlockMNIST and DiffROAR experiments")
         block, variant, diffroar, control = Skipped(note), None, DiffroarMissing(note), None
     real = real_data_experiments(out_dir, data_root, quick=quick, device=device, progress=progress, log=log,

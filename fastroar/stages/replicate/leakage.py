@@ -70,7 +70,7 @@ def leakage_experiment(out_dir: Path, *, quick: bool, device: str | None, progre
     d, block_dim = int(p["d"]), int(p["block_dim"])
     relevant = np.zeros(dd, bool)
     relevant[: (d // 2) * block_dim] = True               # blocks 0 .. d/2-1 can hold the signal
-    adversaries = {m["name"]: m.get("adversary") for m in cfg_mlp["models"]}
+    adversaries = {m["name"]: m.get("adversary") for m in cfg_mlp.saved()["models"]}
     models: dict[str, LeakageModel] = {}
     grads: dict[str, dict[str, np.ndarray]] = {a: {} for a in LEAKAGE_ATTRIBUTIONS}
     for name, label in LEAKAGE_MODELS:
@@ -87,7 +87,7 @@ def leakage_experiment(out_dir: Path, *, quick: bool, device: str | None, progre
     chance = models["standard"].status.chance
     png = out_dir / "leakage_gradients.png"
     res = LeakageResult(
-        config={"dataset": prepared.meta["params"], "mlp": cfg_mlp["model"], "train": cfg_mlp["train"],
+        config={"dataset": prepared.meta["params"], "mlp": cfg_mlp.model.saved(), "train": cfg_mlp.train.saved(),
                 "adversaries": adversaries},
         workdir=str(wd.root), models=models, attributions=list(LEAKAGE_ATTRIBUTIONS),
         chance_share=1.0 / (d // 2),

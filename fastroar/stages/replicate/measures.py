@@ -12,6 +12,7 @@ import torch
 from scipy import stats
 
 from fastroar.attribution import attribute
+from fastroar.config import Config
 from fastroar.engine.kernels import rank
 from fastroar.engine.workspace import Workdir
 from fastroar.keys import digest
@@ -53,7 +54,7 @@ def ranks_of(scores: np.ndarray) -> np.ndarray:
     return np.asarray(rank(torch.from_numpy(np.ascontiguousarray(scores, np.float32))))
 
 
-def model_status(cfg: dict[str, Any], ckpt: dict[str, Any], labels: np.ndarray, x: torch.Tensor,
+def model_status(cfg: Config, ckpt: dict[str, Any], labels: np.ndarray, x: torch.Tensor,
                  model: torch.nn.Module) -> ModelStatus:
     """Clean accuracy (recomputed), accuracy under attack (from training), chance and warnings of a model."""
     chance = majority_rate(labels)
@@ -61,7 +62,7 @@ def model_status(cfg: dict[str, Any], ckpt: dict[str, Any], labels: np.ndarray, 
         acc = float((model(x).argmax(1).numpy() == labels).mean())
     ck = {**ckpt, "summary": {**ckpt["summary"], "test_acc": acc}}
     return ModelStatus(test_acc=acc, robust_test_acc=ckpt["summary"].get("robust_test_acc"), chance=chance,
-                       warnings=model_warnings(cfg, ck, chance, len(labels)))
+                       warnings=model_warnings(cfg.train.min_test_acc, ck, chance, len(labels)))
 
 
 def share_interval(shares: np.ndarray) -> list[float]:
@@ -76,6 +77,6 @@ def share_interval(shares: np.ndarray) -> list[float]:
     return [float(ci.low), float(ci.high)]
 
 
-def sub_workdir(out_dir: Path, name: str, cfgs: Sequence[dict[str, Any]], quick: bool) -> Workdir:
+def sub_workdir(out_dir: Path, name: str, cfgs: Sequence[Config], quick: bool) -> Workdir:
     """<out>/<name>/<digest of the configs>: quick and full settings (or edited configs) never collide."""
-    return Workdir(out_dir / name / f"{'quick-' if quick else ''}{digest(list(cfgs), 10)}", create=True)
+    return Workdir(out_dir / name / f"{'quick-' if quick else ''}{digest([c.saved() for c in cfgs], 10)}", create=True)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+from fastroar.config import Config
 from fastroar.datasets.native import INSTALLED, LAYOUTS, Layout
 from fastroar.datasets.registry import REGISTRY
 from fastroar.errors import MissingInputError
@@ -82,10 +83,10 @@ def absent_note(spec: RealDataset, root: str | Path | None) -> str:
 
 
 def real_configs(root: str | Path | None, *, quick: bool, device: str | None,
-                 overrides: Sequence[str] = ()) -> dict[str, dict | None]:
+                 overrides: Sequence[str] = ()) -> dict[str, Config | None]:
     """Each real dataset's config (its CPU profile, the data's root, --quick's settings, then `overrides`),
     or None where the data are absent. Resolved before anything runs, so a bad override fails first."""
-    out: dict[str, dict | None] = {}
+    out: dict[str, Config | None] = {}
     for spec in REAL_DATASETS:
         where = locate(spec.source, root)
         if where is None:
@@ -124,7 +125,7 @@ def real_data_experiments(out_dir: Path, root: str | Path | None, *, quick: bool
     return out
 
 
-def run_real(spec: RealDataset, cfg: dict, out_dir: Path, *, quick: bool, progress: bool, log: Callable) -> RealData:
+def run_real(spec: RealDataset, cfg: Config, out_dir: Path, *, quick: bool, progress: bool, log: Callable) -> RealData:
     """One dataset's experiments: BlockMNIST gets the gradient grids, localization and its -Top variant;
     both get DiffROAR standard vs robust (precompute and retrain run when their records are missing)."""
     wd = sub_workdir(out_dir, f"real-{spec.name}", [cfg], quick)
@@ -138,10 +139,10 @@ def run_real(spec: RealDataset, cfg: dict, out_dir: Path, *, quick: bool, progre
     else:
         prepared, _ = prepare(ctx)
         train(ctx)
-        hashes = {m["name"]: load_model(wd, m["name"], prepared)[1]["hash"] for m in cfg["models"]}
+        hashes = {m.name: load_model(wd, m.name, prepared)[1]["hash"] for m in cfg.models}
     prepared = load_prepared(cfg, wd)
     diffroar = diffroar_experiment(ctx, prepared.meta["key"], hashes, out_dir, fill_missing=True,
                                    png_name=f"{prefix}_diffroar.png")
-    return RealData(dataset=spec.name, config=spec.config, root=str(cfg["dataset"]["params"]["root"]),
+    return RealData(dataset=spec.name, config=spec.config, root=str(cfg.dataset.params["root"]),
                     workdir=str(wd.root), n_test=int(len(prepared.arrays("test")[1])),
-                    min_test_acc=cfg["train"].get("min_test_acc"), block=block, variant=variant, diffroar=diffroar)
+                    min_test_acc=cfg.train.min_test_acc, block=block, variant=variant, diffroar=diffroar)
