@@ -1,4 +1,4 @@
-"""tools/coverage.py reads a results log written with per-image outcomes (engine/hits.py's pack_hits), pairs
+"""tools/interval_coverage.py reads a results log written with per-image outcomes (engine/hits.py's pack_hits), pairs
 the records by seed into rows, and counts coverage of the all-seed mean the way it says it does."""
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import pytest
 from fastroar.engine.hits import pack_hits
 from fastroar.metrics.intervals import diffroar_interval, simulate_outcomes
 
-# Loaded by path under its own name: `import coverage` would find coverage.py (pytest-cov) where installed.
+# Loaded by path: tools/ is not a package
 _spec = importlib.util.spec_from_file_location("fastroar_tools_coverage",
-                                               Path(__file__).resolve().parents[1] / "tools" / "coverage.py")
+                                               Path(__file__).resolve().parents[1] / "tools" / "interval_coverage.py")
 coverage = importlib.util.module_from_spec(_spec)
 sys.modules[_spec.name] = coverage  # its dataclasses look their module up there
 _spec.loader.exec_module(coverage)

@@ -22,7 +22,7 @@ moment estimators need no normality: the expected mean squares hold for any exch
 "An approximate distribution of estimates of variance components", Biometrics Bulletin 2(6), 1946;
 for the same crossed-sampling problem and why naive (one-factor) resampling under-covers, Owen, "The
 pigeonhole bootstrap", Ann. Appl. Stat. 1(2), 2007. The coverage of this interval on simulated studies
-(tests/test_intervals.py, tools/coverage.py --simulate) is 94–96 % at S = 5 (B = 1 or 3) and 95–97 %
+(tests/test_intervals.py, tools/interval_coverage.py --simulate) is 94–96 % at S = 5 (B = 1 or 3) and 95–97 %
 at S = 2, where the seed part rests on one degree of freedom and its clipping makes the interval a little
 conservative.
 

@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """How often a DiffROAR interval covers what it should: on a study's real records, or on simulated ones.
 
-    python tools/coverage.py WORKDIR [--subset 5]      # a study retrained with many seeds (e.g. 20)
-    python tools/coverage.py --simulate [--studies 1000]
+    python tools/interval_coverage.py WORKDIR [--subset 5]      # a study retrained with many seeds (e.g. 20)
+    python tools/interval_coverage.py --simulate [--studies 1000]
 
 Real records (WORKDIR/results/results.jsonl, or a .jsonl path): retraining records (model, attribution, k,
 direction, seed, accuracy, and ``hits``, the per-image outcomes of fastroar/engine/hits.py) are grouped
