@@ -18,6 +18,9 @@ from fastroar.errors import ConfigError
 
 DIRECTIONS = ("top", "bottom")
 RECIPES = ("paper", "fast", "airbench")
+# the step schedule's defaults (recipe keys decay_every, decay_factor, decay_floor), here once for the config
+# schema and the training Recipe (which may not import each other): the reference notebook's synthetic check
+STEP_DECAY = {"decay_every": 50, "decay_factor": 0.75, "decay_floor": 0.01}
 UINT16_MAX_D = 65536
 PIXEL_SCALE = 255.0  # uint8 pixel -> model input: x / PIXEL_SCALE
 

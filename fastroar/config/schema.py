@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 from fastroar.errors import ConfigError
+from fastroar.method import STEP_DECAY
 
 MAX_SEEDS = 1000            # runs per (level, direction)
 MAX_BATCH = 1 << 16         # images per batch, anywhere
@@ -79,10 +80,16 @@ class Recipe(Section):
     warmup_epochs: Number = Field(0.0, ge=0)
     label_smoothing: Number = Field(0.0, ge=0, lt=1)
     name: Literal["paper", "fast", "airbench"] = "paper"
-    schedule: Literal["cosine", "onecycle"] = "cosine"
+    schedule: Literal["cosine", "onecycle", "step"] = "cosine"
     autocast: StrictBool = False
     channels_last: StrictBool = False
     compile: StrictBool = False
+    # schedule step: lr * max(decay_floor, decay_factor ** (epoch // decay_every)); defaults: fastroar.method
+    decay_every: StrictInt = Field(STEP_DECAY["decay_every"], ge=1, le=100_000)
+    decay_factor: Number = Field(STEP_DECAY["decay_factor"], gt=0, le=1)
+    decay_floor: Number = Field(STEP_DECAY["decay_floor"], ge=0, le=1)
+    # train each batch on its distinct (x, y) rows, weighted by their counts (fastroar.training.loop.collapsed)
+    collapse_duplicates: StrictBool = False
 
 
 class Train(Recipe):

@@ -8,12 +8,12 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
 from fastroar.errors import ConfigError
-from fastroar.method import RECIPES
+from fastroar.method import RECIPES, STEP_DECAY
 
 if TYPE_CHECKING:
     import torch
 
-SCHEDULES = ("cosine", "onecycle")
+SCHEDULES = ("cosine", "onecycle", "step")
 
 
 @dataclass(frozen=True)
@@ -21,8 +21,13 @@ class Recipe:
     """Optimisation settings: SGD with (Nesterov) momentum and a per-step learning-rate schedule.
 
     schedule "cosine": linear warm-up over warmup_epochs, then cosine decay to 0 (the paper's recipe);
-    "onecycle": linear rise to lr over warmup_epochs, then linear decay to 0. autocast (bf16) and
+    "onecycle": linear rise to lr over warmup_epochs, then linear decay to 0; "step": after warm-up,
+    lr * max(decay_floor, decay_factor ** (epoch // decay_every)), constant within an epoch (torch's
+    LambdaLR stepped once per epoch, as the reference notebook's synthetic check). autocast (bf16) and
     channels_last take effect on CUDA only; compile wraps the model in torch.compile for training.
+    collapse_duplicates trains each batch on its distinct (x, y) rows, each weighted by its count (the same
+    update in real arithmetic; fastroar.training.loop.collapsed); train_model honours it, the stacked
+    retrain (fastroar.training.batched) trains whole batches.
     The fields after label_smoothing were added later: to_dict leaves them out while they hold their
     defaults, so the keys of models and jobs made before them are unchanged.
     """
@@ -39,6 +44,10 @@ class Recipe:
     autocast: bool = False
     channels_last: bool = False
     compile: bool = False
+    decay_every: int = STEP_DECAY["decay_every"]
+    decay_factor: float = STEP_DECAY["decay_factor"]
+    decay_floor: float = STEP_DECAY["decay_floor"]
+    collapse_duplicates: bool = False
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -51,11 +60,16 @@ class Recipe:
             raise ConfigError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         if self.name not in RECIPES:
             raise ConfigError(f"recipe must be one of {', '.join(RECIPES)}, got {self.name!r}")
-        for flag in ("autocast", "channels_last", "compile"):
+        for flag in ("autocast", "channels_last", "compile", "collapse_duplicates"):
             if not isinstance(getattr(self, flag), bool):
                 raise ConfigError(f"{flag} must be true or false, got {getattr(self, flag)!r}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ConfigError(f"label_smoothing must lie in [0, 1), got {self.label_smoothing}")
+        if self.decay_every < 1:
+            raise ConfigError(f"decay_every must be >= 1 epoch, got {self.decay_every}")
+        if not 0.0 < self.decay_factor <= 1.0 or not 0.0 <= self.decay_floor <= 1.0:
+            raise ConfigError(f"decay_factor must lie in (0, 1] and decay_floor in [0, 1], got "
+                              f"{self.decay_factor} and {self.decay_floor}")
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -67,7 +81,11 @@ class Recipe:
     def lr_at(self, step: int, steps_per_epoch: int) -> float:
         """The learning rate of optimizer step `step` (0-based)."""
         total = self.epochs * steps_per_epoch
-        return self.lr * lr_factor(step, total, int(self.warmup_epochs * steps_per_epoch), self.schedule)
+        warmup = int(self.warmup_epochs * steps_per_epoch)
+        if self.schedule == "step" and not (warmup and step < warmup):
+            epoch = step // max(1, steps_per_epoch)
+            return self.lr * max(self.decay_floor, self.decay_factor ** (epoch // self.decay_every))
+        return self.lr * lr_factor(step, total, warmup, self.schedule)
 
     def uses_autocast(self, device: torch.device) -> bool:
         return self.autocast and device.type == "cuda"
@@ -76,7 +94,8 @@ class Recipe:
         return self.channels_last and device.type == "cuda"
 
 
-_LATER_FIELDS = ("name", "schedule", "autocast", "channels_last", "compile")
+_LATER_FIELDS = ("name", "schedule", "autocast", "channels_last", "compile", "decay_every", "decay_factor",
+                 "decay_floor", "collapse_duplicates")
 _DEFAULTS = {f: Recipe.__dataclass_fields__[f].default for f in _LATER_FIELDS}
 
 
