@@ -67,6 +67,9 @@ EXPECTED = {  # name: the FIELDS of fingerprint()
         "95c23c4ad350", "cd27fd178283", (2, 2), "f75a10b89f9a"),
     "leakage-all": ("261e2556198e3b6c", "leakage-b739a73367de", "e672201e4a59",
         "95c23c4ad350", "964b423a0eb0", (2, 2), "75a30a72b24f"),
+    # added with the step schedule: computed by the dict-based code of that branch (e23bc25)
+    "leakage-reference": ("584cb766882dd3f3", "leakage-008da9697df5", "def3ccc5d0ad",
+        "dab2d38649aa", "964b423a0eb0", (2, 2), "412a2ab977b9"),
     "mnist": ("a8b5c366db73f778", "mnist-43a5f2def212", "873f312eac13",
         "3a69efc29348", "5bb387ea4d82", (5, 5), "2f55b595053d"),
     "svhn": ("7c358ec0bc021c02", "svhn-f9f2ae6f5154", "f0b7f98e8278",

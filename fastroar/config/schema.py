@@ -42,7 +42,7 @@ MAX_SEEDS = 1000            # runs per (level, direction)
 MAX_BATCH = 1 << 16         # images per batch, anywhere
 MAX_MODELS_PER_GROUP = 4096
 MAX_REPLICATES = 32         # base models per entry of models
-SCHEDULES = ("cosine", "onecycle")
+SCHEDULES = ("cosine", "onecycle", "step")
 NORMS = ("l2", "linf")
 
 
@@ -134,14 +134,18 @@ class Recipe(Section):
     """Optimisation settings: SGD with (Nesterov) momentum and a per-step learning-rate schedule.
 
     schedule "cosine": linear warm-up over warmup_epochs, then cosine decay to 0 (the paper's recipe);
-    "onecycle": linear rise to lr over warmup_epochs, then linear decay to 0. autocast (bf16) and
+    "onecycle": linear rise to lr over warmup_epochs, then linear decay to 0; "step": after warm-up,
+    lr * max(decay_floor, decay_factor ** (epoch // decay_every)), constant within an epoch (the reference
+    notebook's synthetic check). collapse_duplicates trains each batch on its distinct (x, y) rows weighted
+    by their counts (fastroar.training.loop.collapsed; the single-model loop only). autocast (bf16) and
     channels_last take effect on CUDA only; compile wraps the model in torch.compile for training.
     The fields after label_smoothing were added later: to_dict leaves them out while they hold their
     defaults, so the keys of models and jobs made before them are unchanged. The fast and airbench
     recipes are derived from it in fastroar.training.settings.
     """
 
-    LATER_FIELDS: ClassVar[tuple[str, ...]] = ("name", "schedule", "autocast", "channels_last", "compile")
+    LATER_FIELDS: ClassVar[tuple[str, ...]] = ("name", "schedule", "autocast", "channels_last", "compile",
+                                                "decay_every", "decay_factor", "decay_floor", "collapse_duplicates")
 
     epochs: StrictInt = Field(10, ge=1, le=100_000)
     batch_size: StrictInt = Field(128, ge=1, le=MAX_BATCH)
@@ -155,6 +159,12 @@ class Recipe(Section):
     autocast: StrictBool = False
     channels_last: StrictBool = False
     compile: StrictBool = False
+    # schedule step: lr * max(decay_floor, decay_factor ** (epoch // decay_every)) (the reference notebook's)
+    decay_every: StrictInt = Field(50, ge=1, le=100_000)
+    decay_factor: Number = Field(0.75, gt=0, le=1)
+    decay_floor: Number = Field(0.01, ge=0, le=1)
+    # train each batch on its distinct (x, y) rows, weighted by their counts (fastroar.training.loop.collapsed)
+    collapse_duplicates: StrictBool = False
 
     def to_dict(self) -> dict[str, Any]:
         """The recipe's fields as keys hash them (the later fields only when they differ from the default)."""
@@ -167,7 +177,11 @@ class Recipe(Section):
     def lr_at(self, step: int, steps_per_epoch: int) -> float:
         """The learning rate of optimizer step `step` (0-based)."""
         total = self.epochs * steps_per_epoch
-        return self.lr * lr_factor(step, total, int(self.warmup_epochs * steps_per_epoch), self.schedule)
+        warmup = int(self.warmup_epochs * steps_per_epoch)
+        if self.schedule == "step" and not (warmup and step < warmup):
+            epoch = step // max(1, steps_per_epoch)   # constant within an epoch, as LambdaLR stepped per epoch
+            return self.lr * max(self.decay_floor, self.decay_factor ** (epoch // self.decay_every))
+        return self.lr * lr_factor(step, total, warmup, self.schedule)
 
     def uses_autocast(self, device: torch.device) -> bool:
         return self.autocast and device.type == "cuda"

@@ -9,6 +9,9 @@ signal_blocks says where j is drawn from: ``relevant`` (default, eq. (2)) draws 
 d/2 blocks, so the last d/2 are pure noise; ``all`` draws it uniformly from all d blocks (no noise blocks),
 the data of the reference notebook's synthetic check (x = y*e_j for d~ = 1, eta = 0).
 
+clip=True gives the data bounds (the train split's minimum and maximum value), so PGD keeps x + delta inside
+them as the reference notebook's attack does (its bounds are the train data's range); default: unbounded.
+
 The test split is label-balanced (floor(n/2) samples of one class, the rest of the other, in random order),
 so its chance accuracy is 0.5 (n even); the train split draws labels i.i.d.
 """
@@ -50,17 +53,20 @@ def sample(n: int, d: int, block_dim: int, eta: float, rng: np.random.Generator,
 
 
 def build(seed: int = 0, d: int = 10, block_dim: int = 1, eta: float = 0.0,
-          n_train: int = 2000, n_test: int = 500, signal_blocks: str = "relevant") -> Dataset:
+          n_train: int = 2000, n_test: int = 500, signal_blocks: str = "relevant", clip: bool = False) -> Dataset:
     """The leakage dataset with independent seeded train and test draws."""
     rng = np.random.default_rng(seed)
     params = {"seed": seed, "d": d, "block_dim": block_dim, "eta": eta, "n_train": n_train, "n_test": n_test}
     if signal_blocks != "relevant":  # the default stays out of params, as before the option existed
         params["signal_blocks"] = signal_blocks
+    if clip:  # likewise
+        params["clip"] = True
+    train = sample(n_train, d, block_dim, eta, rng, signal_blocks=signal_blocks)
     return Dataset(
         name="leakage",
-        train=sample(n_train, d, block_dim, eta, rng, signal_blocks=signal_blocks),
+        train=train,
         test=sample(n_test, d, block_dim, eta, rng, signal_blocks=signal_blocks, balanced=True),
         num_classes=2,
         params=params,
-        bounds=None,
+        bounds=(float(train.images.min()), float(train.images.max())) if clip else None,
     )
