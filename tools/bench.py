@@ -20,7 +20,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-SECTIONS = ["bench_kernels", "bench_loaders", "bench_training", "bench_sparse", "bench_realdata"]
+SECTIONS = ["bench_kernels", "bench_loaders", "bench_training", "bench_sparse", "bench_collapse", "bench_realdata"]
 
 
 @dataclass
