@@ -2,12 +2,20 @@
 from __future__ import annotations
 
 import os
+import signal
 
 import pytest
 
 import fastroar  # noqa: F401  (first: pins torch's CPU kernels before any test imports torch)
 
 os.environ.setdefault("TQDM_DISABLE", "1")
+
+# A suite started in the background by a non-interactive shell (`cmd &`) inherits SIGINT ignored, and so
+# would every CLI it starts: the Ctrl-C tests would then see runs that cannot be interrupted. A handled
+# signal is reset to its default in a child at exec, so installing Python's own handler here gives the
+# children the Ctrl-C of a terminal, however the suite was launched.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # Small enough for seconds per stage on 2 CPU cores, big enough that every stage does real work.
 TINY = [
