@@ -64,14 +64,32 @@ MAX_UNKNOWNS_PER_SOLVE = 8192  # pixels per block-diagonal solve (measured: smal
 MAX_UNKNOWNS_PER_BAND = 1 << 18  # pixels per banded solve (its band: (W + 2) x this many float64)
 
 
-def _unknowns(x: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[np.ndarray, ...]]:
-    """What both solvers set up: the unknown (removed) pixels' mask, a copy of x to fill, each unknown's number
-    (-1 for known pixels) and the unknowns' (plane, row, column), in C order, which matches the numbering."""
-    unknown = ~keep
-    out = x.copy()
-    index = np.full(x.shape, -1, np.int64)
-    index[unknown] = np.arange(int(unknown.sum()))
-    return unknown, out, index, np.nonzero(unknown)
+class _System:
+    """What both solvers set up: the linear system of the unknown (removed) pixels of (P, H, W) planes.
+
+    `unknown` masks them, numbered in C order; `out` is a copy of x to fill. Row u of the system is
+    diag[u] * x_u - sum over unknown neighbours q of w * x_q = rhs[u] (the known neighbours' weighted values);
+    `couplings` holds, per neighbour direction, (u, q, w) for the unknowns u whose neighbour q is unknown."""
+
+    def __init__(self, x: np.ndarray, keep: np.ndarray) -> None:
+        P, H, W = x.shape
+        self.unknown = ~keep
+        self.out = x.copy()
+        index = np.full(x.shape, -1, np.int64)
+        self.size = int(self.unknown.sum())
+        index[self.unknown] = np.arange(self.size)
+        p, i, j = np.nonzero(self.unknown)
+        self.diag, self.rhs = np.zeros(self.size), np.zeros(self.size)
+        self.couplings: list[tuple[np.ndarray, np.ndarray, float]] = []
+        for di, dj, w in NEIGHBOURS:
+            ni, nj = i + di, j + dj
+            u = np.flatnonzero((ni >= 0) & (ni < H) & (nj >= 0) & (nj < W))
+            pp, qi, qj = p[u], ni[u], nj[u]
+            self.diag[u] += w
+            nb = index[pp, qi, qj]
+            free = nb >= 0
+            self.couplings.append((u[free], nb[free], w))
+            np.add.at(self.rhs, u[~free], w * x[pp[~free], qi[~free], qj[~free]])
 
 
 def _solve_planes(x: np.ndarray, keep: np.ndarray) -> np.ndarray:
@@ -79,56 +97,32 @@ def _solve_planes(x: np.ndarray, keep: np.ndarray) -> np.ndarray:
     import scipy.sparse as sp  # here, not at import: reading ROAD's constants (the report does) needs no SciPy
     from scipy.sparse.linalg import spsolve
 
-    P, H, W = x.shape
-    unknown, out, index, (p, i, j) = _unknowns(x, keep)
-    U = len(p)
+    system = _System(x, keep)
+    U = system.size
     if U == 0:
-        return out
-    diag = np.zeros(U)
-    rhs = np.zeros(U)
-    rows, cols, vals = [np.arange(U)], [np.arange(U)], []
-    for di, dj, w in NEIGHBOURS:
-        ni, nj = i + di, j + dj
-        inside = (ni >= 0) & (ni < H) & (nj >= 0) & (nj < W)
-        u = np.flatnonzero(inside)
-        pp, qi, qj = p[u], ni[u], nj[u]
-        diag[u] += w
-        nb = index[pp, qi, qj]
-        free = nb >= 0
-        rows.append(u[free])
-        cols.append(nb[free])
-        vals.append(np.full(int(free.sum()), -w))
-        np.add.at(rhs, u[~free], w * x[pp[~free], qi[~free], qj[~free]])
-    vals.insert(0, diag)
+        return system.out
+    rows = [np.arange(U)] + [u for u, _, _ in system.couplings]
+    cols = [np.arange(U)] + [q for _, q, _ in system.couplings]
+    vals = [system.diag] + [np.full(len(u), -w) for u, _, w in system.couplings]
     A = sp.csc_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(U, U))
-    out[unknown] = spsolve(A, rhs)
-    return out
+    system.out[system.unknown] = spsolve(A, system.rhs)
+    return system.out
 
 
 def _solve_planes_banded(x: np.ndarray, keep: np.ndarray) -> np.ndarray:
     """``_solve_planes`` (same system, same unknowns) by a banded Cholesky solve; every plane keeps >= 1 pixel."""
     from scipy.linalg import solveh_banded
 
-    P, H, W = x.shape
-    unknown, out, index, (p, i, j) = _unknowns(x, keep)
-    U = len(p)
-    if U == 0:
-        return out
-    band = np.zeros((W + 2, U))  # lower form: band[r, u] = A[u + r, u]
-    rhs = np.zeros(U)
-    for di, dj, w in NEIGHBOURS:
-        ni, nj = i + di, j + dj
-        inside = (ni >= 0) & (ni < H) & (nj >= 0) & (nj < W)
-        u = np.flatnonzero(inside)
-        pp, qi, qj = p[u], ni[u], nj[u]
-        band[0, u] += w
-        nb = index[pp, qi, qj]
-        lower = nb > u       # each symmetric pair once, from its upper end
-        band[nb[lower] - u[lower], u[lower]] = -w
-        known = nb < 0
-        np.add.at(rhs, u[known], w * x[pp[known], qi[known], qj[known]])
-    out[unknown] = solveh_banded(band, rhs, lower=True, check_finite=False)
-    return out
+    system = _System(x, keep)
+    if system.size == 0:
+        return system.out
+    band = np.zeros((x.shape[2] + 2, system.size))  # lower form: band[r, u] = A[u + r, u]
+    band[0] = system.diag
+    for u, q, w in system.couplings:
+        lower = q > u       # each symmetric pair once, from its upper end
+        band[q[lower] - u[lower], u[lower]] = -w
+    system.out[system.unknown] = solveh_banded(band, system.rhs, lower=True, check_finite=False)
+    return system.out
 
 
 CG_RTOL = 1e-12          # per plane: stop when ||r|| <= CG_RTOL * ||b||
