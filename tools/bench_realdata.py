@@ -19,9 +19,9 @@ import sys
 import tempfile
 import time
 
-import yaml
 from bench import Row
 from bench_e2e import mm_gflops
+from plain_pipeline import load_study
 from study_flops import study_flops
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -69,15 +69,11 @@ def run_plain(root: str, overrides: list[str]) -> float:
 
 def study(root: str, overrides: list[str]) -> dict[str, float]:
     """The study's FLOPs: the config with the overrides applied as plain_pipeline applies them."""
-    sys.path.insert(0, os.path.join(ROOT, "tools"))
-    from plain_pipeline import load_study
-
     from fastroar.datasets import build_dataset
 
     cfg = load_study(CONFIG, root, overrides)
     ds = build_dataset(cfg["dataset"]["name"], **cfg["dataset"].get("params", {}))
-    return study_flops(yaml.safe_load(yaml.safe_dump(cfg)), tuple(ds.shape), ds.num_classes,
-                       len(ds.train.labels), len(ds.test.labels))
+    return study_flops(cfg, tuple(ds.shape), ds.num_classes, len(ds.train.labels), len(ds.test.labels))
 
 
 def rows(quick: bool) -> list[Row]:

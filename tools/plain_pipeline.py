@@ -151,11 +151,11 @@ def load_study(path, data_root, overrides):
         cfg = yaml.safe_load(f)
     for item in overrides:
         key, _, value = item.partition("=")
-        node, *path_keys = key.split(".")
+        *sections, last = key.split(".")
         target = cfg
-        for part in [node, *path_keys][:-1]:
+        for part in sections:
             target = target.setdefault(part, {})
-        target[[node, *path_keys][-1]] = yaml.safe_load(value)
+        target[last] = yaml.safe_load(value)
     if data_root:
         cfg["dataset"].setdefault("params", {})["root"] = data_root
     retrain = cfg.get("retrain", {})
