@@ -103,3 +103,28 @@ def test_stacked_conv_retrain_killed_then_rerun_runs_only_the_missing_jobs(conv_
     # the leftover jobs train in other stacks ([3 of them], [1]); a model's result does not depend on its
     # stack beyond float rounding, so its accuracy is the one it gets alone
     assert all(r["accuracy"] == want[r["key"]]["accuracy"] for r in lines)
+
+
+def test_conv_jobs_on_the_cpu_retrain_in_one_process_per_core_with_the_records_of_one_at_a_time(conv_run, tmp_path):
+    """Conv jobs may not share the process (shares_process): on the CPU they used to run one after another on
+    one core. By default they now run in worker processes, one per usable core (memory permitting), each on
+    one torch thread: the records must equal those of `--workers 1`, one job at a time in this process."""
+    from fastroar.engine.executors import usable_cores
+
+    wd = without_results(conv_run, tmp_path / "w")
+    result = CliRunner().invoke(cli, ["retrain", "--workdir", str(wd), "--no-progress", "--workers", "1",
+                                      *conv_args("retrain.stack_conv=false")])
+    assert result.exit_code == 0, result.output
+    assert "8 to run in 8 tasks (local executor, recipe" in result.output   # in this process
+    want = records(conv_run)   # `fastroar run`'s default executor
+    got = records(wd)
+    assert set(got) == set(want) and len(got) == 8
+    for key, rec in got.items():
+        assert (rec["accuracy"], rec["loss"], rec["train_acc"], rec["hits"]) == (
+            want[key]["accuracy"], want[key]["loss"], want[key]["train_acc"], want[key]["hits"]), key
+    assert len({r["accuracy"] for r in got.values()}) > 1   # the models differ: equality is not trivial
+    if usable_cores() > 1:
+        default = CliRunner().invoke(cli, ["retrain", "--workdir", str(without_results(conv_run, tmp_path / "d")),
+                                           "--no-progress", *conv_args("retrain.stack_conv=false")])
+        assert default.exit_code == 0, default.output
+        assert f"8 to run in 8 tasks (local executor in {min(usable_cores(), 8)} worker processes" in default.output

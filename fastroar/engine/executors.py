@@ -36,7 +36,9 @@ from fastroar.errors import ConfigError, FastroarError
 @dataclass
 class LocalExecutor:
     """Tasks on this machine: in this process (workers=1), or in `workers` spawned processes, worker i
-    pinned to local GPU i mod #GPUs (one process per GPU by default when there are several).
+    pinned to local GPU i mod #GPUs. By default: one process per GPU when there are several; on the CPU,
+    tasks that may not share the process get as many processes as the caller's `cpu_workers` (retrain's
+    conv jobs: one per usable core, as memory allows), where they used to run one after another on one core.
 
     In this process, tasks the caller marks ``threadsafe`` run on `threads` threads (default: one per
     usable CPU core). They are for CPU tasks that hold the GIL little (torch and Numba kernels release
@@ -44,17 +46,21 @@ class LocalExecutor:
     where it runs and its numbers do not depend on the others) and touch no process-wide state but under
     a lock (fastroar.models.build_seeded)."""
 
-    workers: int = 1
+    workers: int | None = None     # None: one per GPU when there are several, else the caller's cpu_workers
     threads: int | None = None
     name = "local"
 
     def map(self, fn: Callable, items: Sequence[tuple], progress: bool = True, desc: str = "",
-            threadsafe: bool = False) -> Iterator[Any]:
+            threadsafe: bool = False, cpu_workers: int = 1) -> Iterator[Any]:
+        """fn(*args) for each args of `items`, as they finish. `cpu_workers`: how many worker processes the
+        caller's CPU tasks that cannot share the process may use when --workers is not given (one per
+        usable core, as memory allows: the caller knows what a task holds)."""
         threads = self.threads_for(len(items), threadsafe)
         if threads > 1:
             yield from _map_threads(fn, items, threads, progress, desc)
             return
-        if self.workers <= 1 or len(items) <= 1:
+        workers = self.workers_for(len(items), threadsafe, cpu_workers)
+        if workers <= 1:
             for args in tqdm(items, desc=desc, disable=not progress, unit="task"):
                 yield fn(*args)
             return
@@ -63,18 +69,27 @@ class LocalExecutor:
 
         ctx = mp.get_context("spawn")  # fork after torch/OpenMP threads started is unsafe
         slots = ctx.Queue()
-        for i in range(self.workers):
+        for i in range(workers):
             slots.put(i)
-        with cf.ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_pin_worker,
+        with cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_pin_worker,
                                     initargs=(slots, os.getpid())) as pool:
             futures = [pool.submit(fn, *args) for args in items]
             yield from _as_completed(futures, progress, desc)
 
     def threads_for(self, tasks: int, threadsafe: bool) -> int:
         """How many threads map() runs `tasks` tasks on (1: one after another, or in worker processes)."""
-        if not threadsafe or self.workers > 1:
+        if not threadsafe or (self.workers or 1) > 1:
             return 1
         return max(1, min(self.threads or usable_cores(), tasks))
+
+    def workers_for(self, tasks: int, threadsafe: bool, cpu_workers: int = 1) -> int:
+        """How many worker processes map() runs `tasks` tasks in (1: in this process): --workers when given;
+        else one per GPU when there are several, or `cpu_workers` for tasks that may not share the process
+        (each worker runs torch on one thread, so its numbers are those of the task run here)."""
+        if self.threads_for(tasks, threadsafe) > 1:
+            return 1
+        workers = self.workers if self.workers is not None else max(default_workers(), 1 if threadsafe else cpu_workers)
+        return max(1, min(workers, tasks))
 
 
 def _thread_pool(threads: int):
@@ -192,6 +207,19 @@ def _as_completed(futures: list, progress: bool, desc: str) -> Iterator[Any]:
             fut.cancel()
 
 
+def available_memory() -> int | None:
+    """Bytes of memory the kernel says new work may take without swapping (Linux's MemAvailable), or None
+    where /proc/meminfo is not there."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
 def usable_cores() -> int:
     """CPU cores this process may run on (its affinity mask, which containers and taskset narrow)."""
     try:
@@ -288,9 +316,14 @@ class RayExecutor:
         """Threads of this process that map() uses: none beyond this one (Ray places tasks itself)."""
         return 1
 
+    def workers_for(self, tasks: int, threadsafe: bool, cpu_workers: int = 1) -> int:
+        """Local worker processes map() uses: none (Ray places tasks itself)."""
+        return 1
+
     def map(self, fn: Callable, items: Sequence[tuple], progress: bool = True, desc: str = "",
-            threadsafe: bool = False) -> Iterator[Any]:
-        """One Ray task per item (`threadsafe` is for the local executor; Ray places tasks itself)."""
+            threadsafe: bool = False, cpu_workers: int = 1) -> Iterator[Any]:
+        """One Ray task per item (`threadsafe` and `cpu_workers` are for the local executor; Ray places
+        tasks itself)."""
         import ray
 
         self.connect()
@@ -324,7 +357,7 @@ def get_executor(name: str, address: str | None = None, num_gpus: float = 0.0, n
         for flag, value in (("--workers", workers), ("--threads", threads)):
             if value is not None and value < 1:
                 raise ConfigError(f"{flag} must be >= 1, got {value}")
-        return LocalExecutor(workers=workers or default_workers(), threads=threads)
+        return LocalExecutor(workers=workers, threads=threads)
     if threads is not None:
         raise ConfigError("--threads only applies to --executor local")
     if name == "ray":

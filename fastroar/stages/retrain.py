@@ -45,7 +45,7 @@ from fastroar import __version__
 from fastroar.config import Config
 from fastroar.cpu import capability
 from fastroar.engine import ticks
-from fastroar.engine.executors import LocalExecutor
+from fastroar.engine.executors import LocalExecutor, available_memory, usable_cores
 from fastroar.engine.faults import fault_point
 from fastroar.engine.hits import pack_hits, unpack_hits
 from fastroar.engine.loaders.plan import resident_bytes
@@ -283,6 +283,20 @@ def shares_process(tasks: Sequence[Sequence[Job]], cfg: Config, prepared: Prepar
                                         for g in tasks)
 
 
+def cpu_workers(tasks: Sequence[Sequence[Job]], cfg: Config, prepared: Prepared, device: torch.device,
+                threadsafe: bool) -> int:
+    """Worker processes for CPU tasks that may not share this process (conv jobs, unless --workers says
+    otherwise): one per usable core, as many as half the available memory holds at task_memory each. Each
+    runs torch on one thread, as the task would here, so the records are the same; one after another, the
+    2-core machine's BlockMNIST profile retrained on one core while the other idled."""
+    if device.type != "cpu" or threadsafe or len(tasks) < 2:
+        return 1
+    per_task = max(1, task_memory(cfg, prepared, max(map(len, tasks))))
+    free = available_memory()
+    fits = usable_cores() if free is None else max(1, free // 2 // per_task)
+    return max(1, min(usable_cores(), fits, len(tasks)))
+
+
 class Recorder:
     """Writes finished tasks' records to the results log (each record once, in the caller's thread), and with
     ctx.verbose prints where each task's time went (compute vs the rest) and the stage's totals."""
@@ -385,8 +399,10 @@ def execute(ctx: Context, jobs: Sequence[Job], done: dict[str, dict[str, Any]], 
     device = resolve_device(cfg.device)
     tasks = tasks_of(todo, cfg, prepared, device)
     threadsafe = shares_process(tasks, cfg, prepared, device)
+    cpu = cpu_workers(tasks, cfg, prepared, device, threadsafe)
     threads = executor.threads_for(len(tasks), threadsafe)
-    on = f" on {threads} threads" if threads > 1 else ""
+    workers = executor.workers_for(len(tasks), threadsafe, cpu)
+    on = f" on {threads} threads" if threads > 1 else f" in {workers} worker processes" if workers > 1 else ""
     recorded_jobs = sum(j.key in done for j in jobs)
     served = len(jobs) - recorded_jobs - len(todo)   # jobs of other models that the same runs serve
     log(f"[retrain] {len(jobs)} jobs: {recorded_jobs} already done, {len(todo)} to run "
@@ -399,10 +415,10 @@ def execute(ctx: Context, jobs: Sequence[Job], done: dict[str, dict[str, Any]], 
     # the bar counts jobs (a task of 16 stacked jobs moves it by 16), its total fixed before the first task
     with tqdm(total=len(todo), desc="retrain", unit="job", disable=not progress) as bar, ticks.sink(bar.update):
         for records in executor.map(run_group_task, [(group, cfg, workdir) for group in tasks], False,
-                                    "retrain", threadsafe=threadsafe):
+                                    "retrain", threadsafe=threadsafe, cpu_workers=cpu):
             bar.update(finished_jobs(records))
             recorder.record(records)
-    recorder.summary(threads)
+    recorder.summary(max(threads, workers))   # worker processes: one torch thread each
 
 
 def auto_jobs(ctx: Context, jobs: Sequence[Job], **selection: Any) -> list[Job]:
