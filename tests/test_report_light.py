@@ -117,3 +117,30 @@ def test_config_checks_of_built_in_names_import_no_torch(arch):
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
+
+
+def test_report_warns_of_a_diverged_retraining_and_names_its_cell(copy):
+    """A retraining whose training loss ended NaN (seen on real BlockMNIST: a conv net at lr 0.1 on 5 % of the
+    pixels) has a broken model's accuracy; the report must say so, naming the cell, not print the row plainly."""
+    from click.testing import CliRunner
+
+    from fastroar.cli import cli
+    from fastroar.engine.results import CHECKSUM_FIELD, checksum
+    from fastroar.stages.report import diverged_note
+
+    path = copy / "results" / "results.jsonl"
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    target = next(r for r in lines if r["attribution"] == "gradient" and r["direction"] == "bottom")
+    target["loss"] = float("nan")
+    target[CHECKSUM_FIELD] = checksum(target)   # a record written so, not a damaged line
+    path.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    result = CliRunner().invoke(cli, ["report", "--workdir", str(copy), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    cell = f"{target['model']}/gradient k={target['k']:g} bottom seed {target['seed']}"
+    assert "WARNING: 1 retraining(s) diverged (training loss not finite)" in result.output
+    assert cell in result.output and "retrain.lr" in result.output
+    # finite, absent or infinite losses; a model-independent record served to two models counts once
+    base = {"attribution": "random", "k": 0.1, "direction": "top", "seed": 0, "model": "a", "key": "r"}
+    assert diverged_note([base | {"loss": 0.5}, {**base, "key": "s"}]) is None
+    note = diverged_note([base | {"loss": float("inf")}, base | {"loss": float("inf"), "model": "b"}])
+    assert "1 retraining(s)" in note and "any model/random k=0.1 top seed 0" in note

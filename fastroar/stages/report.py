@@ -202,6 +202,9 @@ def report(ctx: Context) -> dict[str, Any]:
     beyond = beyond_note(cfg, jobs)
     if beyond:
         notes.append(beyond)
+    diverged = diverged_note(mine)
+    if diverged:
+        notes.append(diverged)
     if not mine:
         raise MissingInputError(f"no retraining results of this config in {workdir.results_path}"
                                 f"{' (' + notes[-1].removeprefix('[report] ') + ')' if others else ''}; run "
@@ -420,6 +423,21 @@ def _difference(r: dict[str, Any], job: Job, first: Job | None) -> str:
     if r.get("impute") != job.impute:
         return f"retrain.fill {'road' if r.get('impute') else 'zero'} vs {'road' if job.impute else 'zero'}"
     return "another fastroar version's job key"
+
+
+def diverged_note(records: Sequence[dict[str, Any]]) -> str | None:
+    """A WARNING naming the retrainings whose training loss ended not finite, or None. Such a model diverged:
+    its test accuracy is a broken model's (about chance), not what the kept pixels allow, and it counts in
+    its row as recorded (dropping it would bias the row the other way). Records without a loss are fine."""
+    bad = {r["key"]: r for r in records
+           if isinstance(r.get("loss"), float) and not math.isfinite(r["loss"])}
+    if not bad:
+        return None
+    cells = sorted(f"{r['model'] if r['attribution'] not in MODEL_INDEPENDENT else 'any model'}/{r['attribution']} "
+                   f"k={r['k']:g} {r['direction']} seed {r['seed']}" for r in bad.values())
+    return (f"[report] WARNING: {len(bad)} retraining(s) diverged (training loss not finite), so their accuracy is "
+            f"a broken model's, not what the kept pixels allow; they count in their rows as recorded: "
+            f"{'; '.join(cells)}. A lower retraining learning rate (--set retrain.lr=...) avoids it.")
 
 
 def signal_rows(cfg: Config, workdir: Workdir, prepared: Prepared, pairs: Sequence[tuple[str, str]],
