@@ -306,6 +306,7 @@ class Recorder:
         self.tasks = self.jobs = 0           # finished so far
         self.planned = 0                     # tasks known so far (a run's pipeline plans them model by model)
         self.compute = self.rest = 0.0
+        self.timed = 0                       # tasks that reported their time breakdown
         self.t0 = time.perf_counter()
 
     def record(self, records: list[dict[str, Any]]) -> None:
@@ -316,8 +317,9 @@ class Recorder:
             fault_point("retrain.after_append")
         self.tasks += 1
         self.jobs += len(records)
-        if timing is None:
+        if timing is None:   # a single job's task (run_job) keeps no breakdown
             return
+        self.timed += 1
         busy = timing["train"] + timing["eval"]
         other = timing["task"] - busy + time.perf_counter() - t_write
         self.compute, self.rest = self.compute + busy, self.rest + other
@@ -340,6 +342,10 @@ class Recorder:
         compute, rest = self.compute, self.rest
         scope = " (with train and precompute, overlapped)" if overlapped else ""
         on = f"on {threads} thread{'s' if threads > 1 else ''}"
+        if self.timed < self.tasks:   # no breakdown for some tasks: a compute share would count them as idle
+            self.ctx.log(f"[retrain] {self.jobs} jobs in {wall:.2f}s{scope} {on}, "
+                         f"{wall * threads / self.jobs:.2f} thread-seconds per job")
+            return
         self.ctx.log(f"[retrain] {self.jobs} jobs in {wall:.2f}s{scope} {on}: "
                      f"compute {compute:.2f}s, outside compute {capacity - compute:.2f}s = "
                      f"{1000 * (capacity - compute) / self.jobs:.1f} ms/job (in tasks {rest:.2f}s, executor, stage "
