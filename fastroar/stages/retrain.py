@@ -288,13 +288,14 @@ def cpu_workers(tasks: Sequence[Sequence[Job]], cfg: Config, prepared: Prepared,
     """Worker processes for CPU tasks that may not share this process (conv jobs, unless --workers says
     otherwise): one per usable core, as many as half the available memory holds at task_memory each. Each
     runs torch on one thread, as the task would here, so the records are the same; one after another, the
-    2-core machine's BlockMNIST profile retrained on one core while the other idled."""
+    2-core machine's BlockMNIST profile retrained on one core while the other idled. The executor caps it
+    at the task count (LocalExecutor.workers_for)."""
     if device.type != "cpu" or threadsafe or len(tasks) < 2:
         return 1
-    per_task = max(1, task_memory(cfg, prepared, max(map(len, tasks))))
-    free = available_memory()
-    fits = usable_cores() if free is None else max(1, free // 2 // per_task)
-    return max(1, min(usable_cores(), fits, len(tasks)))
+    cores, free = usable_cores(), available_memory()
+    if free is None:
+        return cores
+    return max(1, min(cores, free // 2 // max(1, task_memory(cfg, prepared, max(map(len, tasks))))))
 
 
 class Recorder:
