@@ -25,6 +25,31 @@ def test_airbench_shapes_and_parameter_count():
         build_model("airbench", (3, 32, 32), 10, widths=[8, 16])
 
 
+def test_airbench_bn_eps_reaches_every_batchnorm_and_bounds_the_normalisation():
+    import numpy as np
+    from torch import nn
+
+    def norms(net):
+        return [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
+
+    assert {m.eps for m in norms(build_model("airbench", (1, 16, 8), 3, widths=[8, 16, 16]))} == {1e-12}
+    net = build_model("airbench", (1, 16, 8), 3, widths=[8, 16, 16], bn_eps=1e-5)
+    assert len(norms(net)) == 6 and {m.eps for m in norms(net)} == {1e-5}
+    # a channel that is constant up to 1e-5 (as zero-filled masked inputs make them): BatchNorm's output is
+    # (x - mean) / sqrt(var + eps), about 1 with airbench's eps and about 3e-3 with 1e-5 (closed form, NumPy)
+    x = (torch.full((4, 8, 3, 3), 0.5, dtype=torch.float64)
+         + 1e-5 * torch.randn(4, 8, 3, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64))
+    xn = x.numpy()
+    mean, var = xn.mean(axis=(0, 2, 3), keepdims=True), xn.var(axis=(0, 2, 3), keepdims=True)
+    for eps in (1e-12, 1e-5):
+        bn = build_model("airbench", (1, 16, 8), 3, widths=[8, 16, 16], bn_eps=eps)[2].norm1.double().train()
+        out = bn(x).detach().numpy()
+        np.testing.assert_allclose(out, (xn - mean) / np.sqrt(var + eps), rtol=1e-6, atol=1e-9)
+        assert (np.abs(out).max() > 0.5) == (eps == 1e-12)
+    with pytest.raises(Exception, match="bn_eps"):
+        build_model("airbench", (1, 16, 8), 3, bn_eps=0)
+
+
 def test_airbench_one_training_step_lowers_the_loss():
     torch.manual_seed(0)
     net = build_model("airbench", (3, 32, 32), 10, widths=[16, 32, 32])

@@ -10,13 +10,13 @@ class ConvGroup(nn.Module):
     """airbench's block: conv 3x3 -> max-pool 2 -> BN -> GELU -> conv 3x3 -> BN -> GELU (pool skipped
     when the input is already down to 1 pixel on a side, so small inputs still fit)."""
 
-    def __init__(self, cin: int, cout: int, pool: bool, bn_momentum: float) -> None:
+    def __init__(self, cin: int, cout: int, pool: bool, bn_momentum: float, bn_eps: float = 1e-12) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(cin, cout, 3, padding=1, bias=False)
         self.pool = nn.MaxPool2d(2) if pool else nn.Identity()
-        self.norm1 = bias_only_bn(cout, bn_momentum)
+        self.norm1 = bias_only_bn(cout, bn_momentum, bn_eps)
         self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
-        self.norm2 = bias_only_bn(cout, bn_momentum)
+        self.norm2 = bias_only_bn(cout, bn_momentum, bn_eps)
         self.activ = nn.GELU()
         for conv in (self.conv1, self.conv2):   # identity on the first input channels, as airbench's init
             w = conv.weight.data
@@ -27,9 +27,10 @@ class ConvGroup(nn.Module):
         return self.activ(self.norm2(self.conv2(x)))
 
 
-def bias_only_bn(channels: int, momentum: float) -> nn.BatchNorm2d:
-    """airbench's BatchNorm: learned bias, scale fixed at 1 (a frozen weight), momentum 0.6, eps 1e-12."""
-    bn = nn.BatchNorm2d(channels, eps=1e-12, momentum=momentum)
+def bias_only_bn(channels: int, momentum: float, eps: float = 1e-12) -> nn.BatchNorm2d:
+    """airbench's BatchNorm: learned bias, scale fixed at 1 (a frozen weight), momentum 0.6, eps 1e-12 by
+    default (see builders.airbench's bn_eps for when that eps is too small)."""
+    bn = nn.BatchNorm2d(channels, eps=eps, momentum=momentum)
     bn.weight.requires_grad_(False)
     return bn
 
