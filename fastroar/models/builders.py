@@ -89,7 +89,8 @@ def airbench(shape: tuple[int, ...], num_classes: int, widths: list[int] | tuple
     1e-5`` (torch's default) the four failing cells of the random attribution all retrained
     (docs/datasets.md). The default stays airbench's, so existing configs keep their results.
     """
-    if not float(bn_eps) > 0:
+    bn_eps = float(bn_eps)
+    if not bn_eps > 0:
         raise ConfigError(f"airbench bn_eps must be > 0, got {bn_eps}")
     c, h, w = (int(s) for s in shape[-3:]) if len(shape) >= 3 else (1, 1, int(shape[-1]))
     if h < 2 or w < 2:
@@ -106,7 +107,7 @@ def airbench(shape: tuple[int, ...], num_classes: int, widths: list[int] | tuple
     h, w, cin = h - 1, w - 1, whiten
     for width in widths:
         pool = h >= 2 and w >= 2
-        layers.append(ConvGroup(cin, width, pool, bn_momentum, float(bn_eps)))
+        layers.append(ConvGroup(cin, width, pool, bn_momentum, bn_eps))
         if pool:
             h, w = h // 2, w // 2
         cin = width

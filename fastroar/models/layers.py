@@ -10,7 +10,7 @@ class ConvGroup(nn.Module):
     """airbench's block: conv 3x3 -> max-pool 2 -> BN -> GELU -> conv 3x3 -> BN -> GELU (pool skipped
     when the input is already down to 1 pixel on a side, so small inputs still fit)."""
 
-    def __init__(self, cin: int, cout: int, pool: bool, bn_momentum: float, bn_eps: float = 1e-12) -> None:
+    def __init__(self, cin: int, cout: int, pool: bool, bn_momentum: float, bn_eps: float) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(cin, cout, 3, padding=1, bias=False)
         self.pool = nn.MaxPool2d(2) if pool else nn.Identity()
@@ -27,9 +27,9 @@ class ConvGroup(nn.Module):
         return self.activ(self.norm2(self.conv2(x)))
 
 
-def bias_only_bn(channels: int, momentum: float, eps: float = 1e-12) -> nn.BatchNorm2d:
-    """airbench's BatchNorm: learned bias, scale fixed at 1 (a frozen weight), momentum 0.6, eps 1e-12 by
-    default (see builders.airbench's bn_eps for when that eps is too small)."""
+def bias_only_bn(channels: int, momentum: float, eps: float) -> nn.BatchNorm2d:
+    """airbench's BatchNorm: learned bias, scale fixed at 1 (a frozen weight); momentum and eps as
+    builders.airbench passes them (its defaults are airbench's: 0.6 and 1e-12)."""
     bn = nn.BatchNorm2d(channels, eps=eps, momentum=momentum)
     bn.weight.requires_grad_(False)
     return bn
