@@ -49,9 +49,10 @@ EXPECTED = {  # name: the FIELDS of fingerprint()
         "73c5fd4a7fcc", "f10c02271264", (5, 5), "69802e25f87b"),
     "blockmnist": ("beb44b8720640293", "blockmnist-5c895ff3bd5e", "c9b205bcdf9d",
         "3a69efc29348", "5bb387ea4d82", (5, 5), "2f55b595053d"),
-    # blockmnist-cpu's model gained bn_eps after 70e4317: its saved config, models and jobs changed with it
-    "blockmnist-cpu": ("ae55246be3d14dd5", "blockmnist-5c895ff3bd5e", "90e48ff25ab1",
-        "a68f30740ed0", "f10c02271264", (3, 3), "a538a87ad5fd"),
+    # blockmnist-cpu's model gained bn_eps, then its recipe cpu_channels_last, after 70e4317: its saved
+    # config, models, recipes and jobs changed with them
+    "blockmnist-cpu": ("8b3c174693777943", "blockmnist-5c895ff3bd5e", "6e2aa493255c",
+        "1c8d30c82e1c", "f10c02271264", (3, 3), "2e06b1e829a5"),
     "blockmnist-top": ("9e75765490325a61", "blockmnist-top-8ae28480f813", "e6303df18ba7",
         "3a69efc29348", "5bb387ea4d82", (5, 5), "2f55b595053d"),
     "cifar10": ("3c0b9f1ae38082cb", "cifar10-f99ee16ce4f2", "86d02c2b6f6f",

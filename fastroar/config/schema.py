@@ -138,14 +138,19 @@ class Recipe(Section):
     lr * max(decay_floor, decay_factor ** (epoch // decay_every)), constant within an epoch (the reference
     notebook's synthetic check). collapse_duplicates trains each batch on its distinct (x, y) rows weighted
     by their counts (fastroar.training.loop.collapsed; the single-model loop only). autocast (bf16) and
-    channels_last take effect on CUDA only; compile wraps the model in torch.compile for training.
+    channels_last take effect on CUDA only; cpu_channels_last puts conv models and their batches in the
+    channels_last memory format on the CPU too (the single-model loop and its evaluation: oneDNN's NHWC
+    convolutions, 1.7x faster training steps than NCHW for the BlockMNIST profile's conv net, measured in
+    docs/benchmarks.md; other float rounding than NCHW, so it is its own key field, off by default);
+    compile wraps the model in torch.compile for training.
     The fields after label_smoothing were added later: to_dict leaves them out while they hold their
     defaults, so the keys of models and jobs made before them are unchanged. The fast and airbench
     recipes are derived from it in fastroar.training.settings.
     """
 
     LATER_FIELDS: ClassVar[tuple[str, ...]] = ("name", "schedule", "autocast", "channels_last", "compile",
-                                                "decay_every", "decay_factor", "decay_floor", "collapse_duplicates")
+                                                "decay_every", "decay_factor", "decay_floor", "collapse_duplicates",
+                                                "cpu_channels_last")
 
     epochs: StrictInt = Field(10, ge=1, le=100_000)
     batch_size: StrictInt = Field(128, ge=1, le=MAX_BATCH)
@@ -165,6 +170,7 @@ class Recipe(Section):
     decay_floor: Number = Field(0.01, ge=0, le=1)
     # train each batch on its distinct (x, y) rows, weighted by their counts (fastroar.training.loop.collapsed)
     collapse_duplicates: StrictBool = False
+    cpu_channels_last: StrictBool = False
 
     def to_dict(self) -> dict[str, Any]:
         """The recipe's fields as keys hash them (the later fields only when they differ from the default)."""
@@ -187,7 +193,7 @@ class Recipe(Section):
         return self.autocast and device.type == "cuda"
 
     def uses_channels_last(self, device: torch.device) -> bool:
-        return self.channels_last and device.type == "cuda"
+        return self.channels_last if device.type == "cuda" else self.cpu_channels_last and device.type == "cpu"
 
     def recipe_overrides(self) -> dict[str, Any]:
         """The recipe fields this section sets (retrain: what overrides the train section's recipe)."""

@@ -66,14 +66,17 @@ def train_model(model: nn.Module, loader: Iterable, recipe: Recipe, *, adversary
         check_collapsible(model, adversary)
     device = next(model.parameters()).device
     channels_last = recipe.uses_channels_last(device)
+    # an MLP on the CPU trains through the compiled step (same ops as autograd's, fastroar.training.mlp_steps);
+    # it flattens its input, so the CPU's memory format changes nothing it computes and does not turn it off
+    plain = not ((channels_last and device.type != "cpu") or recipe.compile or recipe.uses_autocast(device)
+                 or recipe.label_smoothing)
+    compiled = mlp_params(model, torch.empty(0, device=device)) if plain else None
+    channels_last = channels_last and compiled is None
     if channels_last:
         model.to(memory_format=torch.channels_last)
     forward = torch.compile(model) if recipe.compile else model
     opt = SGD(model.parameters(), momentum=recipe.momentum, weight_decay=recipe.weight_decay,
               nesterov=recipe.momentum > 0)
-    # an MLP on the CPU trains through the compiled step (same ops as autograd's, fastroar.training.mlp_steps)
-    plain = not (channels_last or recipe.compile or recipe.uses_autocast(device) or recipe.label_smoothing)
-    compiled = mlp_params(model, torch.empty(0, device=device)) if plain else None
     steps_per_epoch = len(loader)  # type: ignore[arg-type]
     step = 0
     stats = {"loss": float("nan"), "train_acc": float("nan")}
