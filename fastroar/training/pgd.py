@@ -34,10 +34,12 @@ def pgd_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, adv: Adversar
     model.eval()
     x = x.detach()
     if adv.random_start:
+        # drawn in NCHW order whatever x's memory format: a channels_last batch gets the same start
+        start = torch.empty_like(x, memory_format=torch.contiguous_format)
         if adv.norm == "linf":
-            delta = torch.empty_like(x).uniform_(-adv.eps, adv.eps, generator=generator)
+            delta = start.uniform_(-adv.eps, adv.eps, generator=generator)
         else:
-            delta = project(torch.empty_like(x).normal_(generator=generator) * adv.eps, adv)
+            delta = project(start.normal_(generator=generator) * adv.eps, adv)
     else:
         delta = torch.zeros_like(x)
     if bounds is not None:
