@@ -15,9 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
+from torch import nn
 
 from fastroar.engine.executors import usable_cores
 from fastroar.engine.results import read_results
+from fastroar.models import builders
 from tests.conftest import tiny_args
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,13 +28,13 @@ OVERLAPPED = "[run] train, precompute and retrain overlapped"
 pytestmark = pytest.mark.skipif(usable_cores() < 2, reason="the run overlaps its stages on two or more cores")
 
 
-def cli(workdir: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+def cli(workdir: Path, *args: str, env: dict[str, str] | None = None, sets: tuple[str, ...] = ()) -> subprocess.Popen:
     full = {**os.environ, "PYTHONPATH": str(ROOT), "TQDM_DISABLE": "1", **(env or {})}
     for name in ("FASTROAR_KILL_AT", "FASTROAR_PAUSE_AT"):
         if name not in (env or {}):
             full.pop(name, None)
     return subprocess.Popen([sys.executable, "-m", "fastroar.cli", *args, "--workdir", str(workdir), "--no-progress",
-                             *tiny_args()], cwd=ROOT, env=full, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             *tiny_args(*sets)], cwd=ROOT, env=full, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
 
 
@@ -88,6 +90,25 @@ def test_overlapped_run_equals_the_stages_one_after_another(run_workdir, stage_b
     same_results(wd, stage_by_stage)
 
 
+CONV = ("model={arch: airbench, params: {widths: [4, 8, 8], bn_eps: 1.0e-5}}", "train.cpu_channels_last=true")
+
+
+def test_overlapped_conv_run_equals_the_stages_with_worker_processes(tmp_path):
+    """The BlockMNIST profile's shape of study, tiny: a conv net in channels_last. Overlapped, its retrain
+    jobs run on this process's threads while the PGD model still trains; stage by stage, the retrain stage
+    runs them in one worker process per core. Same models, ranks, records and report, bit for bit."""
+    stages, run = tmp_path / "stages", tmp_path / "run"
+    outputs = {}
+    for stage in ("prepare", "train", "precompute", "retrain", "report"):
+        code, outputs[stage] = finish(cli(stages, stage, sets=CONV))
+        assert code == 0 and OVERLAPPED not in outputs[stage], outputs[stage]
+    assert "in 2 worker processes" in outputs["retrain"], outputs["retrain"]
+    code, out = finish(cli(run, "run", sets=CONV))
+    assert code == 0 and OVERLAPPED in out, out
+    assert "[retrain] standard: 16 jobs: 0 already done, 16 to run" in out
+    same_results(run, stages)
+
+
 @pytest.mark.parametrize("kill_at", ["store.after_record:3", "retrain.after_append:5"])
 def test_overlapped_run_killed_then_rerun_equals_uninterrupted(run_workdir, tmp_path, kill_at):
     """SIGKILL while ranks are written (a model may still be training) or while records are written; the
@@ -128,10 +149,11 @@ def test_overlapped_run_holds_every_stage_lock_and_ctrl_c_keeps_finished_work(ru
     same_results(wd, run_workdir[0])
 
 
-def test_run_overlaps_only_where_every_task_may_share_the_process(run_workdir, tmp_path):
-    """Two models to train on the CPU with built-in attributions and MLP stacks: overlapped. A model
-    already trained (one left to train), an attribution from captum (it may draw from torch's global
-    generator) or a conv architecture: the stages in turn."""
+def test_run_overlaps_only_where_every_task_may_share_the_process(run_workdir, tmp_path, monkeypatch):
+    """Two models to train on the CPU with built-in attributions and MLP stacks, or a built-in conv net
+    retrained one job per task: overlapped. A model already trained (one left to train), an attribution from
+    captum (it may draw from torch's global generator), a conv stack, a model from outside fastroar's
+    registry or one with dropout: the stages in turn."""
     from fastroar.stages.contract import open_context
     from fastroar.stages.overlap import overlaps
 
@@ -144,7 +166,12 @@ def test_run_overlaps_only_where_every_task_may_share_the_process(run_workdir, t
 
     assert decision()
     assert not decision("attributions=[gradient, captum:Saliency]")
-    assert not decision("model={arch: resnet18}")
+    assert decision("model={arch: resnet18}")                              # a built-in conv, one job per task
+    assert not decision("model={arch: resnet18}", "retrain.stack_conv=true")   # a vmap stack draws per model
+    assert not decision("model={arch: 'torchvision:squeezenet1_0'}")       # not fastroar's: may draw anywhere
+    monkeypatch.setitem(builders.BUILDERS, "dropnet", lambda shape, num_classes: nn.Sequential(
+        nn.Conv2d(shape[0], 2, 3), nn.Dropout(0.5), nn.Flatten(), nn.LazyLinear(num_classes)))
+    assert not decision("model={arch: dropnet}")                            # dropout draws in training
     (wd / "models" / "standard").mkdir(parents=True)
     shutil.copy(run_workdir[0] / "models" / "standard" / "model.pt", wd / "models" / "standard" / "model.pt")
     assert not decision()                                   # one model left to train: nothing to overlap

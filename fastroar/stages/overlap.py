@@ -14,18 +14,26 @@ build lock; model files, store arrays and records are those of the stages run on
 writes them; an interrupted run resumes through the stages' own skipping of finished work.
 
 It is taken only where every task may share the process (``overlaps``): on the CPU, with at least two
-models to train side by side (the train stage's own rule), built-in attributions computed here, MLP
-retraining in stacks on resident data. Everything else runs the stages in turn.
+models to train side by side (the train stage's own rule), built-in attributions computed here, on
+resident data, and a model whose training draws nothing from torch's global generator
+(``draws_no_global_randomness``): MLPs, retrained in stacks, or a built-in conv architecture without
+dropout, retrained one job per task (on the threads here, where the retrain stage alone would start one
+worker process per core: the same function, one torch thread, so the same records). Everything else runs
+the stages in turn.
 """
 from __future__ import annotations
 
 from typing import Any
 
+import torch
+from torch import nn
 from tqdm.auto import tqdm
 
 from fastroar.attribution.methods import METHODS
+from fastroar.config import Config
 from fastroar.engine import ticks
 from fastroar.engine.executors import TaskQueue, usable_cores
+from fastroar.models.builders import BUILDERS, build_model
 from fastroar.stages import retrain as retrain_stage
 from fastroar.stages.artifacts import checkpoint_path, load_prepared, model_config, resolve_device
 from fastroar.stages.contract import Context, stage
@@ -36,6 +44,8 @@ from fastroar.training.batched import batchable
 from fastroar.training.jobs import recorded, unique
 
 TRAIN, PRECOMPUTE, RETRAIN, IDLE = 0, 1, 2, 3   # task priorities: lower starts first
+# modules that draw from torch's global generator in training mode
+RANDOM_MODULES = (nn.modules.dropout._DropoutNd, nn.RReLU)
 
 
 def overlaps(ctx: Context) -> bool:
@@ -43,13 +53,31 @@ def overlaps(ctx: Context) -> bool:
     cfg, wd = ctx.cfg, ctx.wd
     if any(spec.checkpoint for spec in cfg.models) or cfg.scores:
         return False   # registering a checkpoint or importing scores rewrites the config: stage by stage
-    if any(a not in METHODS for a in cfg.attributions) or not batchable(cfg.model.arch):
+    if any(a not in METHODS for a in cfg.attributions):
         return False   # captum's and the user's functions may draw from torch's global generator
     device = resolve_device(cfg.device)
     prepared = load_prepared(cfg, wd)
+    if not draws_no_global_randomness(cfg, device, prepared.shape, prepared.num_classes):
+        return False
     to_train = [model_config(cfg, spec) for spec in cfg.models if not checkpoint_path(wd, spec.name).exists()]
     return (side_by_side(to_train, cfg, prepared, device) > 1
             and prepared.data_path(cfg.loader, device, ranks=True) == "resident")
+
+
+def draws_no_global_randomness(cfg: Config, device: torch.device, shape: tuple[int, ...], num_classes: int) -> bool:
+    """Whether the retrain tasks may run on threads of one process with the records they get alone: their
+    models draw nothing from torch's global generator once built (the build itself is seeded under a lock,
+    fastroar.models.builders.seeded_global_rng). MLPs, in stacks; a built-in conv architecture (airbench,
+    resnet18: code of fastroar's or torchvision's fixed by the registry) trained one per task, without
+    dropout-like modules. Not: a conv stack (vmap draws per model), torchvision's, timm's or the user's
+    models (their code may draw anywhere)."""
+    arch = cfg.model.arch
+    if batchable(arch):
+        return True
+    if arch not in BUILDERS or retrain_stage.stacks_conv(cfg.retrain.stack_conv, device):
+        return False
+    model = build_model(arch, tuple(shape), num_classes, **cfg.model.params)
+    return not any(isinstance(m, RANDOM_MODULES) for m in model.modules())
 
 
 @stage("pipeline", locks=("train", "precompute", "retrain"))
