@@ -1,9 +1,10 @@
 """Recipe.cpu_channels_last: conv models train in the channels_last memory format on the CPU.
 
 What must hold: the same values as the NCHW path up to float rounding (an independent run of the same
-recipe without the field; the PGD random start is drawn in NCHW order), the same bits run after run (the records' promise), the model really in
-channels_last after training (the fast kernels ran), no effect on MLPs (their compiled step flattens the
-input: bit-identical to the field off), and no change to the keys of recipes that leave it off.
+recipe without the field; the PGD random start is drawn in NCHW order), the same bits run after run (the
+records' promise), the model really in channels_last after training (the fast kernels ran), no effect on
+MLPs (their compiled step flattens the input: bit-identical to the field off), and no change to the keys
+of recipes that leave it off.
 """
 from __future__ import annotations
 
