@@ -7,6 +7,7 @@ Sections live in tools/bench_*.py; each exposes ``rows(quick: bool) -> list[Row]
     python tools/bench.py            # full mode (the README quotes this)
     python tools/bench.py --quick    # under 2 minutes on a 2-core CPU machine
     python tools/bench.py --only e2e # `fastroar run` against a plain PyTorch pipeline (minutes; not in the default set)
+    python tools/bench.py --only memory_format   # conv training steps on one thread: NCHW vs channels_last
     python tools/bench.py --only realdata --data-root ROOT   # the BlockMNIST CPU profile on real MNIST (hours;
                                      # --quick: a reduced study on the same data); without data: "skipped: no data"
     python tools/bench.py --sweep cifar10|imagenet10 [sweep options]   # tools/sweep.py: timed end-to-end run
@@ -20,7 +21,8 @@ import sys
 import time
 from dataclasses import dataclass
 
-SECTIONS = ["bench_kernels", "bench_loaders", "bench_training", "bench_sparse", "bench_collapse", "bench_realdata"]
+SECTIONS = ["bench_kernels", "bench_loaders", "bench_training", "bench_memory_format", "bench_sparse", "bench_collapse",
+            "bench_realdata"]
 
 
 @dataclass
