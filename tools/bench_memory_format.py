@@ -7,8 +7,8 @@ model runs: plain training steps, and PGD-training steps with the profile's robu
 and input gradient per PGD step) over the wall time; torch.mm 2048^2 on the same one thread is the
 context row. Each channels_last row is compared with its NCHW row measured in the same run.
 
-Synthetic inputs: uniform in [0, 1) with about half the pixels zeroed (masked-looking data); the speed of
-these kernels does not depend on the values.
+Synthetic inputs: uniform in [0, 1) with about half the pixels zeroed (masked-looking data); the kernels
+are dense, so the values do not change the work done.
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench import Row  # noqa: E402
+from bench_e2e import mm_gflops  # noqa: E402
 from study_flops import per_sample_flops  # noqa: E402
 
 ARCH, PARAMS, SHAPE, CLASSES, BATCH = "airbench", {"widths": [16, 32, 32], "bn_eps": 1e-5}, (1, 56, 28), 10, 128
@@ -53,17 +54,6 @@ def _seconds_per_step(batches, channels_last: bool, adversary) -> float:
     return best
 
 
-def _mm_one_thread(size: int = 2048) -> float:
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    torch.mm(a, b)
-    best = float("inf")
-    for _ in range(3):
-        t0 = time.perf_counter()
-        torch.mm(a, b)
-        best = min(best, time.perf_counter() - t0)
-    return 2 * size ** 3 / best / 1e9
-
-
 def rows(quick: bool) -> list[Row]:
     import fastroar  # noqa: F401  (pins the CPU kernels as every fastroar process runs them)
     from fastroar.training.settings import Adversary
@@ -83,7 +73,7 @@ def rows(quick: bool) -> list[Row]:
             out += [Row(section, "NCHW (default)", nchw, "GFLOP/s", "NCHW (default)", 1.0, "fastroar's train_model"),
                     Row(section, "channels_last (cpu_channels_last)", cl, "GFLOP/s", "NCHW (default)", cl / nchw,
                         "same loop, model and batches in channels_last")]
-        mm = _mm_one_thread()
+        mm = mm_gflops()   # on the one thread set above
         out.append(Row(out[0].section, "torch.mm 2048^2", mm, "GFLOP/s", "NCHW (default)", mm / out[0].throughput,
                        "the compute limit's kernel, one thread"))
         return out

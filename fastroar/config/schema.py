@@ -140,8 +140,8 @@ class Recipe(Section):
     by their counts (fastroar.training.loop.collapsed; the single-model loop only). autocast (bf16) and
     channels_last take effect on CUDA only; cpu_channels_last puts conv models and their batches in the
     channels_last memory format on the CPU too (the single-model loop and its evaluation: oneDNN's NHWC
-    convolutions, 1.7x faster training steps than NCHW for the BlockMNIST profile's conv net, measured in
-    docs/benchmarks.md; other float rounding than NCHW, so it is its own key field, off by default);
+    convolutions, faster than NCHW for the BlockMNIST profile's conv net, tools/bench.py --only
+    memory_format; other float rounding than NCHW, so it is its own key field, off by default);
     compile wraps the model in torch.compile for training.
     The fields after label_smoothing were added later: to_dict leaves them out while they hold their
     defaults, so the keys of models and jobs made before them are unchanged. The fast and airbench
